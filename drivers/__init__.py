@@ -1,0 +1,1 @@
+"""Field device drivers: Modbus and serial line protocols, and their simulators."""

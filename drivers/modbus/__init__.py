@@ -1,0 +1,1 @@
+"""Modbus driver: read planning and decoding (pure) and the polling I/O shell."""

@@ -1,0 +1,1 @@
+"""Device simulators for demos, tests and hardware-in-loop rigs."""
