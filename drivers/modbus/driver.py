@@ -1,0 +1,239 @@
+"""Modbus TCP polling: the thin I/O shell around the pure planner and decoder.
+
+One `ModbusTcpEndpoint` owns one TCP connection and polls every device (unit id)
+configured behind that host:port, one request on the wire at a time, each device
+on its own period. A device that fails a whole poll (every retry) is marked
+offline once, logged once, and retried with jittered exponential back-off;
+the other devices on the endpoint keep their schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusException
+
+from drivers.base import DeviceHealth, ReadingSink, backoff_delay
+from drivers.modbus.decode import Table
+from drivers.modbus.plan import ReadRequest, decode_response
+from gateway.model import Reading
+
+log = logging.getLogger("drivers.modbus")
+
+
+class ModbusRequestError(Exception):
+    """One request failed; `kind` is 'timeout', 'connection', 'exception' or 'malformed'."""
+
+    def __init__(self, kind: str, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.code = code
+
+
+@dataclass(slots=True)
+class ModbusDevice:
+    """A compiled device: its read plan and schedule, built once at start-up."""
+
+    name: str
+    unit: int
+    requests: list[ReadRequest]
+    interval: float
+    timeout: float
+    retries: int
+    backoff_max: float
+    health: DeviceHealth
+    failures: int = 0
+    failed_requests: set[tuple[Table, int]] = field(default_factory=set)
+
+
+class ModbusTcpEndpoint:
+    """All devices behind one Modbus TCP host:port, sharing one connection."""
+
+    def __init__(self, host: str, port: int, devices: Sequence[ModbusDevice], sink: ReadingSink):
+        self.host = host
+        self.port = port
+        self.name = f"modbus_tcp {host}:{port}"
+        self.devices = list(devices)
+        self._sink = sink
+        self._client: AsyncModbusTcpClient | None = None
+
+    def health(self) -> list[DeviceHealth]:
+        return [d.health for d in self.devices]
+
+    async def run(self) -> None:
+        # Stagger first polls across the shortest period so devices are not hit at once.
+        now = time.monotonic()
+        spread = min(d.interval for d in self.devices) / max(1, len(self.devices))
+        queue = [(now + i * spread, i) for i in range(len(self.devices))]
+        heapq.heapify(queue)
+        try:
+            while True:
+                due, index = heapq.heappop(queue)
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                device = self.devices[index]
+                ok = await self._poll(device)
+                heapq.heappush(queue, (self._next_due(device, due, ok), index))
+        finally:
+            self._close()
+
+    @staticmethod
+    def _next_due(device: ModbusDevice, due: float, ok: bool) -> float:
+        now = time.monotonic()
+        if not ok:
+            return now + backoff_delay(device.failures, device.interval, device.backoff_max)
+        nxt = due + device.interval
+        # Fell behind by a whole period (slow bus, long outage): skip, do not burst.
+        return nxt if nxt > now else now + device.interval
+
+    async def _poll(self, device: ModbusDevice) -> bool:
+        """Read every request of one device; True when the device answered."""
+        readings: list[Reading] = []
+        answered = False
+        error: ModbusRequestError | None = None
+        for request in device.requests:
+            try:
+                values = await self._read_with_retries(device, request)
+            except ModbusRequestError as err:
+                error = err
+                if err.kind == "exception":  # the device answered, but refused this request
+                    answered = True
+                    self._log_refused_once(device, request, err)
+                    continue
+                break  # timeouts / connection loss: the rest of this poll would fail too
+            answered = True
+            device.failed_requests.discard((request.table, request.address))
+            ts_ms = time.time_ns() // 1_000_000
+            try:
+                decoded = decode_response(request, values)
+            except ValueError as err:
+                device.health.errors += 1
+                device.health.last_error = f"malformed response: {err}"
+                continue
+            readings.extend(Reading(device.name, point, ts_ms, value) for point, value in decoded)
+        if readings:
+            device.health.readings += len(readings)
+            self._sink(readings)
+        self._set_state(device, answered, error)
+        return answered
+
+    async def _read_with_retries(self, device: ModbusDevice, request: ReadRequest) -> list[int]:
+        attempt = 0
+        while True:
+            try:
+                return await self._read(device, request)
+            except ModbusRequestError as err:
+                if err.kind == "exception" or attempt >= device.retries:
+                    raise
+                attempt += 1
+
+    async def _read(self, device: ModbusDevice, request: ReadRequest) -> list[int]:
+        health = device.health
+        client = await self._connected_client(device)
+        health.requests += 1
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(device.timeout):
+                response = await _READERS[request.table](
+                    client, request.address, count=request.count, device_id=device.unit
+                )
+        except TimeoutError as err:
+            health.timeouts += 1
+            raise ModbusRequestError("timeout", f"no answer within {device.timeout:g}s") from err
+        except ModbusException as err:
+            health.errors += 1
+            self._close()  # the connection state is unknown: start afresh next time
+            raise ModbusRequestError("connection", f"connection error: {err}") from err
+        health.last_latency_ms = round((time.perf_counter() - started) * 1000, 2)
+        if response.isError():
+            code = int(getattr(response, "exception_code", 0))
+            health.modbus_exceptions[code] = health.modbus_exceptions.get(code, 0) + 1
+            raise ModbusRequestError(
+                "exception", f"Modbus exception {code} ({_EXCEPTION_NAMES.get(code, 'unknown')})", code
+            )
+        health.responses += 1
+        values = response.bits if request.table in _BIT_TABLES else response.registers
+        return list(values)
+
+    async def _connected_client(self, device: ModbusDevice) -> AsyncModbusTcpClient:
+        if self._client is not None and self._client.connected:
+            return self._client
+        self._close()
+        client = AsyncModbusTcpClient(
+            self.host, port=self.port, timeout=device.timeout, retries=0, reconnect_delay=0
+        )
+        try:
+            async with asyncio.timeout(device.timeout):
+                connected = await client.connect()
+        except TimeoutError:
+            connected = False
+        if not connected:
+            client.close()
+            device.health.errors += 1
+            raise ModbusRequestError("connection", f"cannot connect to {self.host}:{self.port}")
+        self._client = client
+        return client
+
+    def _close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _set_state(self, device: ModbusDevice, answered: bool, error: ModbusRequestError | None) -> None:
+        health = device.health
+        if error is not None:
+            health.last_error = str(error)
+        if answered:
+            device.failures = 0
+            if health.online is False:
+                down = time.time() - (health.offline_since or time.time())
+                log.info("device %r (%s) answers again after %.1fs offline", device.name,
+                         health.address, down)
+            elif health.online is None:
+                log.info("device %r (%s) is answering: %d request(s) per poll every %gs",
+                         device.name, health.address, len(device.requests), device.interval)
+            health.online = True
+            health.offline_since = None
+            return
+        device.failures += 1
+        if health.online is not False:
+            health.offline_since = time.time()
+            log.warning("device %r (%s) is offline: %s; retrying with back-off up to %gs",
+                        device.name, health.address, error, device.backoff_max)
+        health.online = False
+
+    def _log_refused_once(self, device: ModbusDevice, request: ReadRequest, err: ModbusRequestError) -> None:
+        key = (request.table, request.address)
+        if key in device.failed_requests:
+            return
+        device.failed_requests.add(key)
+        names = ", ".join(p.name for p, _ in request.points)
+        log.warning("device %r (%s) refused to read %s %d..%d (%s): %s; those points get no readings",
+                    device.name, device.health.address, request.table, request.address,
+                    request.address + request.count - 1, names, err)
+
+
+_BIT_TABLES = (Table.COIL, Table.DISCRETE_INPUT)
+_READERS = {
+    Table.COIL: AsyncModbusTcpClient.read_coils,
+    Table.DISCRETE_INPUT: AsyncModbusTcpClient.read_discrete_inputs,
+    Table.HOLDING: AsyncModbusTcpClient.read_holding_registers,
+    Table.INPUT: AsyncModbusTcpClient.read_input_registers,
+}
+_EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "device failure",
+    5: "acknowledge",
+    6: "device busy",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}

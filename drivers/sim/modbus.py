@@ -1,0 +1,222 @@
+"""Simulated Modbus devices: a pymodbus server whose register values we control.
+
+Used by the demo, the tests and hardware-in-loop rigs. One `ModbusSimServer`
+listens on one TCP port and answers for any number of `SimulatedDevice`s (unit
+ids), like a serial device server or a PLC with several units behind it.
+
+Each device holds four sparse tables. A value can be
+- static: set once with `set_value`;
+- live: computed from the time at every read (`set_signal`), e.g. a sine wave;
+- a read counter (`add_read_counter`): a uint32 that goes up by one every time a
+  request covering it is served, so a test can prove that no poll went missing;
+and a device can be made `silent` (never answers: a dead slave) at any moment.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from pymodbus.constants import ExcCodes
+from pymodbus.datastore import ModbusServerContext
+from pymodbus.exceptions import NoSuchIdException
+from pymodbus.server import ModbusTcpServer
+
+from drivers.modbus.decode import ByteOrder, DataType, Table, encode_value, register_count
+
+Signal = Callable[[float], float | int | bool]
+
+_READ_TABLES = {1: Table.COIL, 2: Table.DISCRETE_INPUT, 3: Table.HOLDING, 4: Table.INPUT}
+_WRITE_TABLES = {5: Table.COIL, 15: Table.COIL, 6: Table.HOLDING, 16: Table.HOLDING}
+
+
+@dataclass(slots=True)
+class _Live:
+    table: Table
+    address: int
+    dtype: DataType
+    order: ByteOrder
+    signal: Signal
+
+
+@dataclass
+class SimulatedDevice:
+    """One simulated Modbus unit."""
+
+    unit: int
+    tables: dict[Table, dict[int, int]] = field(
+        default_factory=lambda: {t: {} for t in Table}
+    )
+    silent: bool = False
+    reads: int = 0
+    _live: list[_Live] = field(default_factory=list)
+    _counters: list[tuple[Table, int]] = field(default_factory=list)
+
+    def set_value(
+        self,
+        table: Table,
+        address: int,
+        value: float | int | bool | str,
+        dtype: DataType = DataType.UINT16,
+        order: ByteOrder = ByteOrder.ABCD,
+        *,
+        length: int | None = None,
+    ) -> None:
+        """Store a value at an address, encoded as a real device would hold it."""
+        if table in (Table.COIL, Table.DISCRETE_INPUT):
+            self.tables[table][address] = int(bool(value))
+            return
+        words = encode_value(value, dtype, order, length=length)
+        for i, word in enumerate(words):
+            self.tables[table][address + i] = word
+
+    def set_signal(
+        self,
+        table: Table,
+        address: int,
+        signal: Signal,
+        dtype: DataType = DataType.FLOAT32,
+        order: ByteOrder = ByteOrder.ABCD,
+    ) -> None:
+        """Compute the value from the time (unix seconds) at every read."""
+        self._live.append(_Live(table, address, dtype, order, signal))
+        self.set_value(table, address, signal(time.time()), dtype, order)
+
+    def add_read_counter(self, table: Table, address: int) -> None:
+        """A uint32 (ABCD) that counts the reads covering it: 1 for the first, 2 next..."""
+        self._counters.append((table, address))
+        self.set_value(table, address, 0, DataType.UINT32)
+
+    def fill(self, table: Table, start: int, count: int, value: int = 0) -> None:
+        """Make a range of addresses readable (unset addresses answer 'illegal address')."""
+        for address in range(start, start + count):
+            self.tables[table].setdefault(address, value)
+
+    def read(self, table: Table, address: int, count: int) -> list[int] | ExcCodes:
+        cells = self.tables[table]
+        span = range(address, address + count)
+        if any(a not in cells for a in span):
+            return ExcCodes.ILLEGAL_ADDRESS
+        self.reads += 1
+        now = time.time()
+        for live in self._live:
+            if live.table is table and _overlaps(live.address, live.dtype, span):
+                self.set_value(table, live.address, live.signal(now), live.dtype, live.order)
+        for c_table, c_address in self._counters:
+            if c_table is table and _overlaps(c_address, DataType.UINT32, span):
+                current = (cells[c_address] << 16) | cells[c_address + 1]
+                self.set_value(table, c_address, (current + 1) & 0xFFFFFFFF, DataType.UINT32)
+        return [cells[a] for a in span]
+
+    def write(self, table: Table, address: int, values: Sequence[int | bool]) -> ExcCodes | None:
+        cells = self.tables[table]
+        if any(a not in cells for a in range(address, address + len(values))):
+            return ExcCodes.ILLEGAL_ADDRESS
+        for i, v in enumerate(values):
+            cells[address + i] = int(v)
+        return None
+
+
+def _overlaps(address: int, dtype: DataType, span: range) -> bool:
+    end = address + register_count(dtype)
+    return address < span.stop and span.start < end
+
+
+class _SimContext(ModbusServerContext):  # type: ignore[misc]
+    """pymodbus' server datastore contract, served from our SimulatedDevices."""
+
+    def __init__(self, devices: Iterable[SimulatedDevice]) -> None:  # no super(): own storage
+        self.devices = {d.unit: d for d in devices}
+        self.old_simulator = True  # tells the server to call this object directly
+        self.simdevices: list[object] = []
+
+    def _device(self, device_id: int) -> SimulatedDevice:
+        device = self.devices.get(device_id)
+        if device is None or device.silent:
+            raise NoSuchIdException(f"no unit {device_id}")  # server stays silent: a timeout
+        return device
+
+    async def async_getValues(
+        self, device_id: int, func_code: int, address: int, count: int = 1
+    ) -> list[int] | list[bool] | ExcCodes:
+        device = self._device(device_id)
+        table = _READ_TABLES.get(func_code) or _WRITE_TABLES.get(func_code)
+        if table is None:
+            return ExcCodes.ILLEGAL_FUNCTION
+        values = device.read(table, address, count)
+        if isinstance(values, ExcCodes) or table not in (Table.COIL, Table.DISCRETE_INPUT):
+            return values
+        return [bool(v) for v in values]
+
+    async def async_setValues(
+        self, device_id: int, func_code: int, address: int, values: Sequence[int | bool]
+    ) -> ExcCodes | None:
+        device = self._device(device_id)
+        table = _WRITE_TABLES.get(func_code)
+        if table is None:
+            return ExcCodes.ILLEGAL_FUNCTION
+        return device.write(table, address, values)
+
+    def device_ids(self) -> list[int]:
+        return list(self.devices)
+
+
+class ModbusSimServer:
+    """A Modbus TCP server on a loopback port answering for several simulated units."""
+
+    def __init__(self, devices: Iterable[SimulatedDevice], host: str = "127.0.0.1", port: int = 0):
+        self.context = _SimContext(devices)
+        self.host = host
+        self.port = port
+        self._server: ModbusTcpServer | None = None
+
+    @property
+    def devices(self) -> dict[int, SimulatedDevice]:
+        return self.context.devices  # type: ignore[no-any-return]
+
+    async def start(self) -> None:
+        if self.port == 0:
+            self.port = free_tcp_port(self.host)
+        server = ModbusTcpServer(
+            self.context, address=(self.host, self.port), ignore_missing_devices=True
+        )
+        await server.serve_forever(background=True)
+        self._server = server
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.shutdown()
+            self._server = None
+
+    async def __aenter__(self) -> ModbusSimServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on host."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def demo_devices() -> list[SimulatedDevice]:
+    """The demo's field: a pump station (unit 1) and a flood gauge (unit 2)."""
+    pump = SimulatedDevice(unit=1)
+    pump.set_signal(Table.HOLDING, 0, lambda t: 6.0 + 0.8 * math.sin(t / 7.0))  # bar
+    pump.set_signal(Table.HOLDING, 2, lambda t: 42.0 + 5 * math.sin(t / 11.0), order=ByteOrder.CDAB)
+    pump.add_read_counter(Table.HOLDING, 4)  # run-hours style counter
+    pump.set_signal(Table.INPUT, 0, lambda t: int(215 + 10 * math.sin(t / 5.0)), DataType.INT16)
+    pump.set_value(Table.COIL, 0, True)  # pump running
+    pump.set_value(Table.DISCRETE_INPUT, 0, False)  # door contact
+    gauge = SimulatedDevice(unit=2)
+    gauge.set_signal(Table.INPUT, 10, lambda t: 1.25 + 0.05 * math.sin(t / 13.0))  # metres
+    gauge.set_value(Table.HOLDING, 100, "FG-204", DataType.STRING, length=4)
+    return [pump, gauge]

@@ -1,0 +1,146 @@
+"""Composition root: build every part from the config and run them in one task group.
+
+Start order: buffer -> uplink -> batcher -> drivers. Stop (SIGTERM/SIGINT) in
+reverse: drivers stop polling, the batcher seals its open batch and writes it to
+the buffer, the uplink says goodbye (retained 'offline') and disconnects, the
+buffer closes. Readings not yet in a batch when the process is SIGKILLed are the
+only ones that can be lost: at most `batch.max_age` worth (docs/durability in
+buffer/DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sqlite3
+import time
+from typing import Any
+
+from buffer import BufferError, DurableQueue, PayloadTooLargeError
+from gateway import __version__
+from gateway.build import build_endpoints
+from gateway.model import Reading
+from gateway.pipeline.batcher import Batcher
+from gateway.settings import LoadedConfig
+from gateway.store import Store
+from gateway.uplink.mqtt import MqttUplink
+from gateway.uplink.topics import Topics
+from gateway.wire import encode_batch
+
+log = logging.getLogger("gateway")
+
+WRITE_RETRY_SECONDS = 1.0
+
+
+class Gateway:
+    def __init__(self, loaded: LoadedConfig) -> None:
+        self.loaded = loaded
+        self.config = loaded.config
+        self.gateway_id = self.config.gateway.id
+        self.boot_id = secrets.token_hex(8)
+        self.started_at = time.time()
+        self.stop_requested = asyncio.Event()
+
+    async def run(self) -> None:
+        cfg = self.config
+        queue = DurableQueue(cfg.buffer.path, max_bytes=cfg.buffer.max_bytes)
+        store = Store(queue)
+        stats = store.stats
+        log.info(
+            "gateway %r starting (boot %s, config %s): buffer %s holds %d batch(es), "
+            "next seq %d", self.gateway_id, self.boot_id, self.loaded.config_hash,
+            cfg.buffer.path, stats.batches, stats.last_seq + 1,
+        )
+        self.store = store
+        self.batcher = Batcher(cfg.batch.max_readings, cfg.batch.max_age, self._write_batch)
+        self.endpoints = build_endpoints(cfg, self.batcher.add)
+        self.uplink = MqttUplink(
+            cfg.mqtt,
+            Topics(cfg.mqtt.topic_prefix, self.gateway_id),
+            store,
+            identity={
+                "gateway_id": self.gateway_id,
+                "boot_id": self.boot_id,
+                "version": __version__,
+                "config_hash": self.loaded.config_hash,
+            },
+            health=self.health,
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                uplink_task = tg.create_task(self.uplink.run(), name="uplink")
+                batcher_task = tg.create_task(self.batcher.run(), name="batcher")
+                driver_tasks = [tg.create_task(e.run(), name=e.name) for e in self.endpoints]
+                await self.stop_requested.wait()
+                log.info("stopping: polling ends, the open batch goes to the buffer")
+                for task in driver_tasks:
+                    task.cancel()
+                await asyncio.gather(*driver_tasks, return_exceptions=True)
+                await self.batcher.close(batcher_task)
+                self.uplink.stop()
+                await uplink_task
+        finally:
+            store.close()
+        stats = queue.stats()
+        log.info(
+            "stopped; %d batch(es) remain on disk for the next start", stats.batches
+        )
+
+    async def _write_batch(self, readings: list[Reading]) -> None:
+        """Persist one batch; never drop it for a transient disk error."""
+        failing = False
+        while True:
+            try:
+                await self.store.append(
+                    lambda seq: encode_batch(self.gateway_id, self.boot_id, seq, readings)
+                )
+            except PayloadTooLargeError:
+                if len(readings) == 1:
+                    log.error("a single reading of %s/%s is larger than the whole buffer; dropped",
+                              readings[0].device, readings[0].point)
+                    return
+                half = len(readings) // 2
+                await self._write_batch(readings[:half])
+                await self._write_batch(readings[half:])
+                return
+            except (BufferError, OSError, sqlite3.Error) as err:
+                if not failing:
+                    log.error("cannot write a batch of %d readings to the buffer (%s); "
+                              "keeping it in memory and retrying", len(readings), err)
+                    failing = True
+                await asyncio.sleep(WRITE_RETRY_SECONDS)
+                continue
+            if failing:
+                log.info("the buffer accepts batches again")
+            return
+
+    def health(self) -> dict[str, Any]:
+        stats = self.store.stats
+        now = time.time()
+        return {
+            "gateway_id": self.gateway_id,
+            "boot_id": self.boot_id,
+            "version": __version__,
+            "config_hash": self.loaded.config_hash,
+            "ts": round(now, 3),
+            "uptime_s": round(now - self.started_at, 1),
+            "buffer": {
+                "batches": stats.batches,
+                "bytes": stats.bytes,
+                "max_bytes": self.config.buffer.max_bytes,
+                "oldest_unsent_age_s": (
+                    round(now - stats.oldest_created_at, 1) if stats.oldest_created_at else None
+                ),
+                "last_seq": stats.last_seq,
+                "evicted_batches": stats.evicted_batches,
+                "evicted_bytes": stats.evicted_bytes,
+            },
+            "uplink": self.uplink.health(),
+            "pipeline": {
+                "readings_in": self.batcher.readings_in,
+                "readings_pending": self.batcher.pending,
+                "batches_written": self.batcher.batches_written,
+            },
+            "devices": [d.as_dict() for e in self.endpoints for d in e.health()],
+        }

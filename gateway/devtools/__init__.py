@@ -1,0 +1,1 @@
+"""Tools for demos, tests and hardware-in-loop rigs: a local broker, the demo."""

@@ -1,0 +1,17 @@
+"""Errors of the gateway layer. Drivers and the buffer have their own trees."""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of the gateway's own errors."""
+
+
+class ConfigError(GatewayError):
+    """The configuration file cannot be used; `problems` lists each one by key path."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        listing = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s) in the configuration:\n{listing}")

@@ -1,0 +1,1 @@
+"""Local processing between drivers and the buffer."""

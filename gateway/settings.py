@@ -1,0 +1,317 @@
+"""Configuration: one TOML file, validated by pydantic models before anything starts.
+
+Unknown keys are errors; durations carry units ("500ms", "5s", "2m"); sizes carry
+units ("64MB"). `load_config` returns a validated `GatewayConfig` or raises
+`ConfigError` listing every problem as `key.path[index]: reason`.
+The JSON Schema in `config/edge-gateway.schema.json` is generated from these models
+(`edge-gateway schema`); a test fails when it is stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+
+from drivers.modbus.decode import ByteOrder, DataType, Table, register_count
+from gateway.errors import ConfigError
+
+# --- units -------------------------------------------------------------------------------
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)\s*$")
+_SIZE_UNITS = {
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "KiB": 1024,
+    "MiB": 1024**2,
+    "GiB": 1024**3,
+}
+
+
+def parse_duration(text: object) -> float:
+    """'500ms' -> 0.5 (seconds). Bare numbers are refused: units are required."""
+    if isinstance(text, bool) or not isinstance(text, str):
+        raise ValueError(f"{text!r} is not a duration; write it with a unit, e.g. '500ms' or '5s'")
+    match = _DURATION_RE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration; use a number and ms, s, m or h, e.g. '5s'")
+    return float(match[1]) * _DURATION_UNITS[match[2]]
+
+
+def parse_size(text: object) -> int:
+    """'64MB' -> 64000000 (bytes)."""
+    if isinstance(text, bool) or not isinstance(text, str):
+        raise ValueError(f"{text!r} is not a size; write it with a unit, e.g. '64MB'")
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a size; use a number and B, KB, MB, GB, KiB, MiB or GiB")
+    return int(float(match[1]) * _SIZE_UNITS[match[2]])
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema({"type": "string", "pattern": _DURATION_RE.pattern, "examples": ["500ms"]}),
+]
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema({"type": "string", "pattern": _SIZE_RE.pattern, "examples": ["64MB"]}),
+]
+_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+Name = Annotated[str, Field(pattern=_NAME_PATTERN)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- sections ----------------------------------------------------------------------------
+
+
+class GatewaySectionConfig(_Strict):
+    id: Name = Field(description="Gateway id; part of every topic and every batch")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class TlsConfig(_Strict):
+    ca_file: Path = Field(description="CA certificate(s) that signed the broker's certificate")
+    cert_file: Path | None = Field(None, description="client certificate, for mutual TLS")
+    key_file: Path | None = Field(None, description="client private key, for mutual TLS")
+    verify_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together for mutual TLS; set both or none")
+        return self
+
+
+class MqttConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    client_id: str | None = Field(None, description="defaults to 'edge-gateway-<gateway id>'")
+    username: str | None = None
+    password: str | None = None
+    tls: TlsConfig | None = None
+    keepalive: Duration = 30.0
+    topic_prefix: str = Field("city", pattern=r"^[^#+]+$")
+    max_inflight: int = Field(20, ge=1, le=1000, description="QoS 1 publishes awaiting PUBACK")
+    publish_timeout: Duration = Field(
+        30.0, description="an unacknowledged publish older than this drops the connection"
+    )
+    reconnect_min: Duration = 0.5
+    reconnect_max: Duration = 60.0
+    health_interval: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> MqttConfig:
+        if self.reconnect_min > self.reconnect_max:
+            raise ValueError("reconnect_min must not exceed reconnect_max")
+        if self.password is not None and self.username is None:
+            raise ValueError("password is set but username is not")
+        return self
+
+
+class BufferConfig(_Strict):
+    path: Path = Path("/var/lib/edge-gateway/buffer.db")
+    max_bytes: Size = Field(256_000_000, description="byte bound; oldest batches are evicted first")
+
+
+class BatchConfig(_Strict):
+    max_readings: int = Field(500, ge=1, le=100_000)
+    max_age: Duration = Field(5.0, description="a batch is closed at most this long after its first reading")
+
+
+class ModbusPointConfig(_Strict):
+    name: Name
+    table: Table = Table.HOLDING
+    address: int = Field(ge=0, le=65535)
+    type: DataType = DataType.UINT16
+    byte_order: ByteOrder | None = Field(None, description="defaults to the device's byte_order")
+    bit: int | None = Field(None, ge=0, le=15, description="bit index for type 'bit'")
+    length: int | None = Field(None, ge=1, le=125, description="registers for type 'string'")
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str | None = Field(None, description="engineering unit, for people (e.g. 'bar')")
+
+    @model_validator(mode="after")
+    def _type_fits_table(self) -> ModbusPointConfig:
+        bit_table = self.table in (Table.COIL, Table.DISCRETE_INPUT)
+        if bit_table and self.type is not DataType.BOOL:
+            raise ValueError(
+                f"type '{self.type}' cannot be read from table '{self.table}': coils and "
+                "discrete inputs hold single bits, use type 'bool'"
+            )
+        if not bit_table and self.type is DataType.BOOL:
+            raise ValueError(
+                f"type 'bool' reads coils and discrete inputs; for one bit of a "
+                f"{self.table} register use type 'bit' with bit = 0..15"
+            )
+        if (self.type is DataType.BIT) != (self.bit is not None):
+            raise ValueError("type 'bit' needs bit = 0..15, and bit is only for type 'bit'")
+        if (self.type is DataType.STRING) != (self.length is not None):
+            raise ValueError("type 'string' needs length (in registers), and only strings take it")
+        last = self.address + (register_count(self.type, self.length) if not bit_table else 1) - 1
+        if last > 65535:
+            raise ValueError(f"the point runs past address 65535 (ends at {last})")
+        return self
+
+
+class ModbusTcpDeviceConfig(_Strict):
+    name: Name
+    protocol: Literal["modbus_tcp"]
+    host: str
+    port: int = Field(502, ge=1, le=65535)
+    unit: int = Field(1, ge=0, le=255, description="Modbus unit id (slave id)")
+    poll_interval: Duration = 1.0
+    timeout: Duration = 1.0
+    retries: int = Field(1, ge=0, le=10, description="extra attempts of a failed request per cycle")
+    backoff_max: Duration = Field(60.0, description="longest wait between attempts to an offline device")
+    byte_order: ByteOrder = ByteOrder.ABCD
+    max_gap: int = Field(8, ge=0, le=124, description="unused registers a request may read across")
+    max_gap_bits: int = Field(64, ge=0, le=1999, description="unused coils/inputs a request may read across")
+    points: list[ModbusPointConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_point_names(self) -> ModbusTcpDeviceConfig:
+        _require_unique([p.name for p in self.points], "points", "point name")
+        return self
+
+
+DeviceConfig = Annotated[ModbusTcpDeviceConfig, Field(discriminator="protocol")]
+
+
+class GatewayConfig(_Strict):
+    """The whole configuration file."""
+
+    gateway: GatewaySectionConfig
+    mqtt: MqttConfig = MqttConfig()
+    buffer: BufferConfig = BufferConfig()
+    batch: BatchConfig = BatchConfig()
+    devices: list[DeviceConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_device_names(self) -> GatewayConfig:
+        _require_unique([d.name for d in self.devices], "devices", "device name")
+        return self
+
+
+def _require_unique(names: list[str], where: str, what: str) -> None:
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise ValueError(f"{what} {name!r} is used twice ({where}[{seen[name]}] and {where}[{i}])")
+        seen[name] = i
+
+
+# --- loading -----------------------------------------------------------------------------
+
+
+class LoadedConfig(BaseModel):
+    """A validated configuration and where it came from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    config: GatewayConfig
+    source: str
+    sha256: str
+
+    @property
+    def config_hash(self) -> str:
+        return self.sha256[:12]
+
+
+def load_config(path: str | Path) -> LoadedConfig:
+    """Read and validate a TOML config file; raise ConfigError naming every problem."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise ConfigError(source, [f"cannot read the file: {err.strerror}"]) from err
+    return parse_config(raw, source)
+
+
+def parse_config(raw: bytes, source: str = "<config>") -> LoadedConfig:
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(source, [f"the file is not UTF-8 text: {err}"]) from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(source, [f"not valid TOML: {err}"]) from err
+    try:
+        config = GatewayConfig.model_validate(doc)
+    except ValidationError as err:
+        raise ConfigError(source, format_validation_errors(err)) from err
+    return LoadedConfig(config=config, source=source, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def format_validation_errors(err: ValidationError) -> list[str]:
+    """Turn pydantic errors into 'devices[1].points[3].type: reason' lines."""
+    lines = []
+    for e in err.errors(include_url=False):
+        path = _key_path(e["loc"])
+        lines.append(f"{path or '(top level)'}: {_reason(e)}")
+    return lines
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _UNION_TAGS:  # pydantic names the union member; the user never wrote it
+            continue
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+_UNION_TAGS = {"modbus_tcp"}
+
+
+def _reason(e: Any) -> str:
+    kind = e["type"]
+    given = e.get("input")
+    ctx = e.get("ctx") or {}
+    if kind in ("enum", "literal_error"):
+        return f"{given!r} is not one of {ctx.get('expected', '')}"
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; see config/example.toml)"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        return f"protocol {ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}"
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == _NAME_PATTERN:
+        return f"{given!r} is not a valid name: use 1-64 letters, digits, '_', '.' or '-'"
+    if kind == "union_tag_not_found":
+        return "a device needs a protocol key (e.g. protocol = \"modbus_tcp\")"
+    message: str = e["msg"]
+    message = message.removeprefix("Value error, ")
+    if given is not None and not isinstance(given, dict | list) and kind != "value_error":
+        message = f"{message} (got {given!r})"
+    return message
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the config file, as committed in config/."""
+    schema = GatewayConfig.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "edge-gateway configuration"
+    return schema

@@ -1,0 +1,244 @@
+"""Publish buffered batches to the broker: QoS 1, several in flight, delete on PUBACK.
+
+The uplink never holds data of its own: it reads batches from the durable buffer
+in seq order, publishes up to `max_inflight` at once, and acks each batch to the
+buffer only when the broker's PUBACK arrived. When the connection drops, every
+unacknowledged batch is still in the buffer and is sent again, oldest first,
+after a reconnect with jittered exponential back-off. So delivery is
+at-least-once; the centre drops duplicates by (gateway_id, boot_id, seq).
+
+A retained status topic carries a birth message on connect and the MQTT last
+will ("offline") when the gateway disappears without saying goodbye.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiomqtt
+
+from buffer import Entry
+from drivers.base import backoff_delay
+from gateway.settings import MqttConfig
+from gateway.store import Store
+from gateway.uplink.topics import Topics
+
+log = logging.getLogger("gateway.uplink")
+
+ACK_FLUSH_INTERVAL = 0.2  # seconds between grouped deletes of acknowledged batches
+ACK_FLUSH_COUNT = 100
+
+
+class _Stopping(Exception):
+    """Raised inside a session to leave it after a clean goodbye."""
+
+
+class MqttUplink:
+    def __init__(
+        self,
+        config: MqttConfig,
+        topics: Topics,
+        store: Store,
+        *,
+        identity: dict[str, Any],
+        health: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.config = config
+        self.topics = topics
+        self.store = store
+        self.identity = identity  # gateway_id, boot_id, version, config_hash
+        self._health = health
+        self._stop = asyncio.Event()
+        self._tls = _tls_context(config)  # built once: a bad certificate path fails at start
+        self._acked: list[int] = []
+        self.state = "connecting"
+        self.connected_since: float | None = None
+        self.published_batches = 0
+        self.published_bytes = 0
+        self.connects = 0
+        self.last_error: str | None = None
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                async with self._client() as client:
+                    failures = 0
+                    await self._session(client)
+            except* _Stopping:
+                pass
+            except* aiomqtt.MqttError as group:
+                self._went_offline(_first_leaf(group))
+            finally:
+                await self._flush_acks()
+            if self._stop.is_set():
+                break
+            failures += 1
+            delay = backoff_delay(failures, self.config.reconnect_min, self.config.reconnect_max)
+            try:
+                async with asyncio.timeout(delay):
+                    await self._stop.wait()
+            except TimeoutError:
+                pass
+        self.state = "stopped"
+
+    def stop(self) -> None:
+        """Say goodbye (retained 'offline' status), close the connection, end `run`."""
+        self._stop.set()
+
+    # --- one connection ---------------------------------------------------------------
+
+    def _client(self) -> aiomqtt.Client:
+        cfg = self.config
+        will = aiomqtt.Will(
+            self.topics.status, self._status("offline", reason="connection lost"), qos=1, retain=True
+        )
+        client = aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            identifier=cfg.client_id or f"edge-gateway-{self.identity['gateway_id']}",
+            username=cfg.username,
+            password=cfg.password,
+            tls_context=self._tls,
+            keepalive=max(1, round(cfg.keepalive)),
+            will=will,
+            clean_session=True,
+            timeout=cfg.publish_timeout,
+            max_inflight_messages=cfg.max_inflight,
+        )
+        # aiomqtt warns when more than 10 calls are pending; our window is deliberate.
+        client.pending_calls_threshold = cfg.max_inflight + 10
+        return client
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        self.connects += 1
+        await client.publish(self.topics.status, self._status("online"), qos=1, retain=True)
+        self.state = "online"
+        self.connected_since = time.time()
+        stats = self.store.stats
+        log.info(
+            "connected to MQTT broker %s:%d; %d batch(es) waiting on disk",
+            self.config.host, self.config.port, stats.batches,
+        )
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._watch_connection(client), name="uplink-watch")
+            tg.create_task(self._pump(client), name="uplink-pump")
+            tg.create_task(self._ack_flusher(), name="uplink-acks")
+            tg.create_task(self._health_loop(client), name="uplink-health")
+            tg.create_task(self._goodbye_on_stop(client), name="uplink-goodbye")
+
+    async def _watch_connection(self, client: aiomqtt.Client) -> None:
+        # The message iterator raises MqttError when the connection is lost; that
+        # tears the session down, cancelling publishes still waiting for PUBACK.
+        async for _message in client.messages:
+            pass
+
+    async def _goodbye_on_stop(self, client: aiomqtt.Client) -> None:
+        await self._stop.wait()
+        try:
+            await client.publish(
+                self.topics.status, self._status("offline", reason="stopped"), qos=1,
+                retain=True, timeout=2.0,
+            )
+        except aiomqtt.MqttError as err:
+            log.warning("could not publish the offline status before stopping: %s", err)
+        raise _Stopping
+
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        window = asyncio.Semaphore(self.config.max_inflight)
+        cursor = 0  # highest seq handed to the client in this session
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                self.store.appended.clear()
+                entries = await self.store.read(cursor, self.config.max_inflight * 2)
+                if not entries:
+                    await self.store.appended.wait()
+                    continue
+                for entry in entries:
+                    await window.acquire()
+                    cursor = entry.seq
+                    tg.create_task(self._publish(client, entry, window))
+
+    async def _publish(self, client: aiomqtt.Client, entry: Entry, window: asyncio.Semaphore) -> None:
+        try:
+            await client.publish(self.topics.data, entry.payload, qos=1)
+        finally:
+            window.release()
+        self.published_batches += 1
+        self.published_bytes += len(entry.payload)
+        self._acked.append(entry.seq)
+
+    async def _ack_flusher(self) -> None:
+        while True:
+            await asyncio.sleep(ACK_FLUSH_INTERVAL)
+            if len(self._acked) >= 1:
+                await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        if self._acked:
+            acked, self._acked = self._acked, []
+            await self.store.ack(acked)
+
+    async def _health_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            payload = json.dumps(self._health(), separators=(",", ":"))
+            await client.publish(self.topics.health, payload, qos=1)
+            await asyncio.sleep(self.config.health_interval)
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _went_offline(self, reason: str) -> None:
+        self.last_error = reason
+        if self.state == "connecting":
+            log.warning(
+                "cannot reach the MQTT broker %s:%d (%s); readings are kept on disk; "
+                "retrying with back-off up to %gs",
+                self.config.host, self.config.port, reason, self.config.reconnect_max,
+            )
+        elif self.state != "offline":
+            log.warning(
+                "lost the MQTT broker %s:%d (%s); batches stay on disk (%d waiting); "
+                "reconnecting with back-off up to %gs",
+                self.config.host, self.config.port, reason, self.store.stats.batches,
+                self.config.reconnect_max,
+            )
+        self.state = "offline"
+        self.connected_since = None
+
+    def _status(self, state: str, **extra: Any) -> str:
+        return json.dumps({"state": state, **self.identity, "ts": round(time.time(), 3), **extra})
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "connected_since": self.connected_since,
+            "connects": self.connects,
+            "published_batches": self.published_batches,
+            "published_bytes": self.published_bytes,
+            "last_error": self.last_error,
+        }
+
+
+def _first_leaf(group: BaseExceptionGroup[Any]) -> str:
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return str(first) or type(first).__name__
+
+
+def _tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
+    if cfg.tls is None:
+        return None
+    context = ssl.create_default_context(cafile=str(cfg.tls.ca_file))
+    if cfg.tls.cert_file is not None and cfg.tls.key_file is not None:
+        context.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
+    context.check_hostname = cfg.tls.verify_hostname
+    return context

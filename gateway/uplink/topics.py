@@ -1,0 +1,30 @@
+"""The MQTT topic scheme (documented in docs/topics.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    prefix: str
+    gateway_id: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}/{self.gateway_id}"
+
+    @property
+    def data(self) -> str:
+        """msgpack batches (docs/wire-format.md), QoS 1."""
+        return f"{self.base}/data"
+
+    @property
+    def status(self) -> str:
+        """Retained JSON: online (birth) / offline (last will or clean stop)."""
+        return f"{self.base}/status"
+
+    @property
+    def health(self) -> str:
+        """Periodic JSON health report."""
+        return f"{self.base}/health"
