@@ -8,6 +8,7 @@ rig itself.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -56,6 +57,9 @@ class Mosquitto:
             "max_inflight_messages 100\n"
             f"log_dest file {self.log}\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
+            # Started as root, mosquitto switches to the 'mosquitto' user, which cannot
+            # write this private directory: its log and persistence would silently fail.
+            + ("user root\n" if os.geteuid() == 0 else "")
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

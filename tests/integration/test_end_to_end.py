@@ -96,7 +96,7 @@ async def test_readings_made_while_the_broker_is_down_arrive_in_order_after_it_r
         assert await stop(gp) == 0, gp.log
     assert polled_during_outage >= 10, "the outage was too short to test anything"
     counts = poll_counts(subscriber)
-    assert_gapless(counts, "polls across a broker outage")
+    assert_gapless(counts, "polls across a broker outage" + gp.log)
     assert counts[0] == 1
     assert "lost the MQTT broker" in gp.log
     assert gp.log.count("connected to MQTT broker") == 2, gp.log
