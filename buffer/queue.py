@@ -64,6 +64,7 @@ _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 _ACK_CHUNK: Final = 500  # bound parameters per statement; SQLite < 3.32 allows 999
 _EVICT_SCAN: Final = 256  # rows fetched per step while choosing what to evict
 _META_KEYS: Final = ("last_seq", "evicted_batches", "evicted_bytes")
+_MAX_INT64: Final = 2**63 - 1
 
 _log = logging.getLogger("buffer")
 _T = TypeVar("_T")
@@ -210,7 +211,7 @@ class DurableQueue:
                 rows = conn.execute(
                     "SELECT seq, created_at, payload FROM batches"
                     " WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (max(after_seq, 0), limit),
+                    (min(max(after_seq, 0), _MAX_INT64), min(limit, _MAX_INT64)),
                 ).fetchall()
             return [Entry(seq, created_at, payload) for seq, created_at, payload in rows]
 
@@ -494,6 +495,9 @@ def _check_existing_file(path: str) -> None:
         with Path(path).open("rb") as f:
             header = f.read(len(_SQLITE_MAGIC))
     except FileNotFoundError:
+        if os.path.lexists(path + "-wal"):
+            # SQLite would replay these frames into a new, empty file: a torso of the old one.
+            raise _CorruptDatabaseError("a -wal file without its database") from None
         return
     except OSError as err:
         raise BufferError(f"cannot open buffer {path}: {err}") from err

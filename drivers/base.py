@@ -65,5 +65,5 @@ class Driver(Protocol):
 
 def backoff_delay(failures: int, base: float, maximum: float) -> float:
     """Jittered exponential back-off: base * 2^(failures-1), capped, +/-20 % jitter."""
-    delay = min(maximum, base * (2 ** max(0, failures - 1)))
+    delay: float = min(maximum, base * 2.0 ** max(0, failures - 1))
     return delay * random.uniform(0.8, 1.2)

@@ -48,9 +48,13 @@ class Gateway:
         store = Store(queue)
         stats = store.stats
         log.info(
-            "gateway %r starting (boot %s, config %s): buffer %s holds %d batch(es), "
-            "next seq %d", self.gateway_id, self.boot_id, self.loaded.config_hash,
-            cfg.buffer.path, stats.batches, stats.last_seq + 1,
+            "gateway %r starting (boot %s, config %s): buffer %s holds %d batch(es), next seq %d",
+            self.gateway_id,
+            self.boot_id,
+            self.loaded.config_hash,
+            cfg.buffer.path,
+            stats.batches,
+            stats.last_seq + 1,
         )
         self.store = store
         self.batcher = Batcher(cfg.batch.max_readings, cfg.batch.max_age, self._write_batch)
@@ -83,9 +87,7 @@ class Gateway:
         finally:
             store.close()
         stats = queue.stats()
-        log.info(
-            "stopped; %d batch(es) remain on disk for the next start", stats.batches
-        )
+        log.info("stopped; %d batch(es) remain on disk for the next start", stats.batches)
 
     async def _write_batch(self, readings: list[Reading]) -> None:
         """Persist one batch; never drop it for a transient disk error."""
@@ -97,8 +99,11 @@ class Gateway:
                 )
             except PayloadTooLargeError:
                 if len(readings) == 1:
-                    log.error("a single reading of %s/%s is larger than the whole buffer; dropped",
-                              readings[0].device, readings[0].point)
+                    log.error(
+                        "a single reading of %s/%s is larger than the whole buffer; dropped",
+                        readings[0].device,
+                        readings[0].point,
+                    )
                     return
                 half = len(readings) // 2
                 await self._write_batch(readings[:half])
@@ -106,8 +111,12 @@ class Gateway:
                 return
             except (BufferError, OSError, sqlite3.Error) as err:
                 if not failing:
-                    log.error("cannot write a batch of %d readings to the buffer (%s); "
-                              "keeping it in memory and retrying", len(readings), err)
+                    log.error(
+                        "cannot write a batch of %d readings to the buffer (%s); "
+                        "keeping it in memory and retrying",
+                        len(readings),
+                        err,
+                    )
                     failing = True
                 await asyncio.sleep(WRITE_RETRY_SECONDS)
                 continue

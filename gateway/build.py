@@ -57,7 +57,9 @@ def build_endpoints(config: GatewayConfig, sink: ReadingSink) -> list[ModbusTcpE
     groups: dict[tuple[str, int], list[ModbusDevice]] = defaultdict(list)
     for dev in config.devices:
         groups[(dev.host, dev.port)].append(compile_modbus_device(dev))
-    return [ModbusTcpEndpoint(host, port, devices, sink) for (host, port), devices in groups.items()]
+    return [
+        ModbusTcpEndpoint(host, port, devices, sink) for (host, port), devices in groups.items()
+    ]
 
 
 def summarize(config: GatewayConfig) -> PlanSummary:

@@ -1,10 +1,10 @@
 """`edge-gateway` — the one command technicians type on site.
 
-    edge-gateway validate FILE      check a config; print problems or a summary
-    edge-gateway run -c FILE        run the gateway until SIGTERM / SIGINT
-    edge-gateway decode [FILE...]   turn data payloads into JSON lines
-    edge-gateway schema             print the config JSON Schema
-    edge-gateway demo               simulated devices + local broker, data shown live
+edge-gateway validate FILE      check a config; print problems or a summary
+edge-gateway run -c FILE        run the gateway until SIGTERM / SIGINT
+edge-gateway decode [FILE...]   turn data payloads into JSON lines
+edge-gateway schema             print the config JSON Schema
+edge-gateway demo               simulated devices + local broker, data shown live
 """
 
 from __future__ import annotations
@@ -43,7 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("decode", help="decode data payloads (files or stdin) into JSON lines")
-    p.add_argument("files", nargs="*", type=Path, help="payload files; none or '-' reads stdin")
+    p.add_argument(
+        "files",
+        nargs="*",
+        type=Path,
+        help="files of payloads back to back (mosquitto_sub -N); none or '-' reads stdin",
+    )
     p.set_defaults(func=_cmd_decode)
 
     p = sub.add_parser("schema", help="print the JSON Schema of the config file")
@@ -110,20 +115,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
-    from gateway.wire import DecodeError, batch_to_json_lines, decode_batch
+    from gateway.wire import DecodeError, batch_to_json_lines, iter_batches
 
     sources = args.files or [Path("-")]
     status = EXIT_OK
     for source in sources:
         data = sys.stdin.buffer.read() if str(source) == "-" else source.read_bytes()
         try:
-            batch = decode_batch(data)
+            for batch in iter_batches(data):
+                for line in batch_to_json_lines(batch):
+                    print(line)
         except DecodeError as err:
             print(f"{source}: {err}", file=sys.stderr)
             status = EXIT_FAILURE
-            continue
-        for line in batch_to_json_lines(batch):
-            print(line)
     return status
 
 

@@ -136,7 +136,9 @@ class BufferConfig(_Strict):
 
 class BatchConfig(_Strict):
     max_readings: int = Field(500, ge=1, le=100_000)
-    max_age: Duration = Field(5.0, description="a batch is closed at most this long after its first reading")
+    max_age: Duration = Field(
+        5.0, description="a batch is closed at most this long after its first reading"
+    )
 
 
 class ModbusPointConfig(_Strict):
@@ -183,10 +185,14 @@ class ModbusTcpDeviceConfig(_Strict):
     poll_interval: Duration = 1.0
     timeout: Duration = 1.0
     retries: int = Field(1, ge=0, le=10, description="extra attempts of a failed request per cycle")
-    backoff_max: Duration = Field(60.0, description="longest wait between attempts to an offline device")
+    backoff_max: Duration = Field(
+        60.0, description="longest wait between attempts to an offline device"
+    )
     byte_order: ByteOrder = ByteOrder.ABCD
     max_gap: int = Field(8, ge=0, le=124, description="unused registers a request may read across")
-    max_gap_bits: int = Field(64, ge=0, le=1999, description="unused coils/inputs a request may read across")
+    max_gap_bits: int = Field(
+        64, ge=0, le=1999, description="unused coils/inputs a request may read across"
+    )
     points: list[ModbusPointConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -217,7 +223,9 @@ def _require_unique(names: list[str], where: str, what: str) -> None:
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         if name in seen:
-            raise ValueError(f"{what} {name!r} is used twice ({where}[{seen[name]}] and {where}[{i}])")
+            raise ValueError(
+                f"{what} {name!r} is used twice ({where}[{seen[name]}] and {where}[{i}])"
+            )
         seen[name] = i
 
 
@@ -301,7 +309,7 @@ def _reason(e: Any) -> str:
     if kind == "string_pattern_mismatch" and ctx.get("pattern") == _NAME_PATTERN:
         return f"{given!r} is not a valid name: use 1-64 letters, digits, '_', '.' or '-'"
     if kind == "union_tag_not_found":
-        return "a device needs a protocol key (e.g. protocol = \"modbus_tcp\")"
+        return 'a device needs a protocol key (e.g. protocol = "modbus_tcp")'
     message: str = e["msg"]
     message = message.removeprefix("Value error, ")
     if given is not None and not isinstance(given, dict | list) and kind != "value_error":

@@ -59,7 +59,9 @@ class Subscriber:
 
     subscribed = False
 
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any
+    ) -> None:
         client.subscribe(self.topic, qos=1)
         self.subscribed = True
 
@@ -212,8 +214,16 @@ max_age = "{max_age}"
 """
 
 
-def modbus_device(name: str, port: int, unit: int, points: str, *, interval: str = "100ms",
-                  timeout: str = "300ms", backoff_max: str = "1s") -> str:
+def modbus_device(
+    name: str,
+    port: int,
+    unit: int,
+    points: str,
+    *,
+    interval: str = "100ms",
+    timeout: str = "300ms",
+    backoff_max: str = "1s",
+) -> str:
     return f"""
 [[devices]]
 name = "{name}"

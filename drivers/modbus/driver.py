@@ -21,10 +21,12 @@ from pymodbus.exceptions import ModbusException
 
 from drivers.base import DeviceHealth, ReadingSink, backoff_delay
 from drivers.modbus.decode import Table
-from drivers.modbus.plan import ReadRequest, decode_response
+from drivers.modbus.plan import ReadRequest, decode_response, plan_reads
 from gateway.model import Reading
 
 log = logging.getLogger("drivers.modbus")
+
+ILLEGAL_DATA_ADDRESS = 2
 
 
 class ModbusRequestError(Exception):
@@ -98,16 +100,21 @@ class ModbusTcpEndpoint:
         readings: list[Reading] = []
         answered = False
         error: ModbusRequestError | None = None
-        for request in device.requests:
+        pending = list(device.requests)
+        while pending:
+            request = pending.pop(0)
             try:
                 values = await self._read_with_retries(device, request)
             except ModbusRequestError as err:
                 error = err
-                if err.kind == "exception":  # the device answered, but refused this request
-                    answered = True
+                if err.kind != "exception":
+                    break  # timeouts / connection loss: the rest of this poll would fail too
+                answered = True  # the device answered, but refused this request
+                if err.code == ILLEGAL_DATA_ADDRESS and len(request.points) > 1:
+                    pending[:0] = self._split(device, request)
+                else:
                     self._log_refused_once(device, request, err)
-                    continue
-                break  # timeouts / connection loss: the rest of this poll would fail too
+                continue
             answered = True
             device.failed_requests.discard((request.table, request.address))
             ts_ms = time.time_ns() // 1_000_000
@@ -156,7 +163,9 @@ class ModbusTcpEndpoint:
             code = int(getattr(response, "exception_code", 0))
             health.modbus_exceptions[code] = health.modbus_exceptions.get(code, 0) + 1
             raise ModbusRequestError(
-                "exception", f"Modbus exception {code} ({_EXCEPTION_NAMES.get(code, 'unknown')})", code
+                "exception",
+                f"Modbus exception {code} ({_EXCEPTION_NAMES.get(code, 'unknown')})",
+                code,
             )
         health.responses += 1
         values = response.bits if request.table in _BIT_TABLES else response.registers
@@ -186,7 +195,9 @@ class ModbusTcpEndpoint:
             self._client.close()
             self._client = None
 
-    def _set_state(self, device: ModbusDevice, answered: bool, error: ModbusRequestError | None) -> None:
+    def _set_state(
+        self, device: ModbusDevice, answered: bool, error: ModbusRequestError | None
+    ) -> None:
         health = device.health
         if error is not None:
             health.last_error = str(error)
@@ -194,30 +205,75 @@ class ModbusTcpEndpoint:
             device.failures = 0
             if health.online is False:
                 down = time.time() - (health.offline_since or time.time())
-                log.info("device %r (%s) answers again after %.1fs offline", device.name,
-                         health.address, down)
+                log.info(
+                    "device %r (%s) answers again after %.1fs offline",
+                    device.name,
+                    health.address,
+                    down,
+                )
             elif health.online is None:
-                log.info("device %r (%s) is answering: %d request(s) per poll every %gs",
-                         device.name, health.address, len(device.requests), device.interval)
+                log.info(
+                    "device %r (%s) is answering: %d request(s) per poll every %gs",
+                    device.name,
+                    health.address,
+                    len(device.requests),
+                    device.interval,
+                )
             health.online = True
             health.offline_since = None
             return
         device.failures += 1
         if health.online is not False:
             health.offline_since = time.time()
-            log.warning("device %r (%s) is offline: %s; retrying with back-off up to %gs",
-                        device.name, health.address, error, device.backoff_max)
+            log.warning(
+                "device %r (%s) is offline: %s; retrying with back-off up to %gs",
+                device.name,
+                health.address,
+                error,
+                device.backoff_max,
+            )
         health.online = False
 
-    def _log_refused_once(self, device: ModbusDevice, request: ReadRequest, err: ModbusRequestError) -> None:
+    @staticmethod
+    def _split(device: ModbusDevice, request: ReadRequest) -> list[ReadRequest]:
+        """A merged read crossed addresses the device does not have: read point by point.
+
+        Merging across gaps saves requests on most devices, but some map only the
+        registers they use. The split replaces the merged request for good.
+        """
+        singles = [plan_reads([point])[0] for point, _ in request.points]
+        index = device.requests.index(request)
+        device.requests[index : index + 1] = singles
+        log.info(
+            "device %r (%s) has no registers in part of %s %d..%d; reading its %d points there "
+            "one by one from now on",
+            device.name,
+            device.health.address,
+            request.table,
+            request.address,
+            request.address + request.count - 1,
+            len(singles),
+        )
+        return singles
+
+    def _log_refused_once(
+        self, device: ModbusDevice, request: ReadRequest, err: ModbusRequestError
+    ) -> None:
         key = (request.table, request.address)
         if key in device.failed_requests:
             return
         device.failed_requests.add(key)
         names = ", ".join(p.name for p, _ in request.points)
-        log.warning("device %r (%s) refused to read %s %d..%d (%s): %s; those points get no readings",
-                    device.name, device.health.address, request.table, request.address,
-                    request.address + request.count - 1, names, err)
+        log.warning(
+            "device %r (%s) refused to read %s %d..%d (%s): %s; those points get no readings",
+            device.name,
+            device.health.address,
+            request.table,
+            request.address,
+            request.address + request.count - 1,
+            names,
+            err,
+        )
 
 
 _BIT_TABLES = (Table.COIL, Table.DISCRETE_INPUT)

@@ -46,9 +46,7 @@ class SimulatedDevice:
     """One simulated Modbus unit."""
 
     unit: int
-    tables: dict[Table, dict[int, int]] = field(
-        default_factory=lambda: {t: {} for t in Table}
-    )
+    tables: dict[Table, dict[int, int]] = field(default_factory=lambda: {t: {} for t in Table})
     silent: bool = False
     reads: int = 0
     _live: list[_Live] = field(default_factory=list)
@@ -124,13 +122,13 @@ def _overlaps(address: int, dtype: DataType, span: range) -> bool:
     return address < span.stop and span.start < end
 
 
-class _SimContext(ModbusServerContext):  # type: ignore[misc]
+class _SimContext(ModbusServerContext):
     """pymodbus' server datastore contract, served from our SimulatedDevices."""
 
     def __init__(self, devices: Iterable[SimulatedDevice]) -> None:  # no super(): own storage
         self.devices = {d.unit: d for d in devices}
         self.old_simulator = True  # tells the server to call this object directly
-        self.simdevices: list[object] = []
+        self.simdevices = []
 
     def _device(self, device_id: int) -> SimulatedDevice:
         device = self.devices.get(device_id)
@@ -171,23 +169,31 @@ class ModbusSimServer:
         self.host = host
         self.port = port
         self._server: ModbusTcpServer | None = None
+        self.connections = 0  # TCP connections accepted so far
+
+    def _trace_connect(self, connected: bool) -> None:
+        if connected:
+            self.connections += 1
 
     @property
     def devices(self) -> dict[int, SimulatedDevice]:
-        return self.context.devices  # type: ignore[no-any-return]
+        return self.context.devices
 
     async def start(self) -> None:
         if self.port == 0:
             self.port = free_tcp_port(self.host)
         server = ModbusTcpServer(
-            self.context, address=(self.host, self.port), ignore_missing_devices=True
+            self.context,
+            address=(self.host, self.port),
+            ignore_missing_devices=True,
+            trace_connect=self._trace_connect,
         )
         await server.serve_forever(background=True)
         self._server = server
 
     async def stop(self) -> None:
         if self._server is not None:
-            await self._server.shutdown()
+            await self._server.shutdown()  # type: ignore[no-untyped-call]
             self._server = None
 
     async def __aenter__(self) -> ModbusSimServer:

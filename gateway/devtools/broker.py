@@ -38,7 +38,8 @@ class Mosquitto:
         binary = find_mosquitto()
         if binary is None:
             raise BrokerError(
-                "mosquitto is not installed; on Debian / Raspberry Pi OS: sudo apt-get install mosquitto"
+                "mosquitto is not installed; on Debian / Raspberry Pi OS: "
+                "sudo apt-get install mosquitto"
             )
         self.binary = binary
         self.host = host
@@ -75,7 +76,9 @@ class Mosquitto:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BrokerError(f"mosquitto exited at start (code {self.proc.returncode}); see {self.log}")
+                raise BrokerError(
+                    f"mosquitto exited at start (code {self.proc.returncode}); see {self.log}"
+                )
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
                     return

@@ -50,7 +50,8 @@ poll_interval = "500ms"
 timeout = "500ms"
 points = [
   {{ name = "discharge_pressure", address = 0, type = "float32", unit = "bar" }},
-  {{ name = "motor_temperature", address = 2, type = "float32", byte_order = "CDAB", unit = "degC" }},
+  {{ name = "motor_temperature", address = 2, type = "float32", byte_order = "CDAB",
+     unit = "degC" }},
   {{ name = "polls", address = 4, type = "uint32" }},
   {{ name = "supply_voltage", table = "input", address = 0, type = "int16", unit = "V" }},
   {{ name = "pump_running", table = "coil", address = 0, type = "bool" }},
@@ -116,15 +117,19 @@ async def _run(loaded, broker_port: int, seconds: float) -> int:  # type: ignore
                     totals["bytes"] += len(payload)
                     latest = {f"{r.device}/{r.point}": r.value for r in batch.readings}
                     shown = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(latest.items()))
-                    print(f"[data]   seq {batch.seq}: {len(batch.readings)} readings, "
-                          f"{len(payload)} bytes — {shown}")
+                    print(
+                        f"[data]   seq {batch.seq}: {len(batch.readings)} readings, "
+                        f"{len(payload)} bytes — {shown}"
+                    )
                 elif topic.endswith("/status"):
                     print(f"[status] {payload.decode()}")
                 elif topic.endswith("/health"):
                     h = json.loads(payload)
                     devices = ", ".join(f"{d['name']}={d['state']}" for d in h["devices"])
-                    print(f"[health] buffer {h['buffer']['batches']} batch(es) waiting, "
-                          f"uplink {h['uplink']['state']}, devices: {devices}")
+                    print(
+                        f"[health] buffer {h['buffer']['batches']} batch(es) waiting, "
+                        f"uplink {h['uplink']['state']}, devices: {devices}"
+                    )
 
     async with asyncio.TaskGroup() as tg:
         watcher = tg.create_task(watch(), name="demo-watch")

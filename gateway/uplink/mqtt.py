@@ -99,7 +99,10 @@ class MqttUplink:
     def _client(self) -> aiomqtt.Client:
         cfg = self.config
         will = aiomqtt.Will(
-            self.topics.status, self._status("offline", reason="connection lost"), qos=1, retain=True
+            self.topics.status,
+            self._status("offline", reason="connection lost"),
+            qos=1,
+            retain=True,
         )
         client = aiomqtt.Client(
             cfg.host,
@@ -126,7 +129,9 @@ class MqttUplink:
         stats = self.store.stats
         log.info(
             "connected to MQTT broker %s:%d; %d batch(es) waiting on disk",
-            self.config.host, self.config.port, stats.batches,
+            self.config.host,
+            self.config.port,
+            stats.batches,
         )
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch_connection(client), name="uplink-watch")
@@ -145,8 +150,11 @@ class MqttUplink:
         await self._stop.wait()
         try:
             await client.publish(
-                self.topics.status, self._status("offline", reason="stopped"), qos=1,
-                retain=True, timeout=2.0,
+                self.topics.status,
+                self._status("offline", reason="stopped"),
+                qos=1,
+                retain=True,
+                timeout=2.0,
             )
         except aiomqtt.MqttError as err:
             log.warning("could not publish the offline status before stopping: %s", err)
@@ -167,7 +175,9 @@ class MqttUplink:
                     cursor = entry.seq
                     tg.create_task(self._publish(client, entry, window))
 
-    async def _publish(self, client: aiomqtt.Client, entry: Entry, window: asyncio.Semaphore) -> None:
+    async def _publish(
+        self, client: aiomqtt.Client, entry: Entry, window: asyncio.Semaphore
+    ) -> None:
         try:
             await client.publish(self.topics.data, entry.payload, qos=1)
         finally:
@@ -201,13 +211,19 @@ class MqttUplink:
             log.warning(
                 "cannot reach the MQTT broker %s:%d (%s); readings are kept on disk; "
                 "retrying with back-off up to %gs",
-                self.config.host, self.config.port, reason, self.config.reconnect_max,
+                self.config.host,
+                self.config.port,
+                reason,
+                self.config.reconnect_max,
             )
         elif self.state != "offline":
             log.warning(
                 "lost the MQTT broker %s:%d (%s); batches stay on disk (%d waiting); "
                 "reconnecting with back-off up to %gs",
-                self.config.host, self.config.port, reason, self.store.stats.batches,
+                self.config.host,
+                self.config.port,
+                reason,
+                self.store.stats.batches,
                 self.config.reconnect_max,
             )
         self.state = "offline"

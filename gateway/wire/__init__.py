@@ -14,6 +14,7 @@ from gateway.wire.codec import (
     batch_to_json_lines,
     decode_batch,
     encode_batch,
+    iter_batches,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "batch_to_json_lines",
     "decode_batch",
     "encode_batch",
+    "iter_batches",
 ]

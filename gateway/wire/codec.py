@@ -52,6 +52,26 @@ def decode_batch(payload: bytes) -> Batch:
         doc = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as err:
         raise DecodeError(f"not a msgpack document: {err}") from err
+    return _from_doc(doc)
+
+
+def iter_batches(stream: bytes) -> Iterator[Batch]:
+    """Decode payloads stored back to back (e.g. `mosquitto_sub -N > capture.bin`)."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True)
+    unpacker.feed(stream)
+    while True:
+        try:
+            doc = next(unpacker)
+        except StopIteration:
+            break
+        except (msgpack.FormatError, msgpack.StackError, ValueError) as err:
+            raise DecodeError(f"not a msgpack document: {err}") from err
+        yield _from_doc(doc)
+    if unpacker.tell() != len(stream):
+        raise DecodeError(f"{len(stream) - unpacker.tell()} trailing byte(s) are not a whole batch")
+
+
+def _from_doc(doc: Any) -> Batch:
     if not isinstance(doc, dict):
         raise DecodeError(f"expected a msgpack map, got {type(doc).__name__}")
     version = doc.get("v")

@@ -47,11 +47,13 @@ async def test_every_polled_reading_reaches_the_centre_in_order(
     tmp_path: Path, broker: Mosquitto, subscriber: Subscriber, gateway_process
 ) -> None:
     async with ModbusSimServer([counting_device()]) as sim:
-        gp = gateway_process(gateway_config(
-            broker_port=broker.port,
-            buffer_path=tmp_path / "buffer.db",
-            devices=modbus_device("pump", sim.port, 1, POINTS),
-        ))
+        gp = gateway_process(
+            gateway_config(
+                broker_port=broker.port,
+                buffer_path=tmp_path / "buffer.db",
+                devices=modbus_device("pump", sim.port, 1, POINTS),
+            )
+        )
         gp.start()
         await subscriber.wait_async(lambda: len(poll_counts(subscriber)) >= 15, 20, "15 polls")
         assert await stop(gp) == 0, gp.log
@@ -75,11 +77,13 @@ async def test_readings_made_while_the_broker_is_down_arrive_in_order_after_it_r
     tmp_path: Path, broker: Mosquitto, subscriber: Subscriber, gateway_process
 ) -> None:
     async with ModbusSimServer([counting_device()]) as sim:
-        gp = gateway_process(gateway_config(
-            broker_port=broker.port,
-            buffer_path=tmp_path / "buffer.db",
-            devices=modbus_device("pump", sim.port, 1, POINTS),
-        ))
+        gp = gateway_process(
+            gateway_config(
+                broker_port=broker.port,
+                buffer_path=tmp_path / "buffer.db",
+                devices=modbus_device("pump", sim.port, 1, POINTS),
+            )
+        )
         gp.start()
         await subscriber.wait_async(lambda: len(poll_counts(subscriber)) >= 5, 20, "first polls")
         await asyncio.to_thread(broker.stop)
@@ -88,8 +92,10 @@ async def test_readings_made_while_the_broker_is_down_arrive_in_order_after_it_r
         polled_during_outage = (sim.devices[1].reads - before_outage) // 2
         await asyncio.to_thread(broker.start)
         await subscriber.wait_async(
-            lambda: bool(poll_counts(subscriber))
-            and poll_counts(subscriber)[-1] > before_outage // 2 + polled_during_outage,
+            lambda: (
+                bool(poll_counts(subscriber))
+                and poll_counts(subscriber)[-1] > before_outage // 2 + polled_during_outage
+            ),
             20,
             "readings from after the outage",
         )
@@ -107,11 +113,13 @@ async def test_batches_on_disk_when_the_gateway_is_killed_arrive_after_a_restart
 ) -> None:
     buffer_path = tmp_path / "buffer.db"
     async with ModbusSimServer([counting_device()]) as sim:
-        gp = gateway_process(gateway_config(
-            broker_port=broker.port,
-            buffer_path=buffer_path,
-            devices=modbus_device("pump", sim.port, 1, POINTS),
-        ))
+        gp = gateway_process(
+            gateway_config(
+                broker_port=broker.port,
+                buffer_path=buffer_path,
+                devices=modbus_device("pump", sim.port, 1, POINTS),
+            )
+        )
         await asyncio.to_thread(broker.stop)  # an outage: everything piles up on disk
         gp.start()
         await asyncio.sleep(2.5)
@@ -135,8 +143,12 @@ async def test_batches_on_disk_when_the_gateway_is_killed_arrive_after_a_restart
     # Readings of the first run are gapless up to the last persisted batch; only the
     # open batch (at most max_age of readings) died with the process.
     counts = poll_counts(subscriber)
-    first_run = [c for c in counts if c <= max(int(r.value) for e in persisted
-                 for r in _decode(e.payload) if r.point == "polls")]
+    first_run = [
+        c
+        for c in counts
+        if c
+        <= max(int(r.value) for e in persisted for r in _decode(e.payload) if r.point == "polls")
+    ]
     assert first_run == list(range(1, len(first_run) + 1))
 
 
@@ -155,20 +167,24 @@ async def test_a_device_that_disappears_is_marked_offline_and_recovers_while_oth
     await steady.start()
     await flaky.start()
     try:
-        gp = gateway_process(gateway_config(
-            broker_port=broker.port,
-            buffer_path=tmp_path / "buffer.db",
-            devices=modbus_device("pump", steady.port, 1, POINTS)
-            + modbus_device("gauge", flaky.port, 1, POINTS, backoff_max="300ms"),
-        ))
+        gp = gateway_process(
+            gateway_config(
+                broker_port=broker.port,
+                buffer_path=tmp_path / "buffer.db",
+                devices=modbus_device("pump", steady.port, 1, POINTS)
+                + modbus_device("gauge", flaky.port, 1, POINTS, backoff_max="300ms"),
+            )
+        )
         gp.start()
         await subscriber.wait_async(lambda: len(poll_counts(subscriber, "gauge")) >= 5, 20, "gauge")
         await flaky.stop()
-        await subscriber.wait_async(lambda: "'gauge'" in gp.log and "is offline" in gp.log, 10,
-                                    "the gauge reported offline")
+        await subscriber.wait_async(
+            lambda: "'gauge'" in gp.log and "is offline" in gp.log, 10, "the gauge reported offline"
+        )
         await subscriber.wait_async(
             lambda: any(_device_state(h, "gauge") == "offline" for h in subscriber.on("/health")),
-            10, "health topic shows the gauge offline",
+            10,
+            "health topic shows the gauge offline",
         )
         steady_before = len(poll_counts(subscriber, "pump"))
         await asyncio.sleep(1.5)
@@ -200,11 +216,13 @@ async def test_status_topic_says_online_on_connect_and_offline_on_stop_or_death(
     tmp_path: Path, broker: Mosquitto, subscriber: Subscriber, gateway_process
 ) -> None:
     async with ModbusSimServer([counting_device()]) as sim:
-        gp = gateway_process(gateway_config(
-            broker_port=broker.port,
-            buffer_path=tmp_path / "buffer.db",
-            devices=modbus_device("pump", sim.port, 1, POINTS),
-        ))
+        gp = gateway_process(
+            gateway_config(
+                broker_port=broker.port,
+                buffer_path=tmp_path / "buffer.db",
+                devices=modbus_device("pump", sim.port, 1, POINTS),
+            )
+        )
         gp.start()
         await subscriber.wait_async(lambda: len(subscriber.on("/status")) >= 1, 20, "birth")
         birth = json.loads(subscriber.on("/status")[0])

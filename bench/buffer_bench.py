@@ -1,0 +1,179 @@
+"""Throughput of the durable queue with gateway-sized batches; prints a table, asserts nothing.
+
+    python bench/buffer_bench.py            # backlogs 0 and 10k, < 60 s on a 2-core VM
+    python bench/buffer_bench.py --large    # adds a 100k backlog (~840 MB on disk)
+    python bench/buffer_bench.py --dir /mnt/sd/tmp   # measure on the card the gateway uses
+
+Every append is its own durable commit, as in the gateway. "written/payload" is the
+bytes this process sent to the block layer (``/proc/self/io`` write_bytes, so ext4's
+own journal is not included) divided by the payload bytes appended: the write
+amplification to watch on SD cards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from buffer import DurableQueue
+
+PAYLOAD_BYTES = 8400  # a batch of 200 readings in msgpack
+TIMED_APPENDS = 2000
+ACK_GROUP = 50
+UNBOUNDED = 1 << 40
+
+_BODY = os.urandom(PAYLOAD_BYTES - 8)
+
+
+def make_payload(seq: int) -> bytes:
+    return seq.to_bytes(8, "big") + _BODY
+
+
+def written_bytes() -> int | None:
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, ...]] = []
+
+    def add(self, scenario: str, ops: int, seconds: float, lat: list[float], written: str) -> None:
+        p50 = f"{statistics.median(lat) * 1e6:,.0f}" if lat else "-"
+        p99 = f"{statistics.quantiles(lat, n=100)[98] * 1e6:,.0f}" if len(lat) > 1 else "-"
+        self.rows.append((scenario, f"{ops:,}", f"{ops / seconds:,.0f}", p50, p99, written))
+
+    def add_text(self, scenario: str, value: str) -> None:
+        self.rows.append((scenario, "", value, "", "", ""))
+
+    def print(self) -> None:
+        head = ("scenario", "ops", "ops/s", "p50 µs", "p99 µs", "written/payload")
+        widths = [max(len(r[i]) for r in [head, *self.rows]) for i in range(len(head))]
+        for row in [head, *self.rows]:
+            cells = [row[0].ljust(widths[0])] + [
+                c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+            ]
+            print("  ".join(cells).rstrip())
+
+
+def timed(n: int, op: Callable[[], object]) -> tuple[float, list[float], str]:
+    """Run ``op`` n times; return total seconds, per-call latencies and write amplification."""
+    lat = []
+    w0 = written_bytes()
+    start = time.perf_counter()
+    for _ in range(n):
+        t = time.perf_counter()
+        op()
+        lat.append(time.perf_counter() - t)
+    seconds = time.perf_counter() - start
+    w1 = written_bytes()
+    amp = "n/a" if w0 is None or w1 is None else f"{(w1 - w0) / (n * PAYLOAD_BYTES):.2f}x"
+    return seconds, lat, amp
+
+
+def drop_from_page_cache(path: Path) -> None:
+    """Make the next open read from the device, like the first open after a power cut."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def fill(queue: DurableQueue, backlog: int) -> None:
+    while queue.stats().batches < backlog:
+        queue.append(make_payload)
+
+
+def bench_backlogs(root: Path, backlogs: list[int], table: Table) -> None:
+    path = root / "grow" / "queue.db"
+    queue = DurableQueue(path, max_bytes=UNBOUNDED)
+    try:
+        for backlog in backlogs:
+            fill(queue, backlog)
+            seconds, lat, amp = timed(TIMED_APPENDS, lambda: queue.append(make_payload))
+            table.add(f"append, backlog {backlog:,}", TIMED_APPENDS, seconds, lat, amp)
+
+        batches = queue.stats().batches
+        size_mb = path.stat().st_size / 1e6
+        for cache in ("warm", "cold"):
+            queue.close()
+            if cache == "cold":
+                drop_from_page_cache(path)
+            start = time.perf_counter()
+            queue = DurableQueue(path, max_bytes=UNBOUNDED)
+            reopen_ms = (time.perf_counter() - start) * 1e3
+            scenario = f"reopen at backlog {batches:,} ({size_mb:,.0f} MB), {cache} cache"
+            table.add_text(scenario, f"{reopen_ms:,.0f} ms")
+
+        ack_lat: list[float] = []
+        acked = 0
+        start = time.perf_counter()
+        while acked < TIMED_APPENDS:
+            seqs = [e.seq for e in queue.read(limit=ACK_GROUP)]  # what the uplink publishes
+            t = time.perf_counter()
+            acked += queue.ack(seqs)
+            ack_lat.append(time.perf_counter() - t)
+        seconds = time.perf_counter() - start
+        table.add(f"ack, groups of {ACK_GROUP} (ack only)", acked, sum(ack_lat), ack_lat, "")
+        table.add(f"read {ACK_GROUP} + ack {ACK_GROUP} (uplink loop)", acked, seconds, [], "")
+    finally:
+        queue.close()
+
+
+def bench_at_cap(root: Path, table: Table) -> None:
+    cap_batches = 2000
+    queue = DurableQueue(root / "cap" / "queue.db", max_bytes=cap_batches * PAYLOAD_BYTES)
+    try:
+        fill(queue, cap_batches)
+        seconds, lat, amp = timed(TIMED_APPENDS, lambda: queue.append(make_payload))
+        evicted = queue.stats().evicted_batches
+        table.add(f"append at byte cap, {evicted:,} evicted", TIMED_APPENDS, seconds, lat, amp)
+    finally:
+        queue.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--large", action="store_true", help="also measure at a 100k backlog")
+    parser.add_argument(
+        "--dir", type=Path, help="where to put the queue files (default: a temp dir)"
+    )
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="buffer-bench-", dir=args.dir))
+    backlogs = [0, 10_000, *([100_000] if args.large else [])]
+    print(
+        f"buffer bench: {PAYLOAD_BYTES:,}-byte payloads, one durable commit per append,"
+        f" SQLite {sqlite3.sqlite_version}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs,"
+        f" files in {root}"
+    )
+    table = Table()
+    started = time.perf_counter()
+    try:
+        bench_backlogs(root, backlogs, table)
+        bench_at_cap(root, table)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    table.print()
+    print(f"total {time.perf_counter() - started:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
