@@ -56,6 +56,12 @@ class Gateway:
             stats.batches,
             stats.last_seq + 1,
         )
+        if queue.recovered_from:
+            log.error(
+                "the buffer file was damaged and has been kept aside as %s; the gateway "
+                "continues with a fresh buffer (see buffer/DESIGN.md, 'Damaged files')",
+                queue.recovered_from,
+            )
         self.store = store
         self.batcher = Batcher(cfg.batch.max_readings, cfg.batch.max_age, self._write_batch)
         self.endpoints = build_endpoints(cfg, self.batcher.add)
@@ -144,6 +150,7 @@ class Gateway:
                 "last_seq": stats.last_seq,
                 "evicted_batches": stats.evicted_batches,
                 "evicted_bytes": stats.evicted_bytes,
+                "recovered_from": self.store.queue.recovered_from,
             },
             "uplink": self.uplink.health(),
             "pipeline": {
