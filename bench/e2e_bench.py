@@ -136,7 +136,7 @@ async def main(args: argparse.Namespace) -> None:
                 cfg = workdir / "bench.toml"
                 cfg.write_text(config(workdir, broker.port, sim.port, args))
                 counter = Counter(broker.port)
-                proc = subprocess.Popen(
+                proc = subprocess.Popen(  # noqa: ASYNC220 - the gateway runs beside us
                     [sys.executable, "-m", "gateway", "run", "-c", str(cfg)], cwd=REPO
                 )
                 await asyncio.sleep(args.warmup)
@@ -154,11 +154,15 @@ async def main(args: argparse.Namespace) -> None:
     elapsed = t1 - t0
     readings = r1 - r0
     offered = args.devices * args.points / _seconds(args.interval)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    print(f"load: {args.devices} devices x {args.points} float32 points every {args.interval} "
-          f"= {offered:,.0f} readings/s offered; batches of up to {args.batch}")
+    python = platform.python_version()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {python}")
+    print(
+        f"load: {args.devices} devices x {args.points} float32 points every {args.interval} "
+        f"= {offered:,.0f} readings/s offered; batches of up to {args.batch}"
+    )
     print(f"window: {elapsed:.1f}s after {args.warmup:g}s warm-up")
-    print(f"delivered:     {readings / elapsed:,.0f} readings/s ({(b1 - b0) / elapsed:,.1f} batches/s)")
+    batch_rate = (b1 - b0) / elapsed
+    print(f"delivered:     {readings / elapsed:,.0f} readings/s ({batch_rate:,.1f} batches/s)")
     print(f"gateway CPU:   {100 * (c1 - c0) / elapsed:.1f} % of one core")
     print(f"gateway RSS:   {rss / 1024:.1f} MiB (peak {hwm / 1024:.1f} MiB)")
     print(f"wire:          {(y1 - y0) / max(1, readings):.1f} bytes per reading")

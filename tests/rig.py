@@ -40,7 +40,14 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 class Subscriber:
     """What the city centre sees: a persistent QoS 1 subscription that survives broker restarts."""
 
-    def __init__(self, broker: Mosquitto, topic: str = "#") -> None:
+    def __init__(
+        self,
+        broker: Mosquitto,
+        topic: str = "#",
+        *,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.broker = broker
         self.topic = topic
         self.messages: list[tuple[str, bytes]] = []
@@ -53,6 +60,8 @@ class Subscriber:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.1, 0.5)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.connect_async("127.0.0.1", broker.port, keepalive=10)
         self.client.loop_start()
         self.wait(lambda: self.subscribed, 10, "subscriber never connected")

@@ -34,7 +34,15 @@ def find_mosquitto() -> str | None:
 
 
 class Mosquitto:
-    def __init__(self, workdir: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        *,
+        extra_config: str = "",
+    ) -> None:
+        """`extra_config` is appended verbatim: more listeners, TLS, a password_file."""
         binary = find_mosquitto()
         if binary is None:
             raise BrokerError(
@@ -50,7 +58,6 @@ class Mosquitto:
         self.log = workdir / "mosquitto.log"
         self.conf.write_text(
             f"listener {self.port} {host}\n"
-            "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {workdir}/\n"
             "autosave_interval 1\n"
@@ -61,6 +68,7 @@ class Mosquitto:
             # Started as root, mosquitto switches to the 'mosquitto' user, which cannot
             # write this private directory: its log and persistence would silently fail.
             + ("user root\n" if os.geteuid() == 0 else "")
+            + (extra_config or "allow_anonymous true\n")
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -14,6 +14,7 @@ will ("offline") when the gateway disappears without saying goodbye.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import ssl
@@ -32,7 +33,7 @@ from gateway.uplink.topics import Topics
 log = logging.getLogger("gateway.uplink")
 
 ACK_FLUSH_INTERVAL = 0.2  # seconds between grouped deletes of acknowledged batches
-ACK_FLUSH_COUNT = 100
+STOP_DRAIN_SECONDS = 5.0  # on stop, how long to keep publishing what is on disk
 
 
 class _Stopping(Exception):
@@ -57,6 +58,10 @@ class MqttUplink:
         self._stop = asyncio.Event()
         self._tls = _tls_context(config)  # built once: a bad certificate path fails at start
         self._acked: list[int] = []
+        self._inflight = 0
+        self._cursor = 0  # highest seq handed to the client in the current session
+        self._progress = asyncio.Event()  # a publish finished, or the pump ran dry
+        self._pump_idle = False  # everything on disk has been handed to the client
         self.state = "connecting"
         self.connected_since: float | None = None
         self.published_batches = 0
@@ -148,6 +153,13 @@ class MqttUplink:
 
     async def _goodbye_on_stop(self, client: aiomqtt.Client) -> None:
         await self._stop.wait()
+        # Publish what is on disk (the batch flushed at stop, a short backlog) before
+        # saying goodbye, for a bounded time; the rest waits on disk for the next start.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_DRAIN_SECONDS):
+                while self._inflight or not self._pump_idle or self.store.appended.is_set():
+                    self._progress.clear()
+                    await self._progress.wait()
         try:
             await client.publish(
                 self.topics.status,
@@ -162,17 +174,23 @@ class MqttUplink:
 
     async def _pump(self, client: aiomqtt.Client) -> None:
         window = asyncio.Semaphore(self.config.max_inflight)
-        cursor = 0  # highest seq handed to the client in this session
+        self._cursor = 0
+        self._inflight = 0
+        self._pump_idle = False
         async with asyncio.TaskGroup() as tg:
             while True:
                 self.store.appended.clear()
-                entries = await self.store.read(cursor, self.config.max_inflight * 2)
+                entries = await self.store.read(self._cursor, self.config.max_inflight * 2)
                 if not entries:
+                    self._pump_idle = True
+                    self._progress.set()
                     await self.store.appended.wait()
+                    self._pump_idle = False
                     continue
                 for entry in entries:
                     await window.acquire()
-                    cursor = entry.seq
+                    self._cursor = entry.seq
+                    self._inflight += 1
                     tg.create_task(self._publish(client, entry, window))
 
     async def _publish(
@@ -182,6 +200,8 @@ class MqttUplink:
             await client.publish(self.topics.data, entry.payload, qos=1)
         finally:
             window.release()
+            self._inflight -= 1
+            self._progress.set()
         self.published_batches += 1
         self.published_bytes += len(entry.payload)
         self._acked.append(entry.seq)

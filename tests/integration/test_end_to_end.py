@@ -71,6 +71,8 @@ async def test_every_polled_reading_reaches_the_centre_in_order(
     batches = subscriber.batches()
     assert [b.seq for b in batches] == list(range(1, len(batches) + 1))
     assert len({b.boot_id for b in batches}) == 1
+    # A clean stop publishes the flushed batch before saying goodbye.
+    assert "stopped; 0 batch(es) remain on disk" in gp.log, gp.log
 
 
 async def test_readings_made_while_the_broker_is_down_arrive_in_order_after_it_returns(
