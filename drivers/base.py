@@ -27,6 +27,8 @@ class DeviceHealth:
     requests: int = 0
     responses: int = 0
     timeouts: int = 0
+    crc_errors: int = 0  # answers that arrived garbled (bad CRC / checksum)
+    framing_errors: int = 0  # bytes discarded while looking for a frame
     errors: int = 0  # connection errors and malformed responses
     modbus_exceptions: dict[int, int] = field(default_factory=dict)
     readings: int = 0
@@ -42,6 +44,8 @@ class DeviceHealth:
             "requests": self.requests,
             "responses": self.responses,
             "timeouts": self.timeouts,
+            "crc_errors": self.crc_errors,
+            "framing_errors": self.framing_errors,
             "errors": self.errors,
             "modbus_exceptions": {str(k): v for k, v in self.modbus_exceptions.items()},
             "readings": self.readings,
@@ -65,5 +69,6 @@ class Driver(Protocol):
 
 def backoff_delay(failures: int, base: float, maximum: float) -> float:
     """Jittered exponential back-off: base * 2^(failures-1), capped, +/-20 % jitter."""
-    delay: float = min(maximum, base * 2.0 ** max(0, failures - 1))
+    exponent = min(max(0, failures - 1), 30)  # capped: days of failures must not overflow
+    delay: float = min(maximum, base * 2.0**exponent)
     return delay * random.uniform(0.8, 1.2)

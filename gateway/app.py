@@ -18,8 +18,9 @@ import time
 from typing import Any
 
 from buffer import BufferError, DurableQueue, PayloadTooLargeError
+from drivers.base import Driver
 from gateway import __version__
-from gateway.build import build_endpoints
+from gateway.build import build_drivers
 from gateway.model import Reading
 from gateway.pipeline.batcher import Batcher
 from gateway.settings import LoadedConfig
@@ -31,6 +32,26 @@ from gateway.wire import encode_batch
 log = logging.getLogger("gateway")
 
 WRITE_RETRY_SECONDS = 1.0
+UPLINK_STOP_SECONDS = 10.0  # drain what is on disk, say goodbye; then leave regardless
+DRIVER_RESTART_SECONDS = 5.0
+# Readings held in memory while the buffer refuses writes (a read-only SD card):
+# beyond this the oldest are dropped, counted, and reported.
+MAX_PENDING = 200_000
+
+
+async def _supervise(driver: Driver) -> None:
+    """Run a driver; a bug in it is logged and the driver restarted, not the gateway."""
+    while True:
+        try:
+            await driver.run()
+            return
+        except Exception:
+            log.exception(
+                "driver %s failed unexpectedly; restarting it in %gs",
+                driver.name,
+                DRIVER_RESTART_SECONDS,
+            )
+            await asyncio.sleep(DRIVER_RESTART_SECONDS)
 
 
 class Gateway:
@@ -44,15 +65,56 @@ class Gateway:
 
     async def run(self) -> None:
         cfg = self.config
+        self.batcher = Batcher(
+            cfg.batch.max_readings, cfg.batch.max_age, self._write_batch, max_pending=MAX_PENDING
+        )
+        self.drivers = build_drivers(cfg, self.batcher.add)
         queue = DurableQueue(cfg.buffer.path, max_bytes=cfg.buffer.max_bytes)
-        store = Store(queue)
-        stats = store.stats
+        self.store = store = Store(queue)
+        try:
+            self._log_start(queue)
+            self.uplink = MqttUplink(
+                cfg.mqtt,
+                Topics(cfg.mqtt.topic_prefix, self.gateway_id),
+                store,
+                identity={
+                    "gateway_id": self.gateway_id,
+                    "boot_id": self.boot_id,
+                    "version": __version__,
+                    "config_hash": self.loaded.config_hash,
+                },
+                health=self.health,
+            )
+            async with asyncio.TaskGroup() as tg:
+                uplink_task = tg.create_task(self.uplink.run(), name="uplink")
+                batcher_task = tg.create_task(self.batcher.run(), name="batcher")
+                driver_tasks = [tg.create_task(_supervise(d), name=d.name) for d in self.drivers]
+                await self.stop_requested.wait()
+                log.info("stopping: polling ends, the open batch goes to the buffer")
+                for task in driver_tasks:
+                    task.cancel()
+                await asyncio.gather(*driver_tasks, return_exceptions=True)
+                await self.batcher.close(batcher_task)
+                self.uplink.stop()
+                try:
+                    async with asyncio.timeout(UPLINK_STOP_SECONDS):
+                        await asyncio.shield(uplink_task)
+                except TimeoutError:
+                    log.warning("the broker did not answer in time; leaving without a goodbye")
+                    uplink_task.cancel()
+        finally:
+            store.close()
+        stats = queue.stats()
+        log.info("stopped; %d batch(es) remain on disk for the next start", stats.batches)
+
+    def _log_start(self, queue: DurableQueue) -> None:
+        stats = queue.stats()
         log.info(
             "gateway %r starting (boot %s, config %s): buffer %s holds %d batch(es), next seq %d",
             self.gateway_id,
             self.boot_id,
             self.loaded.config_hash,
-            cfg.buffer.path,
+            self.config.buffer.path,
             stats.batches,
             stats.last_seq + 1,
         )
@@ -62,38 +124,6 @@ class Gateway:
                 "continues with a fresh buffer (see buffer/DESIGN.md, 'Damaged files')",
                 queue.recovered_from,
             )
-        self.store = store
-        self.batcher = Batcher(cfg.batch.max_readings, cfg.batch.max_age, self._write_batch)
-        self.endpoints = build_endpoints(cfg, self.batcher.add)
-        self.uplink = MqttUplink(
-            cfg.mqtt,
-            Topics(cfg.mqtt.topic_prefix, self.gateway_id),
-            store,
-            identity={
-                "gateway_id": self.gateway_id,
-                "boot_id": self.boot_id,
-                "version": __version__,
-                "config_hash": self.loaded.config_hash,
-            },
-            health=self.health,
-        )
-        try:
-            async with asyncio.TaskGroup() as tg:
-                uplink_task = tg.create_task(self.uplink.run(), name="uplink")
-                batcher_task = tg.create_task(self.batcher.run(), name="batcher")
-                driver_tasks = [tg.create_task(e.run(), name=e.name) for e in self.endpoints]
-                await self.stop_requested.wait()
-                log.info("stopping: polling ends, the open batch goes to the buffer")
-                for task in driver_tasks:
-                    task.cancel()
-                await asyncio.gather(*driver_tasks, return_exceptions=True)
-                await self.batcher.close(batcher_task)
-                self.uplink.stop()
-                await uplink_task
-        finally:
-            store.close()
-        stats = queue.stats()
-        log.info("stopped; %d batch(es) remain on disk for the next start", stats.batches)
 
     async def _write_batch(self, readings: list[Reading]) -> None:
         """Persist one batch; never drop it for a transient disk error."""
@@ -157,6 +187,7 @@ class Gateway:
                 "readings_in": self.batcher.readings_in,
                 "readings_pending": self.batcher.pending,
                 "batches_written": self.batcher.batches_written,
+                "readings_dropped": self.batcher.readings_dropped,
             },
-            "devices": [d.as_dict() for e in self.endpoints for d in e.health()],
+            "devices": [d.as_dict() for e in self.drivers for d in e.health()],
         }

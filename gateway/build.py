@@ -9,10 +9,24 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from drivers.base import DeviceHealth, ReadingSink
-from drivers.modbus.driver import ModbusDevice, ModbusTcpEndpoint
+from drivers.base import DeviceHealth, Driver, ReadingSink
+from drivers.modbus.driver import (
+    ModbusDevice,
+    ModbusEndpoint,
+    Transport,
+    default_inter_frame_delay,
+)
 from drivers.modbus.plan import PointSpec, plan_reads
-from gateway.settings import GatewayConfig, ModbusTcpDeviceConfig
+from drivers.serial_line.driver import SerialLineDriver
+from gateway.settings import (
+    GatewayConfig,
+    ModbusRtuDeviceConfig,
+    ModbusRtuOverTcpDeviceConfig,
+    ModbusTcpDeviceConfig,
+    SerialLineDeviceConfig,
+)
+
+ModbusConfig = ModbusTcpDeviceConfig | ModbusRtuOverTcpDeviceConfig | ModbusRtuDeviceConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,11 +34,31 @@ class PlanSummary:
     devices: int
     points: int
     requests_per_cycle: int
-    endpoints: int
-    lines: list[str]
+    lines: int
+    details: list[str]
 
 
-def compile_modbus_device(dev: ModbusTcpDeviceConfig) -> ModbusDevice:
+def transport_of(dev: ModbusConfig) -> Transport:
+    if isinstance(dev, ModbusRtuDeviceConfig):
+        return Transport(
+            "rtu",
+            serial_port=dev.port,
+            baudrate=dev.baudrate,
+            bytesize=dev.bytesize,
+            parity=dev.parity,
+            stopbits=dev.stopbits,
+            inter_frame_delay=(
+                dev.inter_frame_delay
+                if dev.inter_frame_delay is not None
+                else default_inter_frame_delay(dev.baudrate)
+            ),
+        )
+    if isinstance(dev, ModbusRtuOverTcpDeviceConfig):
+        return Transport("rtu_over_tcp", host=dev.host, port=dev.port)
+    return Transport("tcp", host=dev.host, port=dev.port)
+
+
+def compile_modbus_device(dev: ModbusConfig, transport: Transport) -> ModbusDevice:
     specs = [
         PointSpec(
             name=p.name,
@@ -48,32 +82,41 @@ def compile_modbus_device(dev: ModbusTcpDeviceConfig) -> ModbusDevice:
         timeout=dev.timeout,
         retries=dev.retries,
         backoff_max=dev.backoff_max,
-        health=DeviceHealth(dev.name, f"unit {dev.unit} at {dev.host}:{dev.port}"),
+        health=DeviceHealth(dev.name, f"unit {dev.unit} at {transport}"),
     )
 
 
-def build_endpoints(config: GatewayConfig, sink: ReadingSink) -> list[ModbusTcpEndpoint]:
-    """One endpoint (one connection) per host:port; units behind it share it."""
-    groups: dict[tuple[str, int], list[ModbusDevice]] = defaultdict(list)
+def build_drivers(config: GatewayConfig, sink: ReadingSink) -> list[Driver]:
+    """One Modbus endpoint per line (units on it share it); one driver per serial instrument."""
+    lines: dict[Transport, list[ModbusDevice]] = defaultdict(list)
+    drivers: list[Driver] = []
     for dev in config.devices:
-        groups[(dev.host, dev.port)].append(compile_modbus_device(dev))
-    return [
-        ModbusTcpEndpoint(host, port, devices, sink) for (host, port), devices in groups.items()
-    ]
+        if isinstance(dev, SerialLineDeviceConfig):
+            drivers.append(SerialLineDriver.from_config(dev, sink))
+            continue
+        transport = transport_of(dev)
+        lines[transport].append(compile_modbus_device(dev, transport))
+    modbus: list[Driver] = [ModbusEndpoint(t, devices, sink) for t, devices in lines.items()]
+    return modbus + drivers
 
 
 def summarize(config: GatewayConfig) -> PlanSummary:
-    endpoints = build_endpoints(config, lambda readings: None)
-    lines = []
+    drivers = build_drivers(config, lambda readings: None)
+    details = []
     total_requests = 0
     points = 0
-    for endpoint in endpoints:
-        for device in endpoint.devices:
-            n_points = sum(len(r.points) for r in device.requests)
-            points += n_points
-            total_requests += len(device.requests)
-            lines.append(
-                f"{device.name}: {n_points} point(s) in {len(device.requests)} request(s) "
-                f"every {device.interval:g}s ({device.health.address})"
-            )
-    return PlanSummary(len(config.devices), points, total_requests, len(endpoints), lines)
+    for driver in drivers:
+        if isinstance(driver, ModbusEndpoint):
+            for device in driver.devices:
+                n_points = sum(len(r.points) for r in device.requests)
+                points += n_points
+                total_requests += len(device.requests)
+                details.append(
+                    f"{device.name}: {n_points} point(s) in {len(device.requests)} request(s) "
+                    f"every {device.interval:g}s ({device.health.address})"
+                )
+        elif isinstance(driver, SerialLineDriver):
+            points += len(driver.points)
+            total_requests += 1 if driver.command is not None else 0
+            details.append(driver.describe())
+    return PlanSummary(len(config.devices), points, total_requests, len(drivers), details)

@@ -80,9 +80,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     print(
         f"{args.file}: OK (config {loaded.config_hash}) — {summary.devices} device(s), "
         f"{summary.points} point(s), {summary.requests_per_cycle} request(s) per cycle "
-        f"over {summary.endpoints} connection(s)"
+        f"on {summary.lines} line(s)"
     )
-    for line in summary.lines:
+    for line in summary.details:
         print(f"  {line}")
     return EXIT_OK
 

@@ -14,9 +14,11 @@ Value = bool | int | float | str
 
 
 class Quality(IntEnum):
-    """How far a reading can be trusted. Codes are part of the wire format."""
+    """How far a reading can be trusted. Codes are part of the wire format
+    (docs/wire-format.md); a code, once published, keeps its meaning."""
 
     GOOD = 0
+    BAD_CHECKSUM = 6  # the frame carrying the value failed its checksum: value is suspect
 
 
 class Reading(NamedTuple):

@@ -176,11 +176,10 @@ class ModbusPointConfig(_Strict):
         return self
 
 
-class ModbusTcpDeviceConfig(_Strict):
+class _ModbusDeviceConfig(_Strict):
+    """What every Modbus device has, whatever the transport."""
+
     name: Name
-    protocol: Literal["modbus_tcp"]
-    host: str
-    port: int = Field(502, ge=1, le=65535)
     unit: int = Field(1, ge=0, le=255, description="Modbus unit id (slave id)")
     poll_interval: Duration = 1.0
     timeout: Duration = 1.0
@@ -196,12 +195,203 @@ class ModbusTcpDeviceConfig(_Strict):
     points: list[ModbusPointConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _unique_point_names(self) -> ModbusTcpDeviceConfig:
+    def _unique_point_names(self) -> _ModbusDeviceConfig:
         _require_unique([p.name for p in self.points], "points", "point name")
         return self
 
 
-DeviceConfig = Annotated[ModbusTcpDeviceConfig, Field(discriminator="protocol")]
+class ModbusTcpDeviceConfig(_ModbusDeviceConfig):
+    protocol: Literal["modbus_tcp"]
+    host: str
+    port: int = Field(502, ge=1, le=65535)
+
+
+class ModbusRtuOverTcpDeviceConfig(_ModbusDeviceConfig):
+    """Modbus RTU frames carried over TCP by a serial device server."""
+
+    protocol: Literal["modbus_rtu_over_tcp"]
+    host: str
+    port: int = Field(4001, ge=1, le=65535)
+
+
+class SerialPortConfig(_Strict):
+    """Line settings of a serial port (RS-485 / RS-232)."""
+
+    port: str = Field(description="serial device, e.g. /dev/ttyUSB0 or /dev/ttyAMA0")
+    baudrate: int = Field(9600, ge=50, le=4_000_000)
+    bytesize: Literal[7, 8] = 8
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+
+    def line_settings(self) -> tuple[int, int, str, int]:
+        return (self.baudrate, self.bytesize, self.parity, self.stopbits)
+
+
+class ModbusRtuDeviceConfig(_ModbusDeviceConfig, SerialPortConfig):
+    """A Modbus RTU slave on a serial bus; slaves on the same port share the bus."""
+
+    protocol: Literal["modbus_rtu"]
+    inter_frame_delay: Duration | None = Field(
+        None, description="silence between requests; default 3.5 character times (min 1.75ms)"
+    )
+
+
+# --- serial line instruments ---------------------------------------------------------------
+
+
+def _hex_bytes(value: str | None, key: str) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        data = bytes.fromhex(value)
+    except ValueError:
+        raise ValueError(f"{key} {value!r} is not hex bytes, e.g. 'AA55'") from None
+    if not data:
+        raise ValueError(f"{key} must not be empty")
+    return data
+
+
+def _text_bytes(value: str, key: str) -> bytes:
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"{key} must be bytes 0-255 (use \\xNN escapes or a *_hex key)") from None
+
+
+class DelimiterFramingConfig(_Strict):
+    """Frames end with a delimiter (lines); optionally start with a marker ('$' for NMEA)."""
+
+    kind: Literal["delimiter"]
+    delimiter: str = Field("\r\n", min_length=1, description='TOML escapes: "\\r\\n"')
+    start: str | None = Field(None, min_length=1, description="a frame begins with this")
+    max_length: int = Field(1024, ge=2, le=65536)
+
+
+class FixedFramingConfig(_Strict):
+    """Frames of a fixed number of bytes, optionally beginning with sync bytes."""
+
+    kind: Literal["fixed"]
+    length: int = Field(ge=1, le=65536)
+    sync_hex: str | None = Field(None, description="e.g. 'AA55'")
+
+
+class LengthFieldFramingConfig(_Strict):
+    """start bytes, a length field, the payload (and checksum, end bytes)."""
+
+    kind: Literal["length_field"]
+    start_hex: str = Field(description="e.g. 'AA55'")
+    length_offset: int = Field(ge=0, le=64, description="bytes from the frame start")
+    length_size: Literal[1, 2] = 1
+    byteorder: Literal["big", "little"] = "big"
+    length_adjust: int = Field(
+        0, ge=-64, le=64, description="bytes the length field does not count (checksum, end)"
+    )
+    end_hex: str | None = None
+    max_length: int = Field(1024, ge=2, le=65536)
+
+
+class RegexParserConfig(_Strict):
+    kind: Literal["regex"]
+    pattern: str = Field(description="named groups become fields, e.g. 'CH4=(?P<ch4>[-\\d.]+)'")
+    encoding: str = "ascii"
+
+
+class DelimitedParserConfig(_Strict):
+    kind: Literal["delimited"]
+    fields: list[str] = Field(min_length=1, description="field names in order; '' skips one")
+    separator: str = Field(",", min_length=1)
+    encoding: str = "ascii"
+
+
+class NmeaParserConfig(_Strict):
+    kind: Literal["nmea"]
+    sentence: str | None = Field(None, description="e.g. 'GGA' (any talker); others are skipped")
+    fields: dict[str, int] = Field(default_factory=dict, description="name -> comma index")
+    coordinates: dict[str, tuple[int, int]] = Field(
+        default_factory=dict, description="name -> [value index, hemisphere index]"
+    )
+    require_checksum: bool = True
+
+
+class BinaryParserConfig(_Strict):
+    kind: Literal["binary"]
+    layout: str = Field(description="struct layout with byte order, e.g. '>HhI'")
+    fields: list[str] = Field(min_length=1, description="names of the unpacked values; '' skips")
+    offset: int = Field(0, ge=0, description="where the layout starts in the frame")
+    checksum: Literal["crc16_modbus", "crc16_ccitt", "xor8"] | None = None
+    checksum_start: int = Field(0, ge=0, description="first byte the checksum covers")
+
+
+FramingConfig = Annotated[
+    DelimiterFramingConfig | FixedFramingConfig | LengthFieldFramingConfig,
+    Field(discriminator="kind"),
+]
+ParserConfig = Annotated[
+    RegexParserConfig | DelimitedParserConfig | NmeaParserConfig | BinaryParserConfig,
+    Field(discriminator="kind"),
+]
+
+
+class SerialLinePointConfig(_Strict):
+    name: Name
+    field: str | None = Field(None, description="parser field; defaults to the point name")
+    type: Literal["float", "int", "bool", "string"] = "float"
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str | None = None
+
+
+class SerialLineDeviceConfig(SerialPortConfig):
+    """An instrument with its own line protocol (not Modbus)."""
+
+    name: Name
+    protocol: Literal["serial_line"]
+    mode: Literal["streaming", "polled"] = Field(
+        "streaming", description="streaming: it talks on its own; polled: we send poll_command"
+    )
+    poll_command: str | None = Field(None, description="text with TOML escapes, e.g. 'R\\r\\n'")
+    poll_command_hex: str | None = None
+    poll_interval: Duration = 1.0
+    timeout: Duration = Field(1.0, description="polled: wait this long for the reply")
+    stale_after: Duration = Field(
+        10.0, description="streaming: silence this long marks the instrument offline"
+    )
+    backoff_max: Duration = 60.0
+    framing: FramingConfig
+    parser: ParserConfig
+    points: list[SerialLinePointConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> SerialLineDeviceConfig:
+        _require_unique([p.name for p in self.points], "points", "point name")
+        has_command = self.poll_command is not None or self.poll_command_hex is not None
+        if self.mode == "polled" and not has_command:
+            raise ValueError("mode 'polled' needs poll_command or poll_command_hex")
+        if self.mode == "streaming" and has_command:
+            raise ValueError("poll_command is only for mode 'polled'")
+        if self.poll_command is not None and self.poll_command_hex is not None:
+            raise ValueError("set poll_command or poll_command_hex, not both")
+        from drivers.serial_line.build import build_framer, build_parser
+
+        build_framer(self.framing)  # raises ValueError with the reason
+        build_parser(self.parser)
+        return self
+
+    def command_bytes(self) -> bytes | None:
+        if self.poll_command_hex is not None:
+            return _hex_bytes(self.poll_command_hex, "poll_command_hex")
+        if self.poll_command is not None:
+            return _text_bytes(self.poll_command, "poll_command")
+        return None
+
+
+DeviceConfig = Annotated[
+    ModbusTcpDeviceConfig
+    | ModbusRtuOverTcpDeviceConfig
+    | ModbusRtuDeviceConfig
+    | SerialLineDeviceConfig,
+    Field(discriminator="protocol"),
+]
 
 
 class GatewayConfig(_Strict):
@@ -216,6 +406,35 @@ class GatewayConfig(_Strict):
     @model_validator(mode="after")
     def _unique_device_names(self) -> GatewayConfig:
         _require_unique([d.name for d in self.devices], "devices", "device name")
+        return self
+
+    @model_validator(mode="after")
+    def _shared_lines_agree(self) -> GatewayConfig:
+        """Devices on one serial port or one host:port share a line: they must agree on it."""
+        owners: dict[object, tuple[int, str, object]] = {}
+        for i, dev in enumerate(self.devices):
+            if isinstance(dev, SerialPortConfig):
+                key: object = ("serial", dev.port)
+                kind = "serial_line" if isinstance(dev, SerialLineDeviceConfig) else "modbus_rtu"
+                settings: object = dev.line_settings()
+            else:
+                key = ("tcp", dev.host, dev.port)
+                kind, settings = dev.protocol, None
+            if key not in owners:
+                owners[key] = (i, kind, settings)
+                continue
+            first, first_kind, first_settings = owners[key]
+            where = dev.port if isinstance(dev, SerialPortConfig) else f"{dev.host}:{dev.port}"
+            if kind != first_kind or kind == "serial_line":
+                raise ValueError(
+                    f"devices[{i}] and devices[{first}] both use {where}: only Modbus devices "
+                    "of one protocol can share a port"
+                )
+            if settings != first_settings:
+                raise ValueError(
+                    f"devices[{i}] and devices[{first}] share the bus on {where} but their "
+                    "line settings (baudrate, bytesize, parity, stopbits) differ"
+                )
         return self
 
 
@@ -275,6 +494,9 @@ def format_validation_errors(err: ValidationError) -> list[str]:
     lines = []
     for e in err.errors(include_url=False):
         path = _key_path(e["loc"])
+        if e["type"] in ("union_tag_invalid", "union_tag_not_found"):  # name the tag key
+            tag_key = str((e.get("ctx") or {}).get("discriminator", "")).strip("'")
+            path = f"{path}.{tag_key}" if path else tag_key
         lines.append(f"{path or '(top level)'}: {_reason(e)}")
     return lines
 
@@ -291,7 +513,19 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-_UNION_TAGS = {"modbus_tcp"}
+_UNION_TAGS = {
+    "modbus_tcp",
+    "modbus_rtu_over_tcp",
+    "modbus_rtu",
+    "serial_line",
+    "delimiter",
+    "fixed",
+    "length_field",
+    "regex",
+    "delimited",
+    "nmea",
+    "binary",
+}
 
 
 def _reason(e: Any) -> str:
@@ -302,14 +536,12 @@ def _reason(e: Any) -> str:
         return f"{given!r} is not one of {ctx.get('expected', '')}"
     if kind == "extra_forbidden":
         return "unknown key (check the spelling; see config/example.toml)"
-    if kind == "missing":
+    if kind in ("missing", "union_tag_not_found"):
         return "required key is missing"
     if kind == "union_tag_invalid":
-        return f"protocol {ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}"
+        return f"{ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}"
     if kind == "string_pattern_mismatch" and ctx.get("pattern") == _NAME_PATTERN:
         return f"{given!r} is not a valid name: use 1-64 letters, digits, '_', '.' or '-'"
-    if kind == "union_tag_not_found":
-        return 'a device needs a protocol key (e.g. protocol = "modbus_tcp")'
     message: str = e["msg"]
     message = message.removeprefix("Value error, ")
     if given is not None and not isinstance(given, dict | list) and kind != "value_error":

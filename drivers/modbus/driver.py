@@ -1,8 +1,8 @@
-"""Modbus TCP polling: the thin I/O shell around the pure planner and decoder.
+"""Modbus polling (TCP, RTU over TCP, RTU on a serial bus): the thin I/O shell.
 
-One `ModbusTcpEndpoint` owns one TCP connection and polls every device (unit id)
-configured behind that host:port, one request on the wire at a time, each device
-on its own period. A device that fails a whole poll (every retry) is marked
+One `ModbusEndpoint` owns one line — a TCP connection or a serial port — and polls
+every device (unit id) configured on it, one request on the wire at a time, each
+device on its own period. A device that fails a whole poll (every retry) is marked
 offline once, logged once, and retried with jittered exponential back-off;
 the other devices on the endpoint keep their schedule.
 """
@@ -13,10 +13,12 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, ModbusBaseClient
 from pymodbus.exceptions import ModbusException
 
 from drivers.base import DeviceHealth, ReadingSink, backoff_delay
@@ -27,6 +29,7 @@ from gateway.model import Reading
 log = logging.getLogger("drivers.modbus")
 
 ILLEGAL_DATA_ADDRESS = 2
+HALF_OPEN_AFTER = 2  # consecutive unanswered requests before a TCP connection is replaced
 
 
 class ModbusRequestError(Exception):
@@ -54,16 +57,80 @@ class ModbusDevice:
     failed_requests: set[tuple[Table, int]] = field(default_factory=set)
 
 
-class ModbusTcpEndpoint:
-    """All devices behind one Modbus TCP host:port, sharing one connection."""
+@dataclass(frozen=True, slots=True)
+class Transport:
+    """How to reach a line: 'tcp', 'rtu_over_tcp' (host, port) or 'rtu' (serial port)."""
 
-    def __init__(self, host: str, port: int, devices: Sequence[ModbusDevice], sink: ReadingSink):
-        self.host = host
-        self.port = port
-        self.name = f"modbus_tcp {host}:{port}"
+    kind: Literal["tcp", "rtu_over_tcp", "rtu"]
+    host: str = ""
+    port: int = 0
+    serial_port: str = ""
+    baudrate: int = 9600
+    bytesize: int = 8
+    parity: str = "N"
+    stopbits: int = 1
+    inter_frame_delay: float = 0.0
+
+    def __str__(self) -> str:
+        if self.kind == "rtu":
+            return (
+                f"{self.serial_port} ({self.baudrate} {self.bytesize}{self.parity}{self.stopbits})"
+            )
+        return f"{self.host}:{self.port}"
+
+    def client(self, timeout: float, trace: Callable[[bool, bytes], bytes]) -> ModbusBaseClient:
+        if self.kind == "rtu":
+            return AsyncModbusSerialClient(
+                self.serial_port,
+                framer=FramerType.RTU,
+                baudrate=self.baudrate,
+                bytesize=self.bytesize,
+                parity=self.parity,
+                stopbits=self.stopbits,
+                timeout=timeout,
+                retries=0,
+                reconnect_delay=0,
+                trace_packet=trace,
+            )
+        framer = FramerType.RTU if self.kind == "rtu_over_tcp" else FramerType.SOCKET
+        return AsyncModbusTcpClient(
+            self.host,
+            port=self.port,
+            framer=framer,
+            timeout=timeout,
+            retries=0,
+            reconnect_delay=0,
+            trace_packet=trace,
+        )
+
+
+def default_inter_frame_delay(baudrate: int) -> float:
+    """Modbus RTU: 3.5 character times of silence (11 bits each), at least 1.75 ms."""
+    return max(0.00175, 3.5 * 11 / baudrate)
+
+
+class ModbusEndpoint:
+    """All devices behind one line (a TCP host:port or a serial bus), sharing one connection.
+
+    One request is on the wire at a time. On a serial bus this is the whole point:
+    a dead slave is backed off so that it costs the others at most one timeout per
+    back-off period, not one every cycle.
+    """
+
+    def __init__(self, transport: Transport, devices: Sequence[ModbusDevice], sink: ReadingSink):
+        self.transport = transport
+        self.name = f"modbus_{transport.kind} {transport}"
         self.devices = list(devices)
         self._sink = sink
-        self._client: AsyncModbusTcpClient | None = None
+        self._client: ModbusBaseClient | None = None
+        self._last_io = 0.0  # monotonic time the line last carried a response or timed out
+        self._received = 0  # bytes received since the current request was sent
+        self._silent_requests = 0  # consecutive requests on this connection without an answer
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        if not sending:
+            self._received += len(data)
+        return data
 
     def health(self) -> list[DeviceHealth]:
         return [d.health for d in self.devices]
@@ -107,8 +174,13 @@ class ModbusTcpEndpoint:
                 values = await self._read_with_retries(device, request)
             except ModbusRequestError as err:
                 error = err
-                if err.kind != "exception":
-                    break  # timeouts / connection loss: the rest of this poll would fail too
+                if err.kind == "connection" or (err.kind == "timeout" and not answered):
+                    break  # the device (or the line) is gone: the rest would fail too
+                if err.kind == "timeout":
+                    # It answered earlier in this poll: some devices stay silent on ranges
+                    # they do not have. Skip this request, keep reading the others.
+                    self._log_refused_once(device, request, err)
+                    continue
                 answered = True  # the device answered, but refused this request
                 if err.code == ILLEGAL_DATA_ADDRESS and len(request.points) > 1:
                     pending[:0] = self._split(device, request)
@@ -144,20 +216,45 @@ class ModbusTcpEndpoint:
     async def _read(self, device: ModbusDevice, request: ReadRequest) -> list[int]:
         health = device.health
         client = await self._connected_client(device)
+        silence = self._last_io + self.transport.inter_frame_delay - time.monotonic()
+        if silence > 0:
+            await asyncio.sleep(silence)
         health.requests += 1
+        if self._received and self.transport.kind != "tcp":
+            # Bytes arrived while no request was outstanding: line noise, a stray
+            # talker, or an answer that came after its timeout.
+            health.framing_errors += 1
+        self._received = 0
         started = time.perf_counter()
         try:
             async with asyncio.timeout(device.timeout):
-                response = await _READERS[request.table](
-                    client, request.address, count=request.count, device_id=device.unit
+                response = await getattr(client, _READERS[request.table])(
+                    request.address, count=request.count, device_id=device.unit
                 )
         except TimeoutError as err:
+            self._silent_requests += 1
+            if self._silent_requests >= HALF_OPEN_AFTER and self.transport.kind != "rtu":
+                # Nothing came back on this connection for several requests: it may be
+                # half-open (NAT state lost, a hung device server). Start afresh.
+                self._close()
+            if self._received:  # bytes came back, but no valid frame: CRC or framing damage
+                self._received = 0
+                health.crc_errors += 1
+                raise ModbusRequestError(
+                    "timeout", f"garbled answer ({self._received} bytes, bad CRC or framing)"
+                ) from err
             health.timeouts += 1
             raise ModbusRequestError("timeout", f"no answer within {device.timeout:g}s") from err
         except ModbusException as err:
             health.errors += 1
             self._close()  # the connection state is unknown: start afresh next time
             raise ModbusRequestError("connection", f"connection error: {err}") from err
+        finally:
+            self._last_io = time.monotonic()
+        self._silent_requests = 0
+        if self.transport.kind != "tcp" and self._received > _rtu_response_size(request, response):
+            health.framing_errors += 1  # noise around the answer; pymodbus resynchronised
+        self._received = 0
         health.last_latency_ms = round((time.perf_counter() - started) * 1000, 2)
         if response.isError():
             code = int(getattr(response, "exception_code", 0))
@@ -171,13 +268,11 @@ class ModbusTcpEndpoint:
         values = response.bits if request.table in _BIT_TABLES else response.registers
         return list(values)
 
-    async def _connected_client(self, device: ModbusDevice) -> AsyncModbusTcpClient:
+    async def _connected_client(self, device: ModbusDevice) -> ModbusBaseClient:
         if self._client is not None and self._client.connected:
             return self._client
         self._close()
-        client = AsyncModbusTcpClient(
-            self.host, port=self.port, timeout=device.timeout, retries=0, reconnect_delay=0
-        )
+        client = self.transport.client(device.timeout, self._trace)
         try:
             async with asyncio.timeout(device.timeout):
                 connected = await client.connect()
@@ -186,11 +281,12 @@ class ModbusTcpEndpoint:
         if not connected:
             client.close()
             device.health.errors += 1
-            raise ModbusRequestError("connection", f"cannot connect to {self.host}:{self.port}")
+            raise ModbusRequestError("connection", f"cannot open {self.transport}")
         self._client = client
         return client
 
     def _close(self) -> None:
+        self._silent_requests = 0
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -265,7 +361,8 @@ class ModbusTcpEndpoint:
         device.failed_requests.add(key)
         names = ", ".join(p.name for p, _ in request.points)
         log.warning(
-            "device %r (%s) refused to read %s %d..%d (%s): %s; those points get no readings",
+            "device %r (%s) cannot read %s %d..%d (%s): %s; those points get no readings "
+            "until it can",
             device.name,
             device.health.address,
             request.table,
@@ -277,11 +374,22 @@ class ModbusTcpEndpoint:
 
 
 _BIT_TABLES = (Table.COIL, Table.DISCRETE_INPUT)
+
+
+def _rtu_response_size(request: ReadRequest, response: object) -> int:
+    """Bytes of the RTU frame answering `request`: id, function, count, data, CRC."""
+    if getattr(response, "isError", lambda: False)():
+        return 5
+    if request.table in _BIT_TABLES:
+        return 5 + (request.count + 7) // 8
+    return 5 + 2 * request.count
+
+
 _READERS = {
-    Table.COIL: AsyncModbusTcpClient.read_coils,
-    Table.DISCRETE_INPUT: AsyncModbusTcpClient.read_discrete_inputs,
-    Table.HOLDING: AsyncModbusTcpClient.read_holding_registers,
-    Table.INPUT: AsyncModbusTcpClient.read_input_registers,
+    Table.COIL: "read_coils",
+    Table.DISCRETE_INPUT: "read_discrete_inputs",
+    Table.HOLDING: "read_holding_registers",
+    Table.INPUT: "read_input_registers",
 }
 _EXCEPTION_NAMES = {
     1: "illegal function",

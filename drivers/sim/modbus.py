@@ -18,11 +18,13 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
+from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
 from drivers.modbus.decode import ByteOrder, DataType, Table, encode_value, register_count
 
@@ -162,13 +164,30 @@ class _SimContext(ModbusServerContext):
 
 
 class ModbusSimServer:
-    """A Modbus TCP server on a loopback port answering for several simulated units."""
+    """A Modbus server answering for several simulated units.
 
-    def __init__(self, devices: Iterable[SimulatedDevice], host: str = "127.0.0.1", port: int = 0):
+    By default Modbus TCP on a loopback port; `framer="rtu"` speaks RTU frames over
+    TCP (a serial device server); `serial_port=PATH` makes it an RTU bus on a serial
+    line (e.g. one end of a `NullModem`).
+    """
+
+    def __init__(
+        self,
+        devices: Iterable[SimulatedDevice],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        framer: Literal["socket", "rtu"] = "socket",
+        serial_port: str | None = None,
+        baudrate: int = 19200,
+    ):
         self.context = _SimContext(devices)
         self.host = host
         self.port = port
-        self._server: ModbusTcpServer | None = None
+        self.framer = FramerType.RTU if framer == "rtu" or serial_port else FramerType.SOCKET
+        self.serial_port = serial_port
+        self.baudrate = baudrate
+        self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self.connections = 0  # TCP connections accepted so far
 
     def _trace_connect(self, connected: bool) -> None:
@@ -180,14 +199,26 @@ class ModbusSimServer:
         return self.context.devices
 
     async def start(self) -> None:
-        if self.port == 0:
-            self.port = free_tcp_port(self.host)
-        server = ModbusTcpServer(
-            self.context,
-            address=(self.host, self.port),
-            ignore_missing_devices=True,
-            trace_connect=self._trace_connect,
-        )
+        server: ModbusTcpServer | ModbusSerialServer
+        if self.serial_port is not None:
+            server = ModbusSerialServer(
+                self.context,
+                framer=self.framer,
+                port=self.serial_port,
+                baudrate=self.baudrate,
+                ignore_missing_devices=True,
+                trace_connect=self._trace_connect,
+            )
+        else:
+            if self.port == 0:
+                self.port = free_tcp_port(self.host)
+            server = ModbusTcpServer(
+                self.context,
+                framer=self.framer,
+                address=(self.host, self.port),
+                ignore_missing_devices=True,
+                trace_connect=self._trace_connect,
+            )
         await server.serve_forever(background=True)
         self._server = server
 

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import ssl
 import time
 from collections.abc import Callable
@@ -38,6 +39,10 @@ STOP_DRAIN_SECONDS = 5.0  # on stop, how long to keep publishing what is on disk
 
 class _Stopping(Exception):
     """Raised inside a session to leave it after a clean goodbye."""
+
+
+class _LinkDead(Exception):
+    """Publishes are in flight but no PUBACK came for `publish_timeout`: a silent link."""
 
 
 class MqttUplink:
@@ -62,6 +67,7 @@ class MqttUplink:
         self._cursor = 0  # highest seq handed to the client in the current session
         self._progress = asyncio.Event()  # a publish finished, or the pump ran dry
         self._pump_idle = False  # everything on disk has been handed to the client
+        self._ack_clock = time.monotonic()  # last PUBACK, or when the window became busy
         self.state = "connecting"
         self.connected_since: float | None = None
         self.published_batches = 0
@@ -74,18 +80,26 @@ class MqttUplink:
     async def run(self) -> None:
         failures = 0
         while not self._stop.is_set():
+            session_started = time.monotonic()
             try:
                 async with self._client() as client:
-                    failures = 0
                     await self._session(client)
             except* _Stopping:
                 pass
-            except* aiomqtt.MqttError as group:
+            except* (aiomqtt.MqttError, _LinkDead) as group:
                 self._went_offline(_first_leaf(group))
+            except* Exception as group:  # a bug or a disk error must not end the uplink
+                self._went_offline(f"internal error: {_first_leaf(group)}")
+                log.error("uplink session failed unexpectedly", exc_info=group.exceptions[0])
             finally:
-                await self._flush_acks()
+                with contextlib.suppress(Exception):
+                    await self._flush_acks()
             if self._stop.is_set():
                 break
+            # A session that stayed up a while resets the back-off; a broker that accepts
+            # and then drops us at once (a duplicate client id) keeps it growing.
+            if time.monotonic() - session_started > max(10.0, self.config.reconnect_max):
+                failures = 0
             failures += 1
             delay = backoff_delay(failures, self.config.reconnect_min, self.config.reconnect_max)
             try:
@@ -143,6 +157,7 @@ class MqttUplink:
             tg.create_task(self._pump(client), name="uplink-pump")
             tg.create_task(self._ack_flusher(), name="uplink-acks")
             tg.create_task(self._health_loop(client), name="uplink-health")
+            tg.create_task(self._ack_watchdog(), name="uplink-watchdog")
             tg.create_task(self._goodbye_on_stop(client), name="uplink-goodbye")
 
     async def _watch_connection(self, client: aiomqtt.Client) -> None:
@@ -190,6 +205,8 @@ class MqttUplink:
                 for entry in entries:
                     await window.acquire()
                     self._cursor = entry.seq
+                    if not self._inflight:
+                        self._ack_clock = time.monotonic()
                     self._inflight += 1
                     tg.create_task(self._publish(client, entry, window))
 
@@ -197,14 +214,33 @@ class MqttUplink:
         self, client: aiomqtt.Client, entry: Entry, window: asyncio.Semaphore
     ) -> None:
         try:
-            await client.publish(self.topics.data, entry.payload, qos=1)
+            # No per-publish timeout: waiting behind a full window on a slow link is
+            # normal; the watchdog judges the link by PUBACKs arriving at all.
+            await client.publish(self.topics.data, entry.payload, qos=1, timeout=math.inf)
         finally:
             window.release()
             self._inflight -= 1
             self._progress.set()
+        self._ack_clock = time.monotonic()
         self.published_batches += 1
         self.published_bytes += len(entry.payload)
         self._acked.append(entry.seq)
+
+    async def _ack_watchdog(self) -> None:
+        """Tear the session down when publishes wait and no PUBACK arrives for a while.
+
+        The clock restarts at every PUBACK and whenever the window goes from empty
+        to busy, so time spent queued behind a slow but working link never counts:
+        only a link that carries nothing back does (a blackholed cellular path).
+        """
+        limit = self.config.publish_timeout
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            silent = time.monotonic() - self._ack_clock
+            if self._inflight and silent > limit:
+                raise _LinkDead(
+                    f"no PUBACK for {silent:.0f}s with {self._inflight} publish(es) in flight"
+                )
 
     async def _ack_flusher(self) -> None:
         while True:
@@ -267,7 +303,11 @@ def _first_leaf(group: BaseExceptionGroup[Any]) -> str:
     first: BaseException = group
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
-    return str(first) or type(first).__name__
+    reason = str(first) or type(first).__name__
+    cause = first.__cause__
+    if cause is not None and str(cause) and str(cause) not in reason:
+        reason = f"{reason}: {cause}"
+    return reason
 
 
 def _tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:

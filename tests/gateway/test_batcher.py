@@ -75,3 +75,22 @@ async def test_an_idle_batcher_writes_nothing() -> None:
     batcher.add([])
     await batcher.close(task)
     assert written.batches == []
+
+
+async def test_when_the_buffer_refuses_writes_memory_stays_bounded_and_drops_are_counted() -> None:
+    release = asyncio.Event()
+
+    async def stuck_disk(batch: list[Reading]) -> None:
+        await release.wait()
+
+    batcher = Batcher(10, 60.0, stuck_disk, max_pending=100)
+    task = asyncio.create_task(batcher.run())
+    for i in range(50):
+        batcher.add(readings(10, i * 10))
+        await asyncio.sleep(0)
+    assert batcher.pending <= 110
+    assert batcher.readings_dropped >= 390
+    assert batcher.pending + batcher.readings_dropped == 500
+    release.set()
+    await batcher.close(task)
+    assert batcher.readings_written + batcher.readings_dropped == 500

@@ -82,7 +82,7 @@ def test_a_minimal_config_gets_production_defaults() -> None:
         (MINIMAL.replace('id = "gw-1"', 'id = "gw 1"'), "gateway.id: 'gw 1' is not a valid name"),
         (
             MINIMAL.replace("modbus_tcp", "modbus_tpc"),
-            "devices[0]: protocol 'modbus_tpc' is not one of",
+            "devices[0].protocol: 'modbus_tpc' is not one of",
         ),
         (MINIMAL.replace('host = "127.0.0.1"\n', ""), "devices[0].host: required key is missing"),
         (MINIMAL.replace("address = 0", "address = 70000"), "devices[0].points[0].address:"),
@@ -165,7 +165,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_validate_prints_a_summary_of_the_read_plan_and_exits_zero() -> None:
     result = run_cli("validate", str(CONFIG_DIR / "example.toml"))
     assert result.returncode == 0, result.stderr
-    assert "2 device(s), 8 point(s), 5 request(s) per cycle" in result.stdout
+    assert "6 device(s), 15 point(s), 9 request(s) per cycle on 4 line(s)" in result.stdout
     assert "pump-station-7: 6 point(s) in 4 request(s) every 1s" in result.stdout
 
 
@@ -176,3 +176,76 @@ def test_validate_prints_every_problem_and_exits_non_zero(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert "devices[0].points[0].type: 'flaot32' is not one of" in result.stderr
     assert result.stdout == ""
+
+
+RTU = """
+[[devices]]
+name = "{name}"
+protocol = "modbus_rtu"
+port = "/dev/ttyUSB0"
+baudrate = {baud}
+unit = {unit}
+points = [{{ name = "p", address = 0 }}]
+"""
+
+
+def test_slaves_on_one_serial_port_must_agree_on_the_line_settings() -> None:
+    text = (
+        '[gateway]\nid = "g"\n'
+        + RTU.format(name="a", baud=9600, unit=1)
+        + RTU.format(name="b", baud=19200, unit=2)
+    )
+    found = problems(text)
+    assert any("devices[1] and devices[0] share the bus on /dev/ttyUSB0" in p for p in found)
+
+
+def test_a_port_cannot_carry_two_protocols() -> None:
+    text = MINIMAL + MINIMAL[MINIMAL.index("[[devices]]") :].replace('"pump"', '"other"').replace(
+        "modbus_tcp", "modbus_rtu_over_tcp"
+    ).replace('host = "127.0.0.1"', 'host = "127.0.0.1"\nport = 502')
+    assert any("both use 127.0.0.1:502" in p for p in problems(text))
+
+
+SERIAL = """
+[gateway]
+id = "g"
+[[devices]]
+name = "gas"
+protocol = "serial_line"
+port = "/dev/ttyUSB1"
+{extra}
+points = [{{ name = "ch4" }}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            'framing = { kind = "delimiter" }\nparser = { kind = "regex", pattern = "(?P<ch4" }',
+            "devices[0]",
+        ),
+        (
+            'framing = { kind = "delimiter" }\nparser = { kind = "regex", pattern = "x" }\n'
+            'mode = "polled"',
+            "mode 'polled' needs poll_command",
+        ),
+        (
+            'framing = { kind = "fixed", length = 8, sync_hex = "ZZ" }\n'
+            'parser = { kind = "regex", pattern = "(?P<ch4>.)" }',
+            "sync_hex 'ZZ' is not hex bytes",
+        ),
+        (
+            'framing = { kind = "delimiter" }\n'
+            'parser = { kind = "binary", layout = "HH", fields = ["ch4", "x"] }',
+            "devices[0]",
+        ),
+        (
+            'framing = { kind = "morse" }\nparser = { kind = "regex", pattern = "(?P<ch4>.)" }',
+            "devices[0].framing.kind: 'morse' is not one of",
+        ),
+    ],
+)
+def test_serial_line_instruments_are_checked_before_start(extra: str, expected: str) -> None:
+    found = problems(SERIAL.format(extra=extra))
+    assert any(expected in p for p in found), found

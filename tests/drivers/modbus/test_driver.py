@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import pytest
 
 from drivers.modbus.decode import ByteOrder, DataType, Table
-from drivers.modbus.driver import ModbusTcpEndpoint
+from drivers.modbus.driver import ModbusEndpoint
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice, free_tcp_port
-from gateway.build import build_endpoints
+from gateway.build import build_drivers
 from gateway.model import Reading
 from gateway.settings import parse_config
 
@@ -52,11 +52,11 @@ def device_toml(name: str, port: int, unit: int, points: list[str], **extra: str
     )
 
 
-def endpoints_for(text: str, sink: Sink) -> list[ModbusTcpEndpoint]:
-    return build_endpoints(parse_config(text.encode()).config, sink)
+def endpoints_for(text: str, sink: Sink) -> list[ModbusEndpoint]:
+    return build_drivers(parse_config(text.encode()).config, sink)
 
 
-async def poll_until(endpoints: list[ModbusTcpEndpoint], done, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+async def poll_until(endpoints: list[ModbusEndpoint], done, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(e.run()) for e in endpoints]
         try:
@@ -185,7 +185,7 @@ async def test_a_modbus_exception_is_counted_and_logged_once_and_other_requests_
     assert health.modbus_exceptions[2] >= 4
     assert health.online is True
     assert {r.point for r in sink.readings} == {"n"}
-    refused = [r for r in caplog.records if "refused" in r.getMessage()]
+    refused = [r for r in caplog.records if "cannot read" in r.getMessage()]
     assert len(refused) == 1
     assert (
         "holding 500..500 (missing): Modbus exception 2 (illegal data address)"

@@ -1,0 +1,105 @@
+"""Virtual serial lines on pseudo-terminals, for simulators, tests and rigs.
+
+`PtyPort` is one pseudo-terminal pair: a program opens `path` with pyserial
+exactly like `/dev/ttyUSB0`, and the simulator talks through the master side.
+
+`NullModem` joins two programs that both want a port path (the gateway and a
+pymodbus RTU server): two pty pairs and a relay between their masters. The relay
+can inject bytes (line noise), drop traffic (a cut cable) or delay it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import termios
+import tty
+
+
+class PtyPort:
+    """A pseudo-terminal pair in raw mode; `path` is what the program opens."""
+
+    def __init__(self) -> None:
+        self.master, self._slave = os.openpty()
+        tty.setraw(self._slave, termios.TCSANOW)  # no echo, no newline translation
+        self.path = os.ttyname(self._slave)
+        os.set_blocking(self.master, False)
+        # Keeping our slave fd open keeps the line up while the program reopens it.
+
+    def write(self, data: bytes) -> None:
+        """Write all of data towards the program (blocks briefly if its buffer is full)."""
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self.master, view)
+            except BlockingIOError:
+                import time
+
+                time.sleep(0.001)
+                continue
+            view = view[written:]
+
+    def read_available(self) -> bytes:
+        """What the program wrote so far (empty when nothing is waiting)."""
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(self.master, 4096)
+            except (BlockingIOError, OSError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        for fd in (self.master, self._slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class NullModem:
+    """Two pty ports cross-connected by a relay running on the event loop."""
+
+    def __init__(self) -> None:
+        self.a = PtyPort()  # e.g. the gateway opens a.path
+        self.b = PtyPort()  # e.g. the simulated bus opens b.path
+        self.cut = False  # True: everything written is lost, like an unplugged cable
+        self.bytes_a_to_b = 0
+        self.bytes_b_to_a = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.a.master, self._relay, self.a, self.b)
+        self._loop.add_reader(self.b.master, self._relay, self.b, self.a)
+
+    def _relay(self, src: PtyPort, dst: PtyPort) -> None:
+        data = src.read_available()
+        if not data or self.cut:
+            return
+        if src is self.a:
+            self.bytes_a_to_b += len(data)
+        else:
+            self.bytes_b_to_a += len(data)
+        dst.write(data)
+
+    def inject_to_a(self, data: bytes) -> None:
+        """Bytes appear on a's line as if the bus carried them (noise, a stray talker)."""
+        self.a.write(data)
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            for port in (self.a, self.b):
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(port.master)
+        self.a.close()
+        self.b.close()
+
+    async def __aenter__(self) -> NullModem:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop()

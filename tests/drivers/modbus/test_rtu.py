@@ -1,0 +1,155 @@
+"""Modbus RTU on a shared serial bus (pty pairs) and RTU over TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from drivers.modbus.decode import DataType, Table
+from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
+from drivers.sim.serial_link import NullModem
+from gateway.build import build_drivers
+from gateway.model import Reading
+from gateway.settings import parse_config
+
+POINTS = (
+    'points = [{ name = "n", address = 0, type = "uint32" },'
+    ' { name = "t", address = 2, type = "float32" }]'
+)
+
+
+def rtu_device(
+    name: str,
+    path: str,
+    unit: int,
+    *,
+    interval: str = "100ms",
+    timeout: str = "200ms",
+    backoff_max: str = "2s",
+) -> str:
+    return f"""
+[[devices]]
+name = "{name}"
+protocol = "modbus_rtu"
+port = "{path}"
+baudrate = 19200
+unit = {unit}
+poll_interval = "{interval}"
+timeout = "{timeout}"
+retries = 0
+backoff_max = "{backoff_max}"
+{POINTS}
+"""
+
+
+def slaves(*units: int) -> list[SimulatedDevice]:
+    out = []
+    for unit in units:
+        d = SimulatedDevice(unit=unit)
+        d.add_read_counter(Table.HOLDING, 0)
+        d.set_value(Table.HOLDING, 2, 20.0 + unit, DataType.FLOAT32)
+        out.append(d)
+    return out
+
+
+class Sink(list[Reading]):
+    def __call__(self, readings: list[Reading]) -> None:
+        self.extend(readings)
+
+    def counts(self, device: str) -> list[int]:
+        return [int(r.value) for r in self if r.device == device and r.point == "n"]
+
+
+async def run_for(drivers, seconds: float) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(d.run()) for d in drivers]
+        await asyncio.sleep(seconds)
+        for t in tasks:
+            t.cancel()
+
+
+async def test_slaves_on_one_bus_share_one_port_and_every_poll_is_read_in_order() -> None:
+    sink = Sink()
+    async with NullModem() as line, ModbusSimServer(slaves(1, 2, 3), serial_port=line.b.path):
+        text = '[gateway]\nid = "t"\n' + "".join(
+            rtu_device(f"s{u}", line.a.path, u) for u in (1, 2, 3)
+        )
+        drivers = build_drivers(parse_config(text.encode()).config, sink)
+        assert len(drivers) == 1  # one bus, one endpoint, one request at a time
+        await run_for(drivers, 1.5)
+    for unit in (1, 2, 3):
+        counts = sink.counts(f"s{unit}")
+        assert len(counts) >= 8, f"s{unit} polled only {len(counts)} times"
+        assert counts == list(range(1, len(counts) + 1))
+        assert {r.value for r in sink if r.device == f"s{unit}" and r.point == "t"} == {20.0 + unit}
+
+
+async def test_a_dead_slave_costs_its_neighbours_at_most_one_timeout_per_back_off_period() -> None:
+    sink = Sink()
+    devices = slaves(1, 2, 3)
+    devices[1].silent = True  # unit 2 is dead from the start
+    async with NullModem() as line, ModbusSimServer(devices, serial_port=line.b.path):
+        text = '[gateway]\nid = "t"\n' + "".join(
+            rtu_device(f"s{u}", line.a.path, u, backoff_max="2s") for u in (1, 2, 3)
+        )
+        drivers = build_drivers(parse_config(text.encode()).config, sink)
+        started = time.monotonic()
+        await run_for(drivers, 4.0)
+        elapsed = time.monotonic() - started
+    health = {h.name: h for h in drivers[0].health()}
+    assert health["s2"].online is False
+    # Back-off 0.1, 0.2, 0.4, 0.8, 1.6, 2, ... s: about 6-8 attempts in 4 s, not 40.
+    assert health["s2"].timeouts <= 10, health["s2"].timeouts
+    for unit in (1, 3):
+        polls = len(sink.counts(f"s{unit}"))
+        # Nominal 10 polls/s; each dead-slave timeout steals 0.2 s of bus time.
+        # Generous bound: at least 60 % of nominal.
+        assert polls >= 0.6 * 10 * elapsed, f"s{unit}: {polls} polls in {elapsed:.1f}s"
+
+
+async def test_noise_on_the_line_is_counted_and_polling_resynchronises() -> None:
+    sink = Sink()
+    async with NullModem() as line, ModbusSimServer(slaves(1, 2), serial_port=line.b.path):
+        text = '[gateway]\nid = "t"\n' + "".join(
+            rtu_device(f"s{u}", line.a.path, u, backoff_max="300ms") for u in (1, 2)
+        )
+        drivers = build_drivers(parse_config(text.encode()).config, sink)
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(drivers[0].run())
+            for _ in range(15):  # stray bytes on the bus, at random moments
+                await asyncio.sleep(0.07)
+                line.inject_to_a(b"\x00\xff\x13\x37garbage\x01\x03")
+            await asyncio.sleep(1.0)  # then a quiet line
+            before = {u: len(sink.counts(f"s{u}")) for u in (1, 2)}
+            await asyncio.sleep(1.0)
+            task.cancel()
+    health = {h.name: h for h in drivers[0].health()}
+    for unit in (1, 2):
+        assert len(sink.counts(f"s{unit}")) - before[unit] >= 6, "polling did not recover"
+        assert health[f"s{unit}"].online is True
+    # The noise is seen and counted, not silently swallowed.
+    assert sum(h.framing_errors + h.crc_errors for h in health.values()) >= 10
+
+
+async def test_rtu_frames_over_tcp_reach_slaves_behind_a_serial_device_server() -> None:
+    sink = Sink()
+    async with ModbusSimServer(slaves(5, 6), framer="rtu") as server:
+        text = '[gateway]\nid = "t"\n' + "".join(
+            f"""
+[[devices]]
+name = "s{u}"
+protocol = "modbus_rtu_over_tcp"
+host = "127.0.0.1"
+port = {server.port}
+unit = {u}
+poll_interval = "100ms"
+{POINTS}
+"""
+            for u in (5, 6)
+        )
+        drivers = build_drivers(parse_config(text.encode()).config, sink)
+        assert len(drivers) == 1
+        await run_for(drivers, 1.0)
+    for unit in (5, 6):
+        counts = sink.counts(f"s{unit}")
+        assert len(counts) >= 5 and counts == list(range(1, len(counts) + 1))
