@@ -37,10 +37,33 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("drivers.serial_line")
 
+_TRUE = frozenset({"1", "true", "on", "yes", "y", "t"})
+_FALSE = frozenset({"0", "false", "off", "no", "n", "f"})
+
+
+def _to_int(raw: Field) -> int:
+    if isinstance(raw, str):
+        text = raw.strip()
+        try:
+            return int(text, 10)
+        except ValueError:
+            return int(float(text))  # "12.0"
+    return int(raw)
+
+
+def _to_bool(raw: Field) -> bool:
+    if not isinstance(raw, str):
+        return bool(raw)
+    text = raw.strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError(f"{raw!r} is neither true nor false")
+
+
 _CONVERT: dict[str, Callable[[Field], Value]] = {
     "float": float,
-    "int": lambda v: int(v) if not isinstance(v, str) else int(v.strip(), 0),
-    "bool": lambda v: v.strip().lower() in ("1", "true", "on", "yes") if isinstance(v, str) else bool(v),
+    "int": _to_int,
+    "bool": _to_bool,
     "string": str,
 }
 
@@ -156,7 +179,7 @@ class SerialLineDriver:
             except TimeoutError:
                 self._failed(f"no valid frame for {self.stale_after:g}s")
                 continue
-            self._handle(frame)
+            self.handle(frame)
 
     async def _poll_loop(self) -> None:
         assert self.command is not None and self._serial is not None
@@ -167,10 +190,7 @@ class SerialLineDriver:
                 await asyncio.sleep(delay)
             ok = await self._poll_once()
             now = time.monotonic()
-            if ok:
-                next_due = max(next_due + self.poll_interval, now)
-            else:
-                next_due = now + self._backoff()
+            next_due = max(next_due + self.poll_interval, now) if ok else now + self._backoff()
 
     async def _poll_once(self) -> bool:
         assert self.command is not None and self._serial is not None
@@ -193,8 +213,9 @@ class SerialLineDriver:
                 self.device_health.timeouts += 1
                 self._failed(f"no valid reply within {self.timeout:g}s")
                 return False
-            if self._handle(frame):
-                self.device_health.last_latency_ms = round((time.perf_counter() - started) * 1000, 2)
+            if self.handle(frame):
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                self.device_health.last_latency_ms = round(elapsed_ms, 2)
                 return True
 
     async def _next_frame(self) -> Frame:
@@ -226,8 +247,10 @@ class SerialLineDriver:
             self._frames.put_nowait(_LOST)
             self.device_health.last_error = f"port lost: {err}"
             return
-        if not data:
-            return
+        self.consume(data)
+
+    def consume(self, data: bytes) -> None:
+        """Bytes from the line: frames are queued for parsing, discards are counted."""
         for event in self.framer.feed(data):
             if isinstance(event, Discard):
                 self.device_health.framing_errors += 1
@@ -237,7 +260,7 @@ class SerialLineDriver:
 
     # --- frames -----------------------------------------------------------------------
 
-    def _handle(self, frame: Frame) -> bool:
+    def handle(self, frame: Frame) -> bool:
         """Parse one frame and publish its readings; True when it was a good frame."""
         if frame is _LOST:
             raise _PortLost(self.device_health.last_error or "port lost")
@@ -268,14 +291,10 @@ class SerialLineDriver:
         return False
 
     def _parse_unverified(self, frame: Frame) -> dict[str, Field]:
-        unverified = getattr(self.parser, "parse_unverified", None)
-        if unverified is None:
-            return {}
         try:
-            fields: dict[str, Field] = unverified(frame.data)
+            return self.parser.parse_unverified(frame.data)
         except ParseError:
             return {}
-        return fields
 
     def _readings(self, fields: dict[str, Field], quality: Quality) -> list[Reading]:
         ts_ms = time.time_ns() // 1_000_000
