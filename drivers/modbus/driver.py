@@ -273,15 +273,18 @@ class ModbusEndpoint:
             return self._client
         self._close()
         client = self.transport.client(device.timeout, self._trace)
+        reason = ""
         try:
             async with asyncio.timeout(device.timeout):
                 connected = await client.connect()
         except TimeoutError:
-            connected = False
+            connected, reason = False, ": no answer"
+        except Exception as err:  # serial ports fail with termios/OS errors of every kind
+            connected, reason = False, f": {err}"
         if not connected:
             client.close()
             device.health.errors += 1
-            raise ModbusRequestError("connection", f"cannot open {self.transport}")
+            raise ModbusRequestError("connection", f"cannot open {self.transport}{reason}")
         self._client = client
         return client
 

@@ -1,0 +1,84 @@
+"""RTU slaves and a line instrument on pseudo-terminals, through the gateway process, to the broker."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from rig import Subscriber, gateway_config
+
+from drivers.modbus.decode import DataType, Table
+from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
+from drivers.sim.serial_line import LineInstrument, gas_detector_line
+from drivers.sim.serial_link import NullModem
+from gateway.devtools.broker import Mosquitto
+
+
+def rtu(name: str, path: str, unit: int) -> str:
+    return f"""
+[[devices]]
+name = "{name}"
+protocol = "modbus_rtu"
+port = "{path}"
+baudrate = 19200
+unit = {unit}
+poll_interval = "100ms"
+timeout = "200ms"
+retries = 0
+backoff_max = "1s"
+points = [{{ name = "polls", address = 0, type = "uint32" }}, {{ name = "level", address = 2, type = "float32", byte_order = "CDAB" }}]
+"""
+
+
+GAS = """
+[[devices]]
+name = "gas"
+protocol = "serial_line"
+port = "{path}"
+framing = {{ kind = "delimiter" }}
+parser = {{ kind = "regex", pattern = 'CH4=(?P<ch4>[-\\d.]+);H2S=(?P<h2s>\\d+);T=[-\\d.]+;N=(?P<n>\\d+)' }}
+points = [{{ name = "ch4" }}, {{ name = "n", type = "int" }}]
+"""
+
+
+async def test_rtu_slaves_and_a_line_instrument_on_ptys_reach_the_centre(
+    tmp_path: Path, broker: Mosquitto, subscriber: Subscriber, gateway_process
+) -> None:
+    slaves = []
+    for unit in (1, 2, 3):
+        d = SimulatedDevice(unit=unit)
+        d.add_read_counter(Table.HOLDING, 0)
+        d.set_value(Table.HOLDING, 2, 1.5 * unit, DataType.FLOAT32, order="CDAB")  # type: ignore[arg-type]
+        slaves.append(d)
+    slaves[2].silent = True  # a dead slave on the bus
+    async with (
+        NullModem() as line,
+        ModbusSimServer(slaves, serial_port=line.b.path),
+        LineInstrument(gas_detector_line, period=0.05) as gas,
+    ):
+        gp = gateway_process(
+            gateway_config(
+                broker_port=broker.port,
+                buffer_path=tmp_path / "buffer.db",
+                devices="".join(rtu(f"rtu{u}", line.a.path, u) for u in (1, 2, 3))
+                + GAS.format(path=gas.path),
+            )
+        )
+        gp.start()
+        await subscriber.wait_async(
+            lambda: (
+                all(len(subscriber.readings(f"rtu{u}", "polls")) >= 10 for u in (1, 2))
+                and len(subscriber.readings("gas", "n")) >= 10
+            ),
+            30,
+            "readings from both RTU slaves and the gas detector",
+        )
+        assert await asyncio.to_thread(gp.stop) == 0, gp.log
+    for unit in (1, 2):
+        polls = [int(r.value) for r in subscriber.readings(f"rtu{unit}", "polls")]
+        assert polls == list(range(1, len(polls) + 1))
+        assert {r.value for r in subscriber.readings(f"rtu{unit}", "level")} == {1.5 * unit}
+    assert subscriber.readings("rtu3") == []
+    n = [int(r.value) for r in subscriber.readings("gas", "n")]
+    assert n == list(range(n[0], n[0] + len(n)))
+    assert "'rtu3'" in gp.log and "is offline" in gp.log
