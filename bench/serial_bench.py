@@ -29,6 +29,7 @@ from drivers.sim.serial_link import NullModem, PtyPort
 from gateway.build import build_drivers
 from gateway.model import Reading
 from gateway.settings import SerialLineDeviceConfig, parse_config
+from gateway.tasks import cancel_and_wait
 
 SECONDS = 8.0
 
@@ -68,7 +69,7 @@ async def bus_run(dead: bool, backoff_max: str) -> tuple[float, int]:
         )
         task = asyncio.create_task(drivers[0].run())
         await asyncio.sleep(SECONDS)
-        task.cancel()
+        await cancel_and_wait([task])
     polls = sum(1 for r in readings if r.device == "s1" and r.point == "n")
     timeouts = sum(h.timeouts for h in drivers[0].health())
     return SECONDS / max(1, polls), timeouts
@@ -105,7 +106,7 @@ points = [{{ name = "ch4" }}, {{ name = "h2s", type = "int" }}, {{ name = "n", t
         await asyncio.sleep(0)
     await asyncio.sleep(0.5)
     elapsed = time.perf_counter() - started
-    task.cancel()
+    await cancel_and_wait([task])
     port.close()
     frames = driver.device_health.responses
     print(

@@ -25,6 +25,7 @@ from gateway.model import Reading
 from gateway.pipeline.batcher import Batcher
 from gateway.settings import LoadedConfig
 from gateway.store import Store
+from gateway.tasks import cancel_and_wait
 from gateway.uplink.mqtt import MqttUplink
 from gateway.uplink.topics import Topics
 from gateway.wire import encode_batch
@@ -91,9 +92,7 @@ class Gateway:
                 driver_tasks = [tg.create_task(_supervise(d), name=d.name) for d in self.drivers]
                 await self.stop_requested.wait()
                 log.info("stopping: polling ends, the open batch goes to the buffer")
-                for task in driver_tasks:
-                    task.cancel()
-                await asyncio.gather(*driver_tasks, return_exceptions=True)
+                await cancel_and_wait(driver_tasks)
                 await self.batcher.close(batcher_task)
                 self.uplink.stop()
                 try:
@@ -101,7 +100,7 @@ class Gateway:
                         await asyncio.shield(uplink_task)
                 except TimeoutError:
                     log.warning("the broker did not answer in time; leaving without a goodbye")
-                    uplink_task.cancel()
+                    await cancel_and_wait([uplink_task])
         finally:
             store.close()
         stats = queue.stats()

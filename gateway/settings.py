@@ -20,6 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    FilePath,
     ValidationError,
     WithJsonSchema,
     model_validator,
@@ -64,11 +65,18 @@ def parse_size(text: object) -> int:
     return int(float(match[1]) * _SIZE_UNITS[match[2]])
 
 
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    WithJsonSchema({"type": "string", "pattern": _DURATION_RE.pattern, "examples": ["500ms"]}),
-]
+def _positive_duration(text: object) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be longer than zero")
+    return seconds
+
+
+_DURATION_SCHEMA = WithJsonSchema(
+    {"type": "string", "pattern": _DURATION_RE.pattern, "examples": ["500ms"]}
+)
+Duration = Annotated[float, BeforeValidator(_positive_duration), _DURATION_SCHEMA]
+DurationOrZero = Annotated[float, BeforeValidator(parse_duration), _DURATION_SCHEMA]
 Size = Annotated[
     int,
     BeforeValidator(parse_size),
@@ -91,9 +99,10 @@ class GatewaySectionConfig(_Strict):
 
 
 class TlsConfig(_Strict):
-    ca_file: Path = Field(description="CA certificate(s) that signed the broker's certificate")
-    cert_file: Path | None = Field(None, description="client certificate, for mutual TLS")
-    key_file: Path | None = Field(None, description="client private key, for mutual TLS")
+    # FilePath: a missing certificate is a config error naming the key, not a crash at start.
+    ca_file: FilePath = Field(description="CA certificate(s) that signed the broker's certificate")
+    cert_file: FilePath | None = Field(None, description="client certificate, for mutual TLS")
+    key_file: FilePath | None = Field(None, description="client private key, for mutual TLS")
     verify_hostname: bool = True
 
     @model_validator(mode="after")
@@ -110,15 +119,15 @@ class MqttConfig(_Strict):
     username: str | None = None
     password: str | None = None
     tls: TlsConfig | None = None
-    keepalive: Duration = 30.0
+    keepalive: Annotated[Duration, Field(ge=1.0)] = 30.0
     topic_prefix: str = Field("city", pattern=r"^[^#+]+$")
     max_inflight: int = Field(20, ge=1, le=1000, description="QoS 1 publishes awaiting PUBACK")
-    publish_timeout: Duration = Field(
+    publish_timeout: Annotated[Duration, Field(ge=1.0)] = Field(
         30.0, description="an unacknowledged publish older than this drops the connection"
     )
     reconnect_min: Duration = 0.5
     reconnect_max: Duration = 60.0
-    health_interval: Duration = 30.0
+    health_interval: Annotated[Duration, Field(ge=1.0)] = 30.0
 
     @model_validator(mode="after")
     def _backoff_order(self) -> MqttConfig:
@@ -131,7 +140,9 @@ class MqttConfig(_Strict):
 
 class BufferConfig(_Strict):
     path: Path = Path("/var/lib/edge-gateway/buffer.db")
-    max_bytes: Size = Field(256_000_000, description="byte bound; oldest batches are evicted first")
+    max_bytes: Size = Field(
+        256_000_000, ge=1_000_000, description="byte bound (at least 1MB); oldest evicted first"
+    )
 
 
 class BatchConfig(_Strict):
@@ -231,7 +242,7 @@ class ModbusRtuDeviceConfig(_ModbusDeviceConfig, SerialPortConfig):
     """A Modbus RTU slave on a serial bus; slaves on the same port share the bus."""
 
     protocol: Literal["modbus_rtu"]
-    inter_frame_delay: Duration | None = Field(
+    inter_frame_delay: DurationOrZero | None = Field(
         None, description="silence between requests; default 3.5 character times (min 1.75ms)"
     )
 

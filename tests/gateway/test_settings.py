@@ -115,7 +115,7 @@ def test_a_minimal_config_gets_production_defaults() -> None:
         ),
         (MINIMAL + MINIMAL[MINIMAL.index("[[devices]]") :], "device name 'pump' is used twice"),
         (
-            MINIMAL + "[mqtt.tls]\nca_file = 'ca.pem'\ncert_file = 'c.pem'\n",
+            MINIMAL + f"[mqtt.tls]\nca_file = '{__file__}'\ncert_file = '{__file__}'\n",
             "mqtt.tls: cert_file and key_file go together",
         ),
         (
@@ -123,6 +123,22 @@ def test_a_minimal_config_gets_production_defaults() -> None:
             "reconnect_min must not exceed",
         ),
         ('[gateway]\nid = "x"\n', "devices: required key is missing"),
+        (
+            MINIMAL + "[mqtt.tls]\nca_file = '/nonexistent/ca.crt'\n",
+            "mqtt.tls.ca_file: Path does not point to a file",
+        ),
+        (
+            MINIMAL + "[mqtt]\npublish_timeout = '0s'\n",
+            "mqtt.publish_timeout: '0s' must be longer than zero",
+        ),
+        (
+            MINIMAL + "[buffer]\nmax_bytes = '100B'\n",
+            "buffer.max_bytes: Input should be greater than or equal to 1000000",
+        ),
+        (
+            MINIMAL.replace('host = "127.0.0.1"', 'host = "127.0.0.1"\npoll_interval = "0ms"'),
+            "devices[0].poll_interval: '0ms' must be longer than zero",
+        ),
         ("[gateway\n", "not valid TOML"),
     ],
 )

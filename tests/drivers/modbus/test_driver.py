@@ -14,6 +14,7 @@ from drivers.sim.modbus import ModbusSimServer, SimulatedDevice, free_tcp_port
 from gateway.build import build_drivers
 from gateway.model import Reading
 from gateway.settings import parse_config
+from gateway.tasks import cancel_and_wait
 
 NUMERIC = {
     DataType.INT16: -1234,
@@ -64,8 +65,7 @@ async def poll_until(endpoints: list[ModbusEndpoint], done, timeout: float = 5.0
                 while not done():
                     await asyncio.sleep(0.02)
         finally:
-            for t in tasks:
-                t.cancel()
+            await cancel_and_wait(tasks)
 
 
 async def test_every_type_in_every_byte_order_is_read_correctly_over_the_wire() -> None:
@@ -159,7 +159,7 @@ async def test_a_silent_unit_goes_offline_and_back_once_while_its_neighbour_keep
             flaky.silent = False
             await asyncio.sleep(1.0)
             assert health["flaky"].online is True
-            task.cancel()
+            await cancel_and_wait([task])
     messages = [r.getMessage() for r in caplog.records]
     assert sum("'flaky'" in m and "is offline" in m for m in messages) == 1
     assert sum("'flaky'" in m and "answers again" in m for m in messages) == 1
@@ -219,7 +219,7 @@ async def test_a_device_that_is_not_there_at_start_is_offline_and_the_driver_kee
             async with asyncio.timeout(5):
                 while not sink.readings:
                     await asyncio.sleep(0.02)
-        task.cancel()
+        await cancel_and_wait([task])
     assert eps[0].devices[0].health.online is True
 
 

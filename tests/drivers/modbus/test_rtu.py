@@ -11,6 +11,7 @@ from drivers.sim.serial_link import NullModem
 from gateway.build import build_drivers
 from gateway.model import Reading
 from gateway.settings import parse_config
+from gateway.tasks import cancel_and_wait
 
 POINTS = (
     'points = [{ name = "n", address = 0, type = "uint32" },'
@@ -64,8 +65,7 @@ async def run_for(drivers, seconds: float) -> None:  # type: ignore[no-untyped-d
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(d.run()) for d in drivers]
         await asyncio.sleep(seconds)
-        for t in tasks:
-            t.cancel()
+        await cancel_and_wait(tasks)
 
 
 async def test_slaves_on_one_bus_share_one_port_and_every_poll_is_read_in_order() -> None:
@@ -122,7 +122,7 @@ async def test_noise_on_the_line_is_counted_and_polling_resynchronises() -> None
             await asyncio.sleep(1.0)  # then a quiet line
             before = {u: len(sink.counts(f"s{u}")) for u in (1, 2)}
             await asyncio.sleep(1.0)
-            task.cancel()
+            await cancel_and_wait([task])
     health = {h.name: h for h in drivers[0].health()}
     for unit in (1, 2):
         assert len(sink.counts(f"s{unit}")) - before[unit] >= 6, "polling did not recover"

@@ -19,6 +19,7 @@ from drivers.sim.serial_line import (
 )
 from gateway.model import Quality, Reading
 from gateway.settings import parse_config
+from gateway.tasks import cancel_and_wait
 
 
 class Sink(list[Reading]):
@@ -61,7 +62,7 @@ async def run_until(driver: SerialLineDriver, done, timeout: float = 5.0) -> Non
                 while not done():
                     await asyncio.sleep(0.01)
         finally:
-            task.cancel()
+            await cancel_and_wait([task])
 
 
 async def test_a_streaming_instrument_is_read_line_by_line_without_gaps() -> None:
@@ -92,7 +93,7 @@ async def test_garbage_and_partial_frames_between_good_ones_are_counted_and_ever
             await asyncio.sleep(0.5)
             inst.noise = b""
             await asyncio.sleep(0.2)
-            task.cancel()
+            await cancel_and_wait([task])
     n = sink.values("n")
     assert n == list(range(n[0], n[0] + len(n))), "a good frame was lost to the noise"
     assert len(n) > first + 20
@@ -207,7 +208,7 @@ async def test_a_polled_instrument_answers_each_poll_and_silence_marks_it_offlin
             assert driver.device_health.timeouts >= 2
             inst.silent = False
             await asyncio.sleep(0.6)
-            task.cancel()
+            await cancel_and_wait([task])
     health = driver.device_health
     assert health.online is True
     assert health.requests >= health.responses >= 10
