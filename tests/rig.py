@@ -82,8 +82,23 @@ class Subscriber:
         with self._lock:
             return [p for t, p in self.messages if t.endswith(suffix)]
 
-    def batches(self) -> list[Batch]:
+    def all_batches(self) -> list[Batch]:
+        """Every data message as it arrived, duplicates included."""
         return [decode_batch(p) for p in self.on("/data")]
+
+    def batches(self) -> list[Batch]:
+        """What the centre keeps: the first copy of each (gateway_id, boot_id, seq).
+
+        Delivery is at-least-once: a batch whose PUBACK was lost is sent again.
+        """
+        seen: set[tuple[str, str, int]] = set()
+        unique = []
+        for batch in self.all_batches():
+            key = (batch.gateway_id, batch.boot_id, batch.seq)
+            if key not in seen:
+                seen.add(key)
+                unique.append(batch)
+        return unique
 
     def readings(self, device: str | None = None, point: str | None = None) -> list[Any]:
         return [
@@ -185,6 +200,76 @@ def gateway_process(tmp_path: Path) -> Iterator[Callable[[str], GatewayProcess]]
     yield make
     for gp in made:
         gp.cleanup()
+
+
+class TcpProxy:
+    """A TCP relay on loopback between the gateway and a server, that can fail like a link.
+
+    `blackhole()` keeps every connection open but carries nothing either way, and
+    accepts new connections that go nowhere: the usual cellular failure, with no
+    reset. `restore()` carries traffic again for new connections. `reset()` aborts
+    every connection at once.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.blackholed = False
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        if self.blackholed:
+            await _drain_forever(reader)
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers.append(up_writer)
+        await asyncio.gather(
+            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+        )
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                if self.blackholed:
+                    continue  # swallowed: the peer never hears of it
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    def blackhole(self) -> None:
+        self.blackholed = True
+
+    def restore(self) -> None:
+        self.blackholed = False
+
+    def reset(self) -> None:
+        for writer in self._writers:
+            transport = writer.transport
+            transport.abort()
+        self._writers.clear()
+
+    async def stop(self) -> None:
+        self.reset()
+        if self._server is not None:
+            self._server.close()
+
+
+async def _drain_forever(reader: asyncio.StreamReader) -> None:
+    while await reader.read(65536):
+        pass
 
 
 def gateway_config(

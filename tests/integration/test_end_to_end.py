@@ -6,7 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from rig import GatewayProcess, Subscriber, gateway_config, modbus_device
+from rig import GatewayProcess, Subscriber, TcpProxy, gateway_config, modbus_device
 
 from buffer import DurableQueue
 from drivers.modbus.decode import DataType, Table
@@ -249,3 +249,41 @@ async def test_status_topic_says_online_on_connect_and_offline_on_stop_or_death(
         assert json.loads(late.messages[0][1])["state"] == "offline"
     finally:
         late.close()
+
+
+async def test_a_blackholed_link_is_detected_torn_down_and_unacknowledged_batches_resent(
+    tmp_path: Path, broker: Mosquitto, subscriber: Subscriber, gateway_process
+) -> None:
+    proxy = TcpProxy(broker.port)
+    await proxy.start()
+    try:
+        async with ModbusSimServer([counting_device()]) as sim:
+            gp = gateway_process(
+                gateway_config(
+                    broker_port=proxy.port,
+                    buffer_path=tmp_path / "buffer.db",
+                    devices=modbus_device("pump", sim.port, 1, POINTS),
+                    extra_mqtt='publish_timeout = "2s"\nkeepalive = "2s"',
+                )
+            )
+            gp.start()
+            await subscriber.wait_async(lambda: len(poll_counts(subscriber)) >= 5, 20, "first")
+            proxy.blackhole()  # no reset, no FIN: the link just goes silent
+            await asyncio.sleep(5.0)
+            during = sim.devices[1].reads // 2
+            proxy.restore()
+            await subscriber.wait_async(
+                lambda: bool(poll_counts(subscriber)) and poll_counts(subscriber)[-1] > during,
+                30,
+                "readings from the blackout and after it",
+            )
+            assert await stop(gp) == 0, gp.log
+    finally:
+        await proxy.stop()
+    counts = poll_counts(subscriber)
+    assert_gapless(counts, "polls across a blackholed link")
+    assert counts[0] == 1
+    assert proxy.connections >= 2  # the dead connection was replaced
+    assert "lost the MQTT broker" in gp.log
+    duplicates = len(subscriber.all_batches()) - len(subscriber.batches())
+    print(f"blackhole: {len(subscriber.batches())} batches, {duplicates} duplicate(s) re-sent")
