@@ -257,3 +257,11 @@ def demo_devices() -> list[SimulatedDevice]:
     gauge.set_signal(Table.INPUT, 10, lambda t: 1.25 + 0.05 * math.sin(t / 13.0))  # metres
     gauge.set_value(Table.HOLDING, 100, "FG-204", DataType.STRING, length=4)
     return [pump, gauge]
+
+
+def demo_rtu_slave() -> SimulatedDevice:
+    """The demo's RS-485 bus: a flow meter (unit 11)."""
+    meter = SimulatedDevice(unit=11)
+    meter.set_signal(Table.INPUT, 0, lambda t: 12.5 + 2 * math.sin(t / 9.0))  # m3/h
+    meter.add_read_counter(Table.INPUT, 2)  # stands in for a totaliser
+    return meter

@@ -1,8 +1,10 @@
 """`edge-gateway demo`: the gateway's main job on a built-in field.
 
-Starts two simulated Modbus devices (a pump station and a flood gauge) on a
-loopback port, a private mosquitto, and the gateway with a generated config;
-subscribes to the gateway's topics and prints the decoded data as it arrives.
+Starts simulated devices — a pump station and a flood gauge (Modbus TCP, two
+units on one loopback port), a flow meter (Modbus RTU on a pseudo-terminal bus)
+and a gas detector printing lines on another pseudo-terminal — a private
+mosquitto, and the gateway with a generated config; subscribes to the gateway's
+topics and prints the decoded data as it arrives.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from pathlib import Path
 
 import aiomqtt
 
-from drivers.sim.modbus import ModbusSimServer, demo_devices
+from drivers.sim.modbus import ModbusSimServer, demo_devices, demo_rtu_slave
+from drivers.sim.serial_line import LineInstrument, gas_detector_line
+from drivers.sim.serial_link import NullModem
 from gateway.app import Gateway
 from gateway.devtools.broker import BrokerError, Mosquitto
 from gateway.settings import parse_config
@@ -50,8 +54,7 @@ poll_interval = "500ms"
 timeout = "500ms"
 points = [
   {{ name = "discharge_pressure", address = 0, type = "float32", unit = "bar" }},
-  {{ name = "motor_temperature", address = 2, type = "float32", byte_order = "CDAB",
-     unit = "degC" }},
+  {{ name = "motor_temperature", address = 2, type = "float32", byte_order = "CDAB", unit = "degC" }},
   {{ name = "polls", address = 4, type = "uint32" }},
   {{ name = "supply_voltage", table = "input", address = 0, type = "int16", unit = "V" }},
   {{ name = "pump_running", table = "coil", address = 0, type = "bool" }},
@@ -69,6 +72,32 @@ points = [
   {{ name = "water_level", table = "input", address = 10, type = "float32", unit = "m" }},
   {{ name = "tag", address = 100, type = "string", length = 4 }},
 ]
+
+[[devices]]
+name = "flow-meter-11"
+protocol = "modbus_rtu"
+port = "{rtu_port}"
+baudrate = 19200
+unit = 11
+poll_interval = "1s"
+timeout = "300ms"
+points = [
+  {{ name = "flow", table = "input", address = 0, type = "float32", unit = "m3/h" }},
+  {{ name = "totaliser", table = "input", address = 2, type = "uint32", unit = "m3" }},
+]
+
+[[devices]]
+name = "gas-detector-3"
+protocol = "serial_line"
+port = "{gas_port}"
+baudrate = 9600
+stale_after = "5s"
+framing = {{ kind = "delimiter", delimiter = "\\r\\n", max_length = 128 }}
+parser = {{ kind = "regex", pattern = 'CH4=(?P<ch4>[-\\d.]+);H2S=(?P<h2s>\\d+)' }}
+points = [
+  {{ name = "ch4", unit = "%LEL" }},
+  {{ name = "h2s", type = "int", unit = "ppm" }},
+]
 """
 
 
@@ -82,15 +111,25 @@ async def run_demo(seconds: float) -> int:
             print(f"demo: {err}", file=sys.stderr)
             return 1
         try:
-            async with ModbusSimServer(demo_devices()) as sim:
+            async with (
+                ModbusSimServer(demo_devices()) as sim,
+                NullModem() as bus,
+                ModbusSimServer([demo_rtu_slave()], serial_port=bus.b.path),
+                LineInstrument(gas_detector_line, period=1.0) as gas,
+            ):
                 text = DEMO_CONFIG.format(
-                    broker_port=broker.port, modbus_port=sim.port, workdir=workdir
+                    broker_port=broker.port,
+                    modbus_port=sim.port,
+                    rtu_port=bus.a.path,
+                    gas_port=gas.path,
+                    workdir=workdir,
                 )
                 (workdir / "demo.toml").write_text(text)
                 loaded = parse_config(text.encode(), str(workdir / "demo.toml"))
                 print(
-                    f"demo: broker on 127.0.0.1:{broker.port}, simulated devices on "
-                    f"127.0.0.1:{sim.port}; running for {seconds:g}s (Ctrl-C stops)\n",
+                    f"demo: broker on 127.0.0.1:{broker.port}; simulated Modbus TCP devices on "
+                    f"127.0.0.1:{sim.port}, an RTU slave on {bus.a.path}, a gas detector on "
+                    f"{gas.path}; running for {seconds:g}s (Ctrl-C stops)\n",
                     file=sys.stderr,
                 )
                 return await _run(loaded, broker.port, seconds)
