@@ -11,10 +11,13 @@ buffer/DESIGN.md).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import sqlite3
 import time
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from buffer import BufferError, DurableQueue, PayloadTooLargeError
@@ -22,7 +25,9 @@ from drivers.base import Driver
 from gateway import __version__
 from gateway.build import build_drivers
 from gateway.model import Reading
+from gateway.pipeline.alarms import AlarmEvent
 from gateway.pipeline.batcher import Batcher
+from gateway.pipeline.processing import compile_processing
 from gateway.settings import LoadedConfig
 from gateway.store import Store
 from gateway.tasks import cancel_and_wait
@@ -38,6 +43,12 @@ DRIVER_RESTART_SECONDS = 5.0
 # Readings held in memory while the buffer refuses writes (a read-only SD card):
 # beyond this the oldest are dropped, counted, and reported.
 MAX_PENDING = 200_000
+ALARM_BUFFER_BYTES = 16_000_000  # alarm events are small: this holds >50,000 of them
+
+
+def alarm_buffer_path(data_path: Path) -> Path:
+    """The alarm lane's own durable queue, next to the data buffer (buffer.alarms.db)."""
+    return data_path.with_name(f"{data_path.stem}.alarms{data_path.suffix or '.db'}")
 
 
 async def _supervise(driver: Driver) -> None:
@@ -69,15 +80,21 @@ class Gateway:
         self.batcher = Batcher(
             cfg.batch.max_readings, cfg.batch.max_age, self._write_batch, max_pending=MAX_PENDING
         )
-        self.drivers = build_drivers(cfg, self.batcher.add)
+        self._alarm_events: asyncio.Queue[AlarmEvent] = asyncio.Queue()
+        self.processing = compile_processing(cfg, self.batcher.add, self._alarm_events.put_nowait)
+        self.drivers = build_drivers(cfg, self.processing.add)
         queue = DurableQueue(cfg.buffer.path, max_bytes=cfg.buffer.max_bytes)
         self.store = store = Store(queue)
+        self.alarm_store = alarm_store = Store(
+            DurableQueue(alarm_buffer_path(cfg.buffer.path), max_bytes=ALARM_BUFFER_BYTES)
+        )
         try:
             self._log_start(queue)
             self.uplink = MqttUplink(
                 cfg.mqtt,
                 Topics(cfg.mqtt.topic_prefix, self.gateway_id),
                 store,
+                alarm_store=alarm_store,
                 identity={
                     "gateway_id": self.gateway_id,
                     "boot_id": self.boot_id,
@@ -89,11 +106,15 @@ class Gateway:
             async with asyncio.TaskGroup() as tg:
                 uplink_task = tg.create_task(self.uplink.run(), name="uplink")
                 batcher_task = tg.create_task(self.batcher.run(), name="batcher")
+                alarm_task = tg.create_task(self._write_alarms(), name="alarms")
                 driver_tasks = [tg.create_task(_supervise(d), name=d.name) for d in self.drivers]
                 await self.stop_requested.wait()
                 log.info("stopping: polling ends, the open batch goes to the buffer")
                 await cancel_and_wait(driver_tasks)
+                self.processing.flush(time.time_ns() // 1_000_000)
                 await self.batcher.close(batcher_task)
+                await self._alarm_events.join()  # every alarm event is on disk
+                await cancel_and_wait([alarm_task])
                 self.uplink.stop()
                 try:
                     async with asyncio.timeout(UPLINK_STOP_SECONDS):
@@ -103,8 +124,34 @@ class Gateway:
                     await cancel_and_wait([uplink_task])
         finally:
             store.close()
+            alarm_store.close()
         stats = queue.stats()
         log.info("stopped; %d batch(es) remain on disk for the next start", stats.batches)
+
+    async def _write_alarms(self) -> None:
+        """Persist alarm events, one by one, as soon as they happen (the alarm lane)."""
+        while True:
+            event = await self._alarm_events.get()
+            doc = event.as_dict()
+            log.log(
+                logging.WARNING if event.state == "raised" else logging.INFO,
+                "alarm %s %s: %s",
+                event.alarm,
+                event.state,
+                event.message,
+            )
+            while True:
+                try:
+                    await self.alarm_store.append(partial(self._alarm_payload, doc=doc))
+                    break
+                except (BufferError, OSError, sqlite3.Error) as err:
+                    log.error("cannot write alarm %s to disk (%s); retrying", event.alarm, err)
+                    await asyncio.sleep(WRITE_RETRY_SECONDS)
+            self._alarm_events.task_done()
+
+    def _alarm_payload(self, seq: int, *, doc: dict[str, object]) -> bytes:
+        envelope = {"gateway_id": self.gateway_id, "boot_id": self.boot_id, "seq": seq, **doc}
+        return json.dumps(envelope, separators=(",", ":")).encode()
 
     def _log_start(self, queue: DurableQueue) -> None:
         stats = queue.stats()
@@ -182,6 +229,12 @@ class Gateway:
                 "recovered_from": self.store.queue.recovered_from,
             },
             "uplink": self.uplink.health(),
+            "alarms": {
+                "events": self.processing.alarm_events,
+                "waiting": self.alarm_store.stats.batches,
+                "evicted": self.alarm_store.stats.evicted_batches,
+            },
+            "processing": self.processing.counters(),
             "pipeline": {
                 "readings_in": self.batcher.readings_in,
                 "readings_pending": self.batcher.pending,

@@ -18,6 +18,11 @@ class Quality(IntEnum):
     (docs/wire-format.md); a code, once published, keeps its meaning."""
 
     GOOD = 0
+    OUT_OF_RANGE = 1  # outside the configured plausible range: kept, flagged
+    SPIKE = 2  # changed faster than the configured rate: kept (or dropped), flagged
+    STALE = 3  # the value has not been refreshed when it should have been
+    COMM_ERROR = 4  # the device did not answer for this point (value is None)
+    DEVICE_OFFLINE = 5  # the device is offline (value is None)
     BAD_CHECKSUM = 6  # the frame carrying the value failed its checksum: value is suspect
 
 
@@ -27,5 +32,5 @@ class Reading(NamedTuple):
     device: str
     point: str
     ts_ms: int  # unix time in milliseconds, taken when the response arrived
-    value: Value
+    value: Value | None  # None only with a quality saying why (COMM_ERROR, DEVICE_OFFLINE)
     quality: int = Quality.GOOD

@@ -28,6 +28,7 @@ from pydantic import (
 
 from drivers.modbus.decode import ByteOrder, DataType, Table, register_count
 from gateway.errors import ConfigError
+from gateway.pipeline.filters import ProcessingSpec
 
 # --- units -------------------------------------------------------------------------------
 
@@ -152,6 +153,63 @@ class BatchConfig(_Strict):
     )
 
 
+AggregateFunction = Literal["min", "max", "mean", "count", "last"]
+AGGREGATE_FUNCTIONS: tuple[AggregateFunction, ...] = ("min", "max", "mean", "count", "last")
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1000)
+
+
+class ProcessingConfig(_Strict):
+    """Local processing of one point (gateway/pipeline/filters.py has the exact rules)."""
+
+    min: float | None = Field(None, description="plausible range: below is flagged out_of_range")
+    max: float | None = Field(None, description="plausible range: above is flagged out_of_range")
+    spike_max_rate: float | None = Field(
+        None, gt=0, description="units per second; faster changes are spikes"
+    )
+    spike_action: Literal["flag", "drop"] = "flag"
+    smoothing: Literal["mean", "median"] | None = None
+    smoothing_samples: int = Field(5, ge=1, le=1000)
+    deadband: float | None = Field(None, ge=0, description="send only changes larger than this")
+    deadband_percent: float | None = Field(None, ge=0, le=1000)
+    heartbeat: Duration | None = Field(
+        None, description="with a deadband: resend at least this often"
+    )
+    aggregate: Duration | None = Field(None, description="send min/max/mean/count/last per window")
+    aggregate_functions: list[AggregateFunction] = Field(
+        default_factory=lambda: list(AGGREGATE_FUNCTIONS), min_length=1
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ProcessingConfig:
+        if self.min is not None and self.max is not None and self.min >= self.max:
+            raise ValueError(f"min {self.min} must be below max {self.max}")
+        if self.deadband is not None and self.deadband_percent is not None:
+            raise ValueError("set deadband or deadband_percent, not both")
+        if self.heartbeat is not None and self.deadband is None and self.deadband_percent is None:
+            raise ValueError("heartbeat goes with a deadband (without one every value is sent)")
+        self.spec()  # the processor's own checks, e.g. no deadband before an aggregation
+        return self
+
+    def spec(self) -> ProcessingSpec:
+        """The compiled form the pipeline runs (gateway/pipeline/filters.py)."""
+        return ProcessingSpec(
+            range_low=self.min,
+            range_high=self.max,
+            spike_max_rate=self.spike_max_rate,
+            spike_action=self.spike_action,
+            smoothing=self.smoothing,
+            smoothing_samples=self.smoothing_samples,
+            deadband=self.deadband,
+            deadband_percent=self.deadband_percent,
+            heartbeat_ms=_ms(self.heartbeat),
+            aggregate_ms=_ms(self.aggregate),
+            aggregate=tuple(self.aggregate_functions),
+        )
+
+
 class ModbusPointConfig(_Strict):
     name: Name
     table: Table = Table.HOLDING
@@ -163,6 +221,7 @@ class ModbusPointConfig(_Strict):
     scale: float = 1.0
     offset: float = 0.0
     unit: str | None = Field(None, description="engineering unit, for people (e.g. 'bar')")
+    process: ProcessingConfig | None = None
 
     @model_validator(mode="after")
     def _type_fits_table(self) -> ModbusPointConfig:
@@ -350,6 +409,7 @@ class SerialLinePointConfig(_Strict):
     scale: float = 1.0
     offset: float = 0.0
     unit: str | None = None
+    process: ProcessingConfig | None = None
 
 
 class SerialLineDeviceConfig(SerialPortConfig):
@@ -405,6 +465,49 @@ DeviceConfig = Annotated[
 ]
 
 
+Severity = Literal["info", "warning", "critical"]
+
+
+class ThresholdAlarmConfig(_Strict):
+    """Raise when a point is above `high` (or below `low`) for `on_delay`."""
+
+    name: Name
+    kind: Literal["threshold"]
+    device: str
+    point: str
+    high: float | None = None
+    low: float | None = None
+    hysteresis: float = Field(0.0, ge=0, description="clear only this far back inside the limit")
+    on_delay: DurationOrZero = 0.0
+    off_delay: DurationOrZero = 0.0
+    severity: Severity = "warning"
+
+    @model_validator(mode="after")
+    def _limits(self) -> ThresholdAlarmConfig:
+        if self.high is None and self.low is None:
+            raise ValueError("a threshold alarm needs high, low or both")
+        if self.high is not None and self.low is not None and self.low >= self.high:
+            raise ValueError(f"low {self.low} must be below high {self.high}")
+        return self
+
+
+class RateOfRiseAlarmConfig(_Strict):
+    """Raise when a point rises more than `max_rise` within `per` (a flood gauge)."""
+
+    name: Name
+    kind: Literal["rate_of_rise"]
+    device: str
+    point: str
+    max_rise: float = Field(gt=0)
+    per: Duration
+    on_delay: DurationOrZero = 0.0
+    off_delay: DurationOrZero = 0.0
+    severity: Severity = "warning"
+
+
+AlarmConfig = Annotated[ThresholdAlarmConfig | RateOfRiseAlarmConfig, Field(discriminator="kind")]
+
+
 class GatewayConfig(_Strict):
     """The whole configuration file."""
 
@@ -413,6 +516,20 @@ class GatewayConfig(_Strict):
     buffer: BufferConfig = BufferConfig()
     batch: BatchConfig = BatchConfig()
     devices: list[DeviceConfig] = Field(min_length=1)
+    alarms: list[AlarmConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _alarms_name_real_points(self) -> GatewayConfig:
+        _require_unique([a.name for a in self.alarms], "alarms", "alarm name")
+        points = {d.name: {p.name for p in d.points} for d in self.devices}
+        for i, alarm in enumerate(self.alarms):
+            if alarm.device not in points:
+                raise ValueError(f"alarms[{i}]: there is no device {alarm.device!r}")
+            if alarm.point not in points[alarm.device]:
+                raise ValueError(
+                    f"alarms[{i}]: device {alarm.device!r} has no point {alarm.point!r}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _unique_device_names(self) -> GatewayConfig:
@@ -536,6 +653,8 @@ _UNION_TAGS = {
     "delimited",
     "nmea",
     "binary",
+    "threshold",
+    "rate_of_rise",
 }
 
 

@@ -51,6 +51,7 @@ class Subscriber:
         self.broker = broker
         self.topic = topic
         self.messages: list[tuple[str, bytes]] = []
+        self.arrived: list[float] = []  # time.time() at which each message arrived
         self._lock = threading.Lock()
         self.client = paho.Client(
             paho.CallbackAPIVersion.VERSION2,
@@ -77,6 +78,7 @@ class Subscriber:
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         with self._lock:
             self.messages.append((msg.topic, bytes(msg.payload)))
+            self.arrived.append(time.time())
 
     def on(self, suffix: str) -> list[bytes]:
         with self._lock:

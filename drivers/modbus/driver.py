@@ -24,7 +24,7 @@ from pymodbus.exceptions import ModbusException
 from drivers.base import DeviceHealth, ReadingSink, backoff_delay
 from drivers.modbus.decode import Table
 from drivers.modbus.plan import ReadRequest, decode_response, plan_reads
-from gateway.model import Reading
+from gateway.model import Quality, Reading
 
 log = logging.getLogger("drivers.modbus")
 
@@ -330,6 +330,15 @@ class ModbusEndpoint:
                 health.address,
                 error,
                 device.backoff_max,
+            )
+            # The centre sees each point's value become unknown, once, with the reason.
+            ts_ms = time.time_ns() // 1_000_000
+            self._sink(
+                [
+                    Reading(device.name, point.name, ts_ms, None, Quality.DEVICE_OFFLINE)
+                    for request in device.requests
+                    for point, _ in request.points
+                ]
             )
         health.online = False
 

@@ -177,7 +177,7 @@ class SerialLineDriver:
                 async with asyncio.timeout(self.stale_after):
                     frame = await self._next_frame()
             except TimeoutError:
-                self._failed(f"no valid frame for {self.stale_after:g}s")
+                self._failed(f"no valid frame for {self.stale_after:g}s", Quality.STALE)
                 continue
             self.handle(frame)
 
@@ -327,7 +327,8 @@ class SerialLineDriver:
                 message,
             )
 
-    def _failed(self, reason: str) -> None:
+    def _failed(self, reason: str, quality: Quality = Quality.DEVICE_OFFLINE) -> None:
+        """The instrument stopped answering (or talking: STALE); flag its points once."""
         self._failures += 1
         self.device_health.last_error = reason
         if self.device_health.online is not False:
@@ -340,6 +341,8 @@ class SerialLineDriver:
                 reason,
                 self.backoff_max,
             )
+            ts_ms = time.time_ns() // 1_000_000
+            self._sink([Reading(self.device, p.name, ts_ms, None, quality) for p in self.points])
 
     def _recovered(self) -> None:
         self._failures = 0

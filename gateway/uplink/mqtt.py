@@ -34,6 +34,7 @@ from gateway.uplink.topics import Topics
 log = logging.getLogger("gateway.uplink")
 
 ACK_FLUSH_INTERVAL = 0.2  # seconds between grouped deletes of acknowledged batches
+ALARM_WINDOW = 5  # alarm publishes in flight at once, on top of the data window
 STOP_DRAIN_SECONDS = 5.0  # on stop, how long to keep publishing what is on disk
 
 
@@ -45,6 +46,34 @@ class _LinkDead(Exception):
     """Publishes are in flight but no PUBACK came for `publish_timeout`: a silent link."""
 
 
+class Lane:
+    """One durable queue published to one topic, oldest first, with its own window.
+
+    The data lane carries the backlog; the alarm lane is small and has its own
+    window, so an alarm never waits behind batches of data.
+    """
+
+    def __init__(self, name: str, store: Store, topic: str, window: int) -> None:
+        self.name = name
+        self.store = store
+        self.topic = topic
+        self.window = window
+        self.acked: list[int] = []
+        self.inflight = 0
+        self.idle = False  # everything on disk has been handed to the client
+        self.published = 0
+        self.published_bytes = 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.inflight) or not self.idle or self.store.appended.is_set()
+
+    async def flush_acks(self) -> None:
+        if self.acked:
+            acked, self.acked = self.acked, []
+            await self.store.ack(acked)
+
+
 class MqttUplink:
     def __init__(
         self,
@@ -52,28 +81,31 @@ class MqttUplink:
         topics: Topics,
         store: Store,
         *,
+        alarm_store: Store | None = None,
         identity: dict[str, Any],
         health: Callable[[], dict[str, Any]],
     ) -> None:
         self.config = config
         self.topics = topics
         self.store = store
+        self.data = Lane("data", store, topics.data, config.max_inflight)
+        self.lanes = [self.data]
+        if alarm_store is not None:  # first: its publishes go out before the data's
+            self.lanes.insert(0, Lane("alarm", alarm_store, topics.alarm, ALARM_WINDOW))
         self.identity = identity  # gateway_id, boot_id, version, config_hash
         self._health = health
         self._stop = asyncio.Event()
         self._tls = _tls_context(config)  # built once: a bad certificate path fails at start
-        self._acked: list[int] = []
-        self._inflight = 0
-        self._cursor = 0  # highest seq handed to the client in the current session
-        self._progress = asyncio.Event()  # a publish finished, or the pump ran dry
-        self._pump_idle = False  # everything on disk has been handed to the client
+        self._progress = asyncio.Event()  # a publish finished, or a pump ran dry
         self._ack_clock = time.monotonic()  # last PUBACK, or when the window became busy
         self.state = "connecting"
         self.connected_since: float | None = None
-        self.published_batches = 0
-        self.published_bytes = 0
         self.connects = 0
         self.last_error: str | None = None
+
+    @property
+    def _inflight(self) -> int:
+        return sum(lane.inflight for lane in self.lanes)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -134,10 +166,11 @@ class MqttUplink:
             will=will,
             clean_session=True,
             timeout=cfg.publish_timeout,
-            max_inflight_messages=cfg.max_inflight,
+            # Room for both windows, so paho never queues an alarm behind data.
+            max_inflight_messages=cfg.max_inflight + ALARM_WINDOW,
         )
         # aiomqtt warns when more than 10 calls are pending; our window is deliberate.
-        client.pending_calls_threshold = cfg.max_inflight + 10
+        client.pending_calls_threshold = cfg.max_inflight + ALARM_WINDOW + 10
         return client
 
     async def _session(self, client: aiomqtt.Client) -> None:
@@ -154,7 +187,8 @@ class MqttUplink:
         )
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch_connection(client), name="uplink-watch")
-            tg.create_task(self._pump(client), name="uplink-pump")
+            for lane in self.lanes:
+                tg.create_task(self._pump(client, lane), name=f"uplink-{lane.name}")
             tg.create_task(self._ack_flusher(), name="uplink-acks")
             tg.create_task(self._health_loop(client), name="uplink-health")
             tg.create_task(self._ack_watchdog(), name="uplink-watchdog")
@@ -172,7 +206,7 @@ class MqttUplink:
         # saying goodbye, for a bounded time; the rest waits on disk for the next start.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STOP_DRAIN_SECONDS):
-                while self._inflight or not self._pump_idle or self.store.appended.is_set():
+                while any(lane.busy for lane in self.lanes):
                     self._progress.clear()
                     await self._progress.wait()
         try:
@@ -187,44 +221,45 @@ class MqttUplink:
             log.warning("could not publish the offline status before stopping: %s", err)
         raise _Stopping
 
-    async def _pump(self, client: aiomqtt.Client) -> None:
-        window = asyncio.Semaphore(self.config.max_inflight)
-        self._cursor = 0
-        self._inflight = 0
-        self._pump_idle = False
+    async def _pump(self, client: aiomqtt.Client, lane: Lane) -> None:
+        window = asyncio.Semaphore(lane.window)
+        cursor = 0  # highest seq handed to the client in this session
+        lane.inflight = 0
+        lane.idle = False
+        appended = lane.store.appended
         async with asyncio.TaskGroup() as tg:
             while True:
-                self.store.appended.clear()
-                entries = await self.store.read(self._cursor, self.config.max_inflight * 2)
+                appended.clear()
+                entries = await lane.store.read(cursor, lane.window * 2)
                 if not entries:
-                    self._pump_idle = True
+                    lane.idle = True
                     self._progress.set()
-                    await self.store.appended.wait()
-                    self._pump_idle = False
+                    await appended.wait()
+                    lane.idle = False
                     continue
                 for entry in entries:
                     await window.acquire()
-                    self._cursor = entry.seq
+                    cursor = entry.seq
                     if not self._inflight:
                         self._ack_clock = time.monotonic()
-                    self._inflight += 1
-                    tg.create_task(self._publish(client, entry, window))
+                    lane.inflight += 1
+                    tg.create_task(self._publish(client, lane, entry, window))
 
     async def _publish(
-        self, client: aiomqtt.Client, entry: Entry, window: asyncio.Semaphore
+        self, client: aiomqtt.Client, lane: Lane, entry: Entry, window: asyncio.Semaphore
     ) -> None:
         try:
             # No per-publish timeout: waiting behind a full window on a slow link is
             # normal; the watchdog judges the link by PUBACKs arriving at all.
-            await client.publish(self.topics.data, entry.payload, qos=1, timeout=math.inf)
+            await client.publish(lane.topic, entry.payload, qos=1, timeout=math.inf)
         finally:
             window.release()
-            self._inflight -= 1
+            lane.inflight -= 1
             self._progress.set()
         self._ack_clock = time.monotonic()
-        self.published_batches += 1
-        self.published_bytes += len(entry.payload)
-        self._acked.append(entry.seq)
+        lane.published += 1
+        lane.published_bytes += len(entry.payload)
+        lane.acked.append(entry.seq)
 
     async def _ack_watchdog(self) -> None:
         """Tear the session down when publishes wait and no PUBACK arrives for a while.
@@ -245,13 +280,11 @@ class MqttUplink:
     async def _ack_flusher(self) -> None:
         while True:
             await asyncio.sleep(ACK_FLUSH_INTERVAL)
-            if len(self._acked) >= 1:
-                await self._flush_acks()
+            await self._flush_acks()
 
     async def _flush_acks(self) -> None:
-        if self._acked:
-            acked, self._acked = self._acked, []
-            await self.store.ack(acked)
+        for lane in self.lanes:
+            await lane.flush_acks()
 
     async def _health_loop(self, client: aiomqtt.Client) -> None:
         while True:
@@ -293,8 +326,9 @@ class MqttUplink:
             "state": self.state,
             "connected_since": self.connected_since,
             "connects": self.connects,
-            "published_batches": self.published_batches,
-            "published_bytes": self.published_bytes,
+            "published_batches": self.data.published,
+            "published_bytes": self.data.published_bytes,
+            "published_alarms": sum(lane.published for lane in self.lanes if lane is not self.data),
             "last_error": self.last_error,
         }
 

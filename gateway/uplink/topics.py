@@ -20,6 +20,11 @@ class Topics:
         return f"{self.base}/data"
 
     @property
+    def alarm(self) -> str:
+        """JSON alarm events (raised / cleared), QoS 1, published ahead of the data backlog."""
+        return f"{self.base}/alarm"
+
+    @property
     def status(self) -> str:
         """Retained JSON: online (birth) / offline (last will or clean stop)."""
         return f"{self.base}/status"

@@ -5,6 +5,9 @@ The city centre needs only this module and msgpack to read what gateways send::
     from gateway.wire import decode_batch
     batch = decode_batch(payload)
     for r in batch.readings: ...
+
+`encode_batch` writes version 2 (`version=1` on request); the decoder reads both and
+gives the readings back in the order they were encoded.
 """
 
 from gateway.wire.codec import (

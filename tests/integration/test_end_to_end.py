@@ -12,6 +12,7 @@ from buffer import DurableQueue
 from drivers.modbus.decode import DataType, Table
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
 from gateway.devtools.broker import Mosquitto
+from gateway.model import Quality
 
 POINTS = """
   { name = "polls", address = 0, type = "uint32" },
@@ -29,7 +30,7 @@ def counting_device(unit: int = 1) -> SimulatedDevice:
 
 
 def poll_counts(sub: Subscriber, device: str = "pump") -> list[int]:
-    return [int(r.value) for r in sub.readings(device, "polls")]
+    return [int(r.value) for r in sub.readings(device, "polls") if r.quality == Quality.GOOD]
 
 
 def assert_gapless(counts: list[int], what: str) -> None:

@@ -12,6 +12,7 @@ from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
 from drivers.sim.serial_line import LineInstrument, gas_detector_line
 from drivers.sim.serial_link import NullModem
 from gateway.devtools.broker import Mosquitto
+from gateway.model import Quality
 
 
 def rtu(name: str, path: str, unit: int) -> str:
@@ -75,10 +76,16 @@ async def test_rtu_slaves_and_a_line_instrument_on_ptys_reach_the_centre(
         )
         assert await asyncio.to_thread(gp.stop) == 0, gp.log
     for unit in (1, 2):
-        polls = [int(r.value) for r in subscriber.readings(f"rtu{unit}", "polls")]
+        polls = [int(r.value) for r in subscriber.readings(f"rtu{unit}", "polls") if r.quality == 0]
         assert polls == list(range(1, len(polls) + 1))
         assert {r.value for r in subscriber.readings(f"rtu{unit}", "level")} == {1.5 * unit}
-    assert subscriber.readings("rtu3") == []
+    # The dead slave's points are reported unknown, once, with the reason.
+    dead = subscriber.readings("rtu3")
+    assert {(r.point, r.value, r.quality) for r in dead} == {
+        ("polls", None, Quality.DEVICE_OFFLINE),
+        ("level", None, Quality.DEVICE_OFFLINE),
+    }
+    assert len(dead) == 2
     n = [int(r.value) for r in subscriber.readings("gas", "n")]
     assert n == list(range(n[0], n[0] + len(n)))
     assert "'rtu3'" in gp.log and "is offline" in gp.log

@@ -12,7 +12,7 @@ from drivers.modbus.decode import ByteOrder, DataType, Table
 from drivers.modbus.driver import ModbusEndpoint
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice, free_tcp_port
 from gateway.build import build_drivers
-from gateway.model import Reading
+from gateway.model import Quality, Reading
 from gateway.settings import parse_config
 from gateway.tasks import cancel_and_wait
 
@@ -217,7 +217,7 @@ async def test_a_device_that_is_not_there_at_start_is_offline_and_the_driver_kee
         assert eps[0].devices[0].health.errors >= 2
         async with ModbusSimServer([device], port=port):
             async with asyncio.timeout(5):
-                while not sink.readings:
+                while not any(r.quality == Quality.GOOD for r in sink.readings):
                     await asyncio.sleep(0.02)
         await cancel_and_wait([task])
     assert eps[0].devices[0].health.online is True

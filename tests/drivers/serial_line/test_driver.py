@@ -27,7 +27,8 @@ class Sink(list[Reading]):
         self.extend(readings)
 
     def values(self, point: str) -> list[object]:
-        return [r.value for r in self if r.point == point]
+        """Values of the readings that carry one (offline readings carry None)."""
+        return [r.value for r in self if r.point == point and r.value is not None]
 
 
 def driver_for(device_toml: str, sink: Sink) -> SerialLineDriver:
