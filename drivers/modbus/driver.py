@@ -373,8 +373,8 @@ class ModbusEndpoint:
         device.failed_requests.add(key)
         names = ", ".join(p.name for p, _ in request.points)
         log.warning(
-            "device %r (%s) cannot read %s %d..%d (%s): %s; those points get no readings "
-            "until it can",
+            "device %r (%s) cannot read %s %d..%d (%s): %s; those points are reported "
+            "comm_error until it can",
             device.name,
             device.health.address,
             request.table,
@@ -382,6 +382,13 @@ class ModbusEndpoint:
             request.address + request.count - 1,
             names,
             err,
+        )
+        ts_ms = time.time_ns() // 1_000_000
+        self._sink(
+            [
+                Reading(device.name, p.name, ts_ms, None, Quality.COMM_ERROR)
+                for p, _ in request.points
+            ]
         )
 
 

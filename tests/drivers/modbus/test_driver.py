@@ -184,7 +184,11 @@ async def test_a_modbus_exception_is_counted_and_logged_once_and_other_requests_
     assert health.modbus_exceptions == {2: health.modbus_exceptions[2]}
     assert health.modbus_exceptions[2] >= 4
     assert health.online is True
-    assert {r.point for r in sink.readings} == {"n"}
+    assert {r.point for r in sink.readings if r.quality == Quality.GOOD} == {"n"}
+    # The refused point is reported once as comm_error, value unknown.
+    assert [(r.point, r.value, r.quality) for r in sink.readings if r.quality != Quality.GOOD] == [
+        ("missing", None, Quality.COMM_ERROR)
+    ]
     refused = [r for r in caplog.records if "cannot read" in r.getMessage()]
     assert len(refused) == 1
     assert (
