@@ -84,23 +84,33 @@ class Subscriber:
         with self._lock:
             return [p for t, p in self.messages if t.endswith(suffix)]
 
+    def data_messages(self) -> list[tuple[str, bytes]]:
+        """Data batches as they arrived: live (`/data`) and backlog (`/data/history`)."""
+        with self._lock:
+            return [(t, p) for t, p in self.messages if t.endswith(("/data", "/data/history"))]
+
     def all_batches(self) -> list[Batch]:
-        """Every data message as it arrived, duplicates included."""
-        return [decode_batch(p) for p in self.on("/data")]
+        """Every data batch as it arrived, both lanes, duplicates included."""
+        return [decode_batch(p) for _, p in self.data_messages()]
 
     def batches(self) -> list[Batch]:
-        """What the centre keeps: the first copy of each (gateway_id, boot_id, seq).
+        """What the centre keeps: the first copy of each (gateway_id, boot_id, seq), in seq
+        order (seq grows across restarts, so this is the order they were produced).
 
-        Delivery is at-least-once: a batch whose PUBACK was lost is sent again.
+        Delivery is at-least-once: a batch whose PUBACK was lost is sent again; and the
+        live and history lanes interleave on the wire.
         """
-        seen: set[tuple[str, str, int]] = set()
-        unique = []
+        unique: dict[tuple[str, int], Batch] = {}
         for batch in self.all_batches():
-            key = (batch.gateway_id, batch.boot_id, batch.seq)
-            if key not in seen:
-                seen.add(key)
-                unique.append(batch)
-        return unique
+            unique.setdefault((batch.gateway_id, batch.seq), batch)
+        return [unique[key] for key in sorted(unique)]
+
+    def lane_seqs(self) -> dict[str, list[int]]:
+        """Seqs per topic in arrival order: each lane must be in order on its own."""
+        lanes: dict[str, list[int]] = {}
+        for topic, payload in self.data_messages():
+            lanes.setdefault(topic.rsplit("/", 1)[-1], []).append(decode_batch(payload).seq)
+        return lanes
 
     def readings(self, device: str | None = None, point: str | None = None) -> list[Any]:
         return [

@@ -53,11 +53,16 @@ class Lane:
     window, so an alarm never waits behind batches of data.
     """
 
-    def __init__(self, name: str, store: Store, topic: str, window: int) -> None:
+    def __init__(
+        self, name: str, store: Store, topic: str, window: int, *, history: bool = False
+    ) -> None:
         self.name = name
         self.store = store
         self.topic = topic
         self.window = window
+        self.history = history  # carries only what was on disk when the session began
+        self.start = 0  # this session: publish entries with seq > start ...
+        self.upper: int | None = None  # ... and <= upper (None: no end, follow new data)
         self.acked: list[int] = []
         self.inflight = 0
         self.idle = False  # everything on disk has been handed to the client
@@ -66,6 +71,8 @@ class Lane:
 
     @property
     def busy(self) -> bool:
+        if self.history:
+            return bool(self.inflight) or not self.idle
         return bool(self.inflight) or not self.idle or self.store.appended.is_set()
 
     async def flush_acks(self) -> None:
@@ -88,8 +95,12 @@ class MqttUplink:
         self.config = config
         self.topics = topics
         self.store = store
+        # Data goes out on two lanes: what is produced while connected (live) and the
+        # backlog found on disk at connect time (history), drained side by side so
+        # live data never waits behind hours of backlog.
         self.data = Lane("data", store, topics.data, config.max_inflight)
-        self.lanes = [self.data]
+        self.history = Lane("history", store, topics.history, config.max_inflight, history=True)
+        self.lanes = [self.data, self.history]
         if alarm_store is not None:  # first: its publishes go out before the data's
             self.lanes.insert(0, Lane("alarm", alarm_store, topics.alarm, ALARM_WINDOW))
         self.identity = identity  # gateway_id, boot_id, version, config_hash
@@ -166,15 +177,21 @@ class MqttUplink:
             will=will,
             clean_session=True,
             timeout=cfg.publish_timeout,
-            # Room for both windows, so paho never queues an alarm behind data.
-            max_inflight_messages=cfg.max_inflight + ALARM_WINDOW,
+            # Room for every window, so paho never queues an alarm behind data.
+            max_inflight_messages=2 * cfg.max_inflight + ALARM_WINDOW,
         )
         # aiomqtt warns when more than 10 calls are pending; our window is deliberate.
-        client.pending_calls_threshold = cfg.max_inflight + ALARM_WINDOW + 10
+        client.pending_calls_threshold = 2 * cfg.max_inflight + ALARM_WINDOW + 10
         return client
 
     async def _session(self, client: aiomqtt.Client) -> None:
         self.connects += 1
+        backlog_end = self.store.stats.last_seq  # on disk now: history; newer: live
+        self.history.start, self.history.upper = 0, backlog_end
+        self.data.start, self.data.upper = backlog_end, None
+        for lane in self.lanes:
+            if lane.store is not self.store:  # the alarm lane: all of it, in order
+                lane.start, lane.upper = 0, None
         await client.publish(self.topics.status, self._status("online"), qos=1, retain=True)
         self.state = "online"
         self.connected_since = time.time()
@@ -223,18 +240,20 @@ class MqttUplink:
 
     async def _pump(self, client: aiomqtt.Client, lane: Lane) -> None:
         window = asyncio.Semaphore(lane.window)
-        cursor = 0  # highest seq handed to the client in this session
+        cursor = lane.start  # highest seq handed to the client in this session
         lane.inflight = 0
         lane.idle = False
-        appended = lane.store.appended
+        appended = asyncio.Event() if lane.history else lane.store.appended
         async with asyncio.TaskGroup() as tg:
             while True:
                 appended.clear()
                 entries = await lane.store.read(cursor, lane.window * 2)
+                if lane.upper is not None:
+                    entries = [e for e in entries if e.seq <= lane.upper]
                 if not entries:
                     lane.idle = True
                     self._progress.set()
-                    await appended.wait()
+                    await appended.wait()  # the history lane never wakes: its work is done
                     lane.idle = False
                     continue
                 for entry in entries:
@@ -326,9 +345,12 @@ class MqttUplink:
             "state": self.state,
             "connected_since": self.connected_since,
             "connects": self.connects,
-            "published_batches": self.data.published,
-            "published_bytes": self.data.published_bytes,
-            "published_alarms": sum(lane.published for lane in self.lanes if lane is not self.data),
+            "published_batches": self.data.published + self.history.published,
+            "published_history_batches": self.history.published,
+            "published_bytes": self.data.published_bytes + self.history.published_bytes,
+            "published_alarms": sum(
+                lane.published for lane in self.lanes if lane.store is not self.store
+            ),
             "last_error": self.last_error,
         }
 

@@ -20,6 +20,12 @@ class Topics:
         return f"{self.base}/data"
 
     @property
+    def history(self) -> str:
+        """Backlog batches found on disk at connect time: same format as data, sent
+        alongside live data. Subscribe to `{prefix}/+/data/#` for both."""
+        return f"{self.base}/data/history"
+
+    @property
     def alarm(self) -> str:
         """JSON alarm events (raised / cleared), QoS 1, published ahead of the data backlog."""
         return f"{self.base}/alarm"

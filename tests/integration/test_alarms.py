@@ -64,7 +64,7 @@ async def test_an_alarm_raised_while_a_large_backlog_drains_reaches_the_centre_w
         gp.start()
         # The first poll raises the alarm while the backlog is still draining.
         await subscriber.wait_async(lambda: len(subscriber.on("/alarm")) >= 1, 10, "alarm raised")
-        data_when_alarm_arrived = len(subscriber.on("/data"))
+        data_when_alarm_arrived = len(subscriber.data_messages())
         gas.set_value(Table.HOLDING, 0, 17.0, DataType.FLOAT32)  # back below high - hysteresis
         await subscriber.wait_async(lambda: len(subscriber.on("/alarm")) >= 2, 10, "alarm cleared")
         await subscriber.wait_async(

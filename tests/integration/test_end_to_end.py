@@ -107,6 +107,11 @@ async def test_readings_made_while_the_broker_is_down_arrive_in_order_after_it_r
     counts = poll_counts(subscriber)
     assert_gapless(counts, "polls across a broker outage" + gp.log)
     assert counts[0] == 1
+    # The backlog went out on the history lane beside live data; each lane in order.
+    lanes = subscriber.lane_seqs()
+    assert set(lanes) == {"data", "history"}
+    assert all(seqs == sorted(seqs) for seqs in lanes.values()), lanes
+    assert len(lanes["history"]) >= 5
     assert "lost the MQTT broker" in gp.log
     assert gp.log.count("connected to MQTT broker") == 2, gp.log
 
