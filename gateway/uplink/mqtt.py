@@ -35,6 +35,8 @@ log = logging.getLogger("gateway.uplink")
 
 ACK_FLUSH_INTERVAL = 0.2  # seconds between grouped deletes of acknowledged batches
 ALARM_WINDOW = 5  # alarm publishes in flight at once, on top of the data window
+HISTORY_WINDOW = 8  # backlog publishes in flight at once (measured: bench/drain_bench.py)
+HISTORY_PAUSE = 0.002  # seconds the backlog yields between chunks of 2 x its window
 STOP_DRAIN_SECONDS = 5.0  # on stop, how long to keep publishing what is on disk
 
 
@@ -99,7 +101,7 @@ class MqttUplink:
         # backlog found on disk at connect time (history), drained side by side so
         # live data never waits behind hours of backlog.
         self.data = Lane("data", store, topics.data, config.max_inflight)
-        self.history = Lane("history", store, topics.history, config.max_inflight, history=True)
+        self.history = Lane("history", store, topics.history, HISTORY_WINDOW, history=True)
         self.lanes = [self.data, self.history]
         if alarm_store is not None:  # first: its publishes go out before the data's
             self.lanes.insert(0, Lane("alarm", alarm_store, topics.alarm, ALARM_WINDOW))
@@ -178,10 +180,10 @@ class MqttUplink:
             clean_session=True,
             timeout=cfg.publish_timeout,
             # Room for every window, so paho never queues an alarm behind data.
-            max_inflight_messages=2 * cfg.max_inflight + ALARM_WINDOW,
+            max_inflight_messages=cfg.max_inflight + HISTORY_WINDOW + ALARM_WINDOW,
         )
         # aiomqtt warns when more than 10 calls are pending; our window is deliberate.
-        client.pending_calls_threshold = 2 * cfg.max_inflight + ALARM_WINDOW + 10
+        client.pending_calls_threshold = cfg.max_inflight + HISTORY_WINDOW + ALARM_WINDOW + 10
         return client
 
     async def _session(self, client: aiomqtt.Client) -> None:
@@ -256,6 +258,10 @@ class MqttUplink:
                     await appended.wait()  # the history lane never wakes: its work is done
                     lane.idle = False
                     continue
+                if lane.history:
+                    # Live first: the backlog pauses between chunks so that polling,
+                    # batching and live publishes keep their latency during a drain.
+                    await asyncio.sleep(HISTORY_PAUSE)
                 for entry in entries:
                     await window.acquire()
                     cursor = entry.seq
