@@ -19,6 +19,7 @@ the broker's durability, not the gateway's promise.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import resource
 import time
@@ -101,7 +102,7 @@ async def chaos(
                 elif step == "disk":  # the SD card is full: the buffer file cannot grow
                     assert gp.proc is not None
                     pid = gp.proc.pid
-                    size = sum(p.stat().st_size for p in tmp_path.glob("buffer.db*") if p.is_file())
+                    size = _buffer_bytes(tmp_path)
                     # The soft file-size limit of the gateway process: writes that would
                     # grow a file beyond it fail with EFBIG, as on a full card (SQLite
                     # reports "database or disk is full"). Only the soft limit moves, so
@@ -130,7 +131,7 @@ async def chaos(
         for r in b.readings
         if r.point == "polls" and r.quality == Quality.GOOD
     ]
-    gaps = [(a, b) for a, b in zip(counts, counts[1:], strict=False) if b != a + 1]
+    gaps = [(a, b) for a, b in itertools.pairwise(counts) if b != a + 1]
     lost = sum(b - a - 1 for a, b in gaps)
     duplicates = len(subscriber.all_batches()) - len(batches)
     print(
@@ -146,6 +147,10 @@ async def chaos(
     max_open = MAX_AGE_S / POLL_S + 10  # at most one open batch's worth per kill
     assert all(b - a - 1 <= max_open for a, b in gaps), gaps
     assert counts[0] == 1 and counts[-1] >= served - 2
+
+
+def _buffer_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.glob("buffer.db*") if p.is_file())
 
 
 def _last_count(sub: Subscriber) -> int:
