@@ -16,6 +16,7 @@ import logging
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -78,12 +79,21 @@ class Gateway:
     async def run(self) -> None:
         cfg = self.config
         self.batcher = Batcher(
-            cfg.batch.max_readings, cfg.batch.max_age, self._write_batch, max_pending=MAX_PENDING
+            cfg.batch.max_readings,
+            cfg.batch.max_age,
+            self._write_batches,
+            max_pending=MAX_PENDING,
+            commit_interval=cfg.buffer.commit_interval,
         )
         self._alarm_events: asyncio.Queue[AlarmEvent] = asyncio.Queue()
         self.processing = compile_processing(cfg, self.batcher.add, self._alarm_events.put_nowait)
         self.drivers = build_drivers(cfg, self.processing.add)
-        queue = DurableQueue(cfg.buffer.path, max_bytes=cfg.buffer.max_bytes)
+        queue = DurableQueue(
+            cfg.buffer.path,
+            max_bytes=cfg.buffer.max_bytes,
+            max_age=cfg.buffer.max_age,
+            synchronous=cfg.buffer.sync,
+        )
         self.store = store = Store(queue)
         self.alarm_store = alarm_store = Store(
             DurableQueue(alarm_buffer_path(cfg.buffer.path), max_bytes=ALARM_BUFFER_BYTES)
@@ -171,14 +181,43 @@ class Gateway:
                 queue.recovered_from,
             )
 
-    async def _write_batch(self, readings: list[Reading]) -> None:
-        """Persist one batch; never drop it for a transient disk error."""
+    async def _write_batches(self, batches: list[list[Reading]]) -> None:
+        """Persist closed batches in one commit; never drop them for a transient disk error."""
         failing = False
         while True:
             try:
-                await self.store.append(
-                    lambda seq: encode_batch(self.gateway_id, self.boot_id, seq, readings)
-                )
+                await self.store.append_many([self._encoder(batch) for batch in batches])
+            except PayloadTooLargeError:
+                for batch in batches:  # find the one too large, split it
+                    await self._write_batch(batch)
+                return
+            except (BufferError, OSError, sqlite3.Error) as err:
+                if not failing:
+                    log.error(
+                        "cannot write %d batch(es) to the buffer (%s); keeping them in memory "
+                        "and retrying",
+                        len(batches),
+                        err,
+                    )
+                    failing = True
+                await asyncio.sleep(WRITE_RETRY_SECONDS)
+                continue
+            if failing:
+                log.info("the buffer accepts batches again")
+            return
+
+    def _encoder(self, readings: list[Reading]) -> Callable[[int], bytes]:
+        return partial(self._encode, readings=readings)
+
+    def _encode(self, seq: int, *, readings: list[Reading]) -> bytes:
+        return encode_batch(self.gateway_id, self.boot_id, seq, readings)
+
+    async def _write_batch(self, readings: list[Reading]) -> None:
+        """Persist one batch, halving it until it fits the buffer's byte bound."""
+        failing = False
+        while True:
+            try:
+                await self.store.append(self._encoder(readings))
             except PayloadTooLargeError:
                 if len(readings) == 1:
                     log.error(

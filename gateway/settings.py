@@ -140,7 +140,22 @@ class MqttConfig(_Strict):
 
 
 class BufferConfig(_Strict):
+    """The durable queue on disk (buffer/DESIGN.md has the contract)."""
+
     path: Path = Path("/var/lib/edge-gateway/buffer.db")
+    max_age: Duration | None = Field(
+        None, description="age bound: batches older than this are evicted, counted"
+    )
+    commit_interval: DurationOrZero = Field(
+        0.0,
+        description="durability window: closed batches wait this long to share one commit "
+        "(fewer SD-card writes; a power cut can lose that much more)",
+    )
+    sync: Literal["full", "normal"] = Field(
+        "full",
+        description="full: every commit is fsynced; normal: not (a power cut can lose the "
+        "last commits; a crash cannot)",
+    )
     max_bytes: Size = Field(
         256_000_000, ge=1_000_000, description="byte bound (at least 1MB); oldest evicted first"
     )

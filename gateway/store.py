@@ -33,6 +33,13 @@ class Store:
         self.appended.set()
         return seq
 
+    async def append_many(self, make_payloads: list[Callable[[int], bytes]]) -> list[int]:
+        """Several entries in one transaction: one fsync for all of them."""
+        seqs = await self._call(lambda: self.queue.append_many(make_payloads))
+        self._stats = await self._call(self.queue.stats)
+        self.appended.set()
+        return seqs
+
     async def read(self, after_seq: int, limit: int) -> list[Entry]:
         return await self._call(lambda: self.queue.read(after_seq, limit))
 

@@ -16,13 +16,16 @@ def readings(n: int, start: int = 0) -> list[Reading]:
 class Written:
     def __init__(self, delay: float = 0.0) -> None:
         self.batches: list[list[Reading]] = []
+        self.groups: list[int] = []  # batches per commit
         self.times: list[float] = []
         self.delay = delay
 
-    async def __call__(self, batch: list[Reading]) -> None:
+    async def __call__(self, group: list[list[Reading]]) -> None:
         await asyncio.sleep(self.delay)
-        self.batches.append(batch)
-        self.times.append(time.monotonic())
+        self.groups.append(len(group))
+        for batch in group:
+            self.batches.append(batch)
+            self.times.append(time.monotonic())
 
 
 async def test_a_batch_closes_when_it_reaches_the_maximum_count() -> None:
@@ -80,7 +83,7 @@ async def test_an_idle_batcher_writes_nothing() -> None:
 async def test_when_the_buffer_refuses_writes_memory_stays_bounded_and_drops_are_counted() -> None:
     release = asyncio.Event()
 
-    async def stuck_disk(batch: list[Reading]) -> None:
+    async def stuck_disk(group: list[list[Reading]]) -> None:
         await release.wait()
 
     batcher = Batcher(10, 60.0, stuck_disk, max_pending=100)
@@ -94,3 +97,29 @@ async def test_when_the_buffer_refuses_writes_memory_stays_bounded_and_drops_are
     release.set()
     await batcher.close(task)
     assert batcher.readings_written + batcher.readings_dropped == 500
+
+
+async def test_a_durability_window_commits_the_batches_closed_within_it_together() -> None:
+    written = Written()
+    batcher = Batcher(10, 60.0, written, commit_interval=0.2)
+    task = asyncio.create_task(batcher.run())
+    for i in range(5):
+        batcher.add(readings(10, i * 10))  # five batches close within the window
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.4)
+    assert written.groups == [5]  # one commit for all five
+    await batcher.close(task)
+    assert [r.value for b in written.batches for r in b] == list(range(50))
+
+
+async def test_without_a_window_a_lone_batch_is_committed_at_once() -> None:
+    written = Written()
+    batcher = Batcher(10, 60.0, written)
+    task = asyncio.create_task(batcher.run())
+    started = time.monotonic()
+    batcher.add(readings(10))
+    async with asyncio.timeout(1):
+        while not written.batches:
+            await asyncio.sleep(0.005)
+    assert written.times[0] - started < 0.1
+    await batcher.close(task)
