@@ -119,6 +119,8 @@ port = {broker}
 [buffer]
 path = "{workdir}/buffer.db"
 max_bytes = "1GB"
+commit_interval = "{args.commit_interval}"
+sync = "{args.sync}"
 [batch]
 max_readings = {args.batch}
 max_age = "1s"
@@ -160,7 +162,8 @@ async def main(args: argparse.Namespace) -> None:
         f"load: {args.devices} devices x {args.points} float32 points every {args.interval} "
         f"= {offered:,.0f} readings/s offered; batches of up to {args.batch}"
     )
-    print(f"window: {elapsed:.1f}s after {args.warmup:g}s warm-up")
+    print(f"window: {elapsed:.1f}s after {args.warmup:g}s warm-up; buffer commit_interval "
+          f"{args.commit_interval}, sync {args.sync}")
     batch_rate = (b1 - b0) / elapsed
     print(f"delivered:     {readings / elapsed:,.0f} readings/s ({batch_rate:,.1f} batches/s)")
     print(f"gateway CPU:   {100 * (c1 - c0) / elapsed:.1f} % of one core")
@@ -183,4 +186,6 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--commit-interval", default="0s", help="[buffer] commit_interval")
+    parser.add_argument("--sync", default="full", choices=["full", "normal"])
     asyncio.run(main(parser.parse_args()))
