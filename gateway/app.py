@@ -16,7 +16,7 @@ import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -150,13 +150,10 @@ class Gateway:
                 event.state,
                 event.message,
             )
-            while True:
-                try:
-                    await self.alarm_store.append(partial(self._alarm_payload, doc=doc))
-                    break
-                except (BufferError, OSError, sqlite3.Error) as err:
-                    log.error("cannot write alarm %s to disk (%s); retrying", event.alarm, err)
-                    await asyncio.sleep(WRITE_RETRY_SECONDS)
+            make_payload = partial(self._alarm_payload, doc=doc)
+            await self._retry_on_disk_errors(
+                partial(self.alarm_store.append, make_payload), f"alarm {event.alarm}"
+            )
             self._alarm_events.task_done()
 
     def _alarm_payload(self, seq: int, *, doc: dict[str, object]) -> bytes:
@@ -183,27 +180,56 @@ class Gateway:
 
     async def _write_batches(self, batches: list[list[Reading]]) -> None:
         """Persist closed batches in one commit; never drop them for a transient disk error."""
+        try:
+            await self._retry_on_disk_errors(
+                lambda: self.store.append_many([self._encoder(b) for b in batches]),
+                f"{len(batches)} batch(es)",
+            )
+        except PayloadTooLargeError:
+            for batch in batches:  # find the one too large, split it
+                await self._write_batch(batch)
+
+    async def _write_batch(self, readings: list[Reading]) -> None:
+        """Persist one batch, halving it until it fits the buffer's byte bound."""
+        try:
+            await self._retry_on_disk_errors(
+                lambda: self.store.append(self._encoder(readings)),
+                f"a batch of {len(readings)} readings",
+            )
+        except PayloadTooLargeError:
+            if len(readings) == 1:
+                log.error(
+                    "a single reading of %s/%s is larger than the whole buffer; dropped",
+                    readings[0].device,
+                    readings[0].point,
+                )
+                return
+            half = len(readings) // 2
+            await self._write_batch(readings[:half])
+            await self._write_batch(readings[half:])
+
+    @staticmethod
+    async def _retry_on_disk_errors(write: Callable[[], Awaitable[object]], what: str) -> None:
+        """Run a buffer write until it succeeds: a full or failing disk keeps the data in
+        memory (bounded by the batcher) and is logged once, and once when it recovers."""
         failing = False
         while True:
             try:
-                await self.store.append_many([self._encoder(batch) for batch in batches])
+                await write()
             except PayloadTooLargeError:
-                for batch in batches:  # find the one too large, split it
-                    await self._write_batch(batch)
-                return
+                raise
             except (BufferError, OSError, sqlite3.Error) as err:
                 if not failing:
                     log.error(
-                        "cannot write %d batch(es) to the buffer (%s); keeping them in memory "
-                        "and retrying",
-                        len(batches),
+                        "cannot write %s to the buffer (%s); keeping it in memory and retrying",
+                        what,
                         err,
                     )
                     failing = True
                 await asyncio.sleep(WRITE_RETRY_SECONDS)
                 continue
             if failing:
-                log.info("the buffer accepts batches again")
+                log.info("the buffer accepts writes again")
             return
 
     def _encoder(self, readings: list[Reading]) -> Callable[[int], bytes]:
@@ -211,39 +237,6 @@ class Gateway:
 
     def _encode(self, seq: int, *, readings: list[Reading]) -> bytes:
         return encode_batch(self.gateway_id, self.boot_id, seq, readings)
-
-    async def _write_batch(self, readings: list[Reading]) -> None:
-        """Persist one batch, halving it until it fits the buffer's byte bound."""
-        failing = False
-        while True:
-            try:
-                await self.store.append(self._encoder(readings))
-            except PayloadTooLargeError:
-                if len(readings) == 1:
-                    log.error(
-                        "a single reading of %s/%s is larger than the whole buffer; dropped",
-                        readings[0].device,
-                        readings[0].point,
-                    )
-                    return
-                half = len(readings) // 2
-                await self._write_batch(readings[:half])
-                await self._write_batch(readings[half:])
-                return
-            except (BufferError, OSError, sqlite3.Error) as err:
-                if not failing:
-                    log.error(
-                        "cannot write a batch of %d readings to the buffer (%s); "
-                        "keeping it in memory and retrying",
-                        len(readings),
-                        err,
-                    )
-                    failing = True
-                await asyncio.sleep(WRITE_RETRY_SECONDS)
-                continue
-            if failing:
-                log.info("the buffer accepts batches again")
-            return
 
     def health(self) -> dict[str, Any]:
         stats = self.store.stats
