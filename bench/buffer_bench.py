@@ -4,15 +4,20 @@
     python bench/buffer_bench.py --large    # adds a 100k backlog (~840 MB on disk)
     python bench/buffer_bench.py --dir /mnt/sd/tmp   # measure on the card the gateway uses
 
-Every append is its own durable commit, as in the gateway. "written/payload" is the
-bytes this process sent to the block layer (``/proc/self/io`` write_bytes, so ext4's
-own journal is not included) divided by the payload bytes appended: the write
-amplification to watch on SD cards.
+Unless a row says otherwise every append is its own durable commit, as in the gateway.
+"written/payload" is the bytes this process sent to the page cache for writing
+(``/proc/self/io`` write_bytes: counted when a clean page becomes dirty, so ext4's own
+journal is not included) divided by the payload bytes appended: the write amplification
+to watch on SD cards. The "commit modes" rows compare the durability settings of
+buffer/DESIGN.md ("Durability window") on fresh queues; the last table turns them into
+disk bytes per reading.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import logging
 import os
 import shutil
 import sqlite3
@@ -26,10 +31,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from buffer import DurableQueue
+from buffer.queue import Synchronous
 
 PAYLOAD_BYTES = 8400  # a batch of 200 readings in msgpack
+READINGS_PER_BATCH = 200
 TIMED_APPENDS = 2000
 ACK_GROUP = 50
+GROUP = 10  # batches per group commit / per sync() in the commit-mode rows
 UNBOUNDED = 1 << 40
 
 _BODY = os.urandom(PAYLOAD_BYTES - 8)
@@ -71,7 +79,9 @@ class Table:
             print("  ".join(cells).rstrip())
 
 
-def timed(n: int, op: Callable[[], object]) -> tuple[float, list[float], str]:
+def timed(
+    n: int, op: Callable[[], object], batches_per_op: int = 1
+) -> tuple[float, list[float], str]:
     """Run ``op`` n times; return total seconds, per-call latencies and write amplification."""
     lat = []
     w0 = written_bytes()
@@ -82,7 +92,8 @@ def timed(n: int, op: Callable[[], object]) -> tuple[float, list[float], str]:
         lat.append(time.perf_counter() - t)
     seconds = time.perf_counter() - start
     w1 = written_bytes()
-    amp = "n/a" if w0 is None or w1 is None else f"{(w1 - w0) / (n * PAYLOAD_BYTES):.2f}x"
+    payload = n * batches_per_op * PAYLOAD_BYTES
+    amp = "n/a" if w0 is None or w1 is None else f"{(w1 - w0) / payload:.2f}x"
     return seconds, lat, amp
 
 
@@ -116,6 +127,8 @@ def bench_backlogs(root: Path, backlogs: list[int], table: Table) -> None:
             queue.close()
             if cache == "cold":
                 drop_from_page_cache(path)
+            else:
+                bench_salvage(path, root / "salvage" / "queue.db", table)
             start = time.perf_counter()
             queue = DurableQueue(path, max_bytes=UNBOUNDED)
             reopen_ms = (time.perf_counter() - start) * 1e3
@@ -137,6 +150,30 @@ def bench_backlogs(root: Path, backlogs: list[int], table: Table) -> None:
         queue.close()
 
 
+def bench_salvage(sound: Path, damaged: Path, table: Table, keep: float = 0.7) -> None:
+    """Open a copy of ``sound`` cut at 70 %, as a power cut on a bad card may leave it."""
+    damaged.parent.mkdir(parents=True)
+    with sound.open("rb") as src, damaged.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
+        dst.truncate(int(sound.stat().st_size * keep))
+    logging.disable(logging.ERROR)  # the one ERROR line is expected
+    try:
+        start = time.perf_counter()
+        queue = DurableQueue(damaged, max_bytes=UNBOUNDED)
+        salvage_ms = (time.perf_counter() - start) * 1e3
+    finally:
+        logging.disable(logging.NOTSET)
+    stats = queue.stats()
+    queue.close()
+    shutil.rmtree(damaged.parent)
+    size_mb = sound.stat().st_size / 1e6
+    table.add_text(
+        f"open {size_mb:,.0f} MB cut at {keep:.0%}: salvage {stats.salvaged_batches:,},"
+        f" {stats.unreadable_batches} unreadable",
+        f"{salvage_ms:,.0f} ms",
+    )
+
+
 def bench_at_cap(root: Path, table: Table) -> None:
     cap_batches = 2000
     queue = DurableQueue(root / "cap" / "queue.db", max_bytes=cap_batches * PAYLOAD_BYTES)
@@ -147,6 +184,48 @@ def bench_at_cap(root: Path, table: Table) -> None:
         table.add(f"append at byte cap, {evicted:,} evicted", TIMED_APPENDS, seconds, lat, amp)
     finally:
         queue.close()
+
+
+def append_one(queue: DurableQueue) -> None:
+    queue.append(make_payload)
+
+
+def append_group(queue: DurableQueue) -> None:
+    queue.append_many([make_payload] * GROUP)
+
+
+def append_group_then_sync(queue: DurableQueue) -> None:
+    for _ in range(GROUP):
+        queue.append(make_payload)
+    queue.sync()
+
+
+def bench_commit_modes(root: Path, table: Table, per_reading: list[tuple[str, str]]) -> None:
+    """The same 2,000 batches committed under each durability setting, fresh queue each.
+
+    Throughput is in batches; latency is per call (a group of 10 is one call).
+    """
+    modes: list[tuple[str, Synchronous, Callable[[DurableQueue], None], int]] = [
+        ("append, synchronous=full", "full", append_one, 1),
+        (f"append_many, groups of {GROUP}, full", "full", append_group, GROUP),
+        ("append, synchronous=normal", "normal", append_one, 1),
+        (f"append x{GROUP} + sync(), normal", "normal", append_group_then_sync, GROUP),
+    ]
+    for n, (label, synchronous, op, per_call) in enumerate(modes):
+        queue = DurableQueue(
+            root / f"mode-{n}" / "queue.db", max_bytes=UNBOUNDED, synchronous=synchronous
+        )
+        try:
+            calls = TIMED_APPENDS // per_call
+            seconds, lat, amp = timed(calls, functools.partial(op, queue), per_call)
+            table.add(label, TIMED_APPENDS, seconds, lat, amp)
+        finally:
+            queue.close()
+        if amp != "n/a":
+            per_batch = float(amp.rstrip("x")) * PAYLOAD_BYTES
+            per_reading.append(
+                (label, f"{amp}  = {per_batch / READINGS_PER_BATCH:,.0f} B per reading")
+            )
 
 
 def main() -> None:
@@ -160,18 +239,27 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="buffer-bench-", dir=args.dir))
     backlogs = [0, 10_000, *([100_000] if args.large else [])]
     print(
-        f"buffer bench: {PAYLOAD_BYTES:,}-byte payloads, one durable commit per append,"
+        f"buffer bench: {PAYLOAD_BYTES:,}-byte payloads, one durable commit per append unless"
+        " the row says otherwise,"
         f" SQLite {sqlite3.sqlite_version}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs,"
         f" files in {root}"
     )
     table = Table()
+    per_reading: list[tuple[str, str]] = []
     started = time.perf_counter()
     try:
+        bench_commit_modes(root, table, per_reading)
         bench_backlogs(root, backlogs, table)
         bench_at_cap(root, table)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     table.print()
+    print(
+        f"\ndisk bytes written per payload byte, and per reading"
+        f" ({READINGS_PER_BATCH} readings = {PAYLOAD_BYTES:,} bytes per batch):"
+    )
+    for label, figure in per_reading:
+        print(f"  {label:<40} {figure}")
     print(f"total {time.perf_counter() - started:.1f} s")
 
 

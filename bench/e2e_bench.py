@@ -162,8 +162,10 @@ async def main(args: argparse.Namespace) -> None:
         f"load: {args.devices} devices x {args.points} float32 points every {args.interval} "
         f"= {offered:,.0f} readings/s offered; batches of up to {args.batch}"
     )
-    print(f"window: {elapsed:.1f}s after {args.warmup:g}s warm-up; buffer commit_interval "
-          f"{args.commit_interval}, sync {args.sync}")
+    print(
+        f"window: {elapsed:.1f}s after {args.warmup:g}s warm-up; buffer commit_interval "
+        f"{args.commit_interval}, sync {args.sync}"
+    )
     batch_rate = (b1 - b0) / elapsed
     print(f"delivered:     {readings / elapsed:,.0f} readings/s ({batch_rate:,.1f} batches/s)")
     print(f"gateway CPU:   {100 * (c1 - c0) / elapsed:.1f} % of one core")

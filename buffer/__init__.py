@@ -1,7 +1,8 @@
 """Durable store-and-forward queue for batches: on disk before publish, deleted after PUBACK.
 
-See ``buffer/DESIGN.md`` for the on-disk format, the durability window and the
-threading contract.
+Bounded by bytes and optionally by age (oldest first); what a damaged file still holds
+is salvaged at open. See ``buffer/DESIGN.md`` for the on-disk format, the eviction
+policy, the durability window, corruption recovery and the threading contract.
 """
 
 from buffer.queue import BufferError, BufferStats, DurableQueue, Entry, PayloadTooLargeError

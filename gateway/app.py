@@ -173,8 +173,10 @@ class Gateway:
         )
         if queue.recovered_from:
             log.error(
-                "the buffer file was damaged and has been kept aside as %s; the gateway "
-                "continues with a fresh buffer (see buffer/DESIGN.md, 'Damaged files')",
+                "the buffer file was damaged: %d batch(es) salvaged, %d unreadable; the damaged "
+                "file is kept aside as %s (see buffer/DESIGN.md)",
+                queue.salvaged_batches,
+                queue.unreadable_batches,
                 queue.recovered_from,
             )
 
@@ -258,7 +260,10 @@ class Gateway:
                 "last_seq": stats.last_seq,
                 "evicted_batches": stats.evicted_batches,
                 "evicted_bytes": stats.evicted_bytes,
-                "recovered_from": self.store.queue.recovered_from,
+                "evicted_by_age_batches": stats.evicted_by_age_batches,
+                "recovered_from": stats.recovered_from,
+                "salvaged_batches": stats.salvaged_batches,
+                "unreadable_batches": stats.unreadable_batches,
             },
             "uplink": self.uplink.health(),
             "alarms": {

@@ -7,7 +7,6 @@ promise: it must be on disk after the kill, with its payload, unless we acked it
 from __future__ import annotations
 
 import inspect
-import os
 import queue
 import random
 import sqlite3
@@ -17,9 +16,8 @@ import threading
 import time
 from pathlib import Path
 
-from buffer import DurableQueue, Entry
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from buffer import DurableQueue
+from tests.buffer.helpers import child_env, read_all
 
 
 def payload_for(seq: int) -> bytes:
@@ -43,10 +41,6 @@ while True:
 
 def append_until_killed(path: Path, max_bytes: int, rng: random.Random, log: Path) -> list[int]:
     """Run the appending child for 0.2-1.0 s after it is ready, SIGKILL it, return its seqs."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
     lines: queue.Queue[str | None] = queue.Queue()
     with log.open("a") as stderr:
         child = subprocess.Popen(
@@ -54,7 +48,7 @@ def append_until_killed(path: Path, max_bytes: int, rng: random.Random, log: Pat
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
-            env=env,
+            env=child_env(),
         )
     assert child.stdout is not None
     stdout = child.stdout
@@ -81,13 +75,6 @@ def append_until_killed(path: Path, max_bytes: int, rng: random.Random, log: Pat
         if line.endswith("\n"):  # a line cut by the kill was never a promise
             seqs.append(int(line))
     return seqs
-
-
-def read_all(q: DurableQueue) -> list[Entry]:
-    entries: list[Entry] = []
-    while page := q.read(entries[-1].seq if entries else 0, limit=1000):
-        entries.extend(page)
-    return entries
 
 
 def assert_database_is_sound(path: Path) -> None:
