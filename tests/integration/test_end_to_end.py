@@ -40,6 +40,19 @@ def assert_gapless(counts: list[int], what: str) -> None:
     )
 
 
+def pump_gateway(
+    gateway_process, tmp_path: Path, broker_port: int, modbus_port: int
+) -> GatewayProcess:  # type: ignore[no-untyped-def]
+    """The gateway polling the counting pump, with its buffer in tmp_path."""
+    config = gateway_config(
+        broker_port=broker_port,
+        buffer_path=tmp_path / "buffer.db",
+        devices=modbus_device("pump", modbus_port, 1, POINTS),
+    )
+    gp: GatewayProcess = gateway_process(config)
+    return gp
+
+
 async def stop(gp: GatewayProcess) -> int:
     return await asyncio.to_thread(gp.stop)
 
@@ -48,13 +61,7 @@ async def test_every_polled_reading_reaches_the_centre_in_order(
     tmp_path: Path, broker: Mosquitto, subscriber: Subscriber, gateway_process
 ) -> None:
     async with ModbusSimServer([counting_device()]) as sim:
-        gp = gateway_process(
-            gateway_config(
-                broker_port=broker.port,
-                buffer_path=tmp_path / "buffer.db",
-                devices=modbus_device("pump", sim.port, 1, POINTS),
-            )
-        )
+        gp = pump_gateway(gateway_process, tmp_path, broker.port, sim.port)
         gp.start()
         await subscriber.wait_async(lambda: len(poll_counts(subscriber)) >= 15, 20, "15 polls")
         assert await stop(gp) == 0, gp.log
@@ -80,13 +87,7 @@ async def test_readings_made_while_the_broker_is_down_arrive_in_order_after_it_r
     tmp_path: Path, broker: Mosquitto, subscriber: Subscriber, gateway_process
 ) -> None:
     async with ModbusSimServer([counting_device()]) as sim:
-        gp = gateway_process(
-            gateway_config(
-                broker_port=broker.port,
-                buffer_path=tmp_path / "buffer.db",
-                devices=modbus_device("pump", sim.port, 1, POINTS),
-            )
-        )
+        gp = pump_gateway(gateway_process, tmp_path, broker.port, sim.port)
         gp.start()
         await subscriber.wait_async(lambda: len(poll_counts(subscriber)) >= 5, 20, "first polls")
         await asyncio.to_thread(broker.stop)
@@ -121,13 +122,7 @@ async def test_batches_on_disk_when_the_gateway_is_killed_arrive_after_a_restart
 ) -> None:
     buffer_path = tmp_path / "buffer.db"
     async with ModbusSimServer([counting_device()]) as sim:
-        gp = gateway_process(
-            gateway_config(
-                broker_port=broker.port,
-                buffer_path=buffer_path,
-                devices=modbus_device("pump", sim.port, 1, POINTS),
-            )
-        )
+        gp = pump_gateway(gateway_process, tmp_path, broker.port, sim.port)
         await asyncio.to_thread(broker.stop)  # an outage: everything piles up on disk
         gp.start()
         await asyncio.sleep(2.5)
@@ -224,13 +219,7 @@ async def test_status_topic_says_online_on_connect_and_offline_on_stop_or_death(
     tmp_path: Path, broker: Mosquitto, subscriber: Subscriber, gateway_process
 ) -> None:
     async with ModbusSimServer([counting_device()]) as sim:
-        gp = gateway_process(
-            gateway_config(
-                broker_port=broker.port,
-                buffer_path=tmp_path / "buffer.db",
-                devices=modbus_device("pump", sim.port, 1, POINTS),
-            )
-        )
+        gp = pump_gateway(gateway_process, tmp_path, broker.port, sim.port)
         gp.start()
         await subscriber.wait_async(lambda: len(subscriber.on("/status")) >= 1, 20, "birth")
         birth = json.loads(subscriber.on("/status")[0])
