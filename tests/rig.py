@@ -181,6 +181,10 @@ class GatewayProcess:
         self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # a hung stop fails the test, and leaves no orphan behind
+            self.proc.wait(10)
+            raise
         finally:
             self.proc = None
 
