@@ -5,12 +5,22 @@ is salvaged at open. See ``buffer/DESIGN.md`` for the on-disk format, the evicti
 policy, the durability window, corruption recovery and the threading contract.
 """
 
-from buffer.queue import BufferError, BufferStats, DurableQueue, Entry, PayloadTooLargeError
+from buffer.queue import (
+    BufferError,
+    BufferInUseError,
+    BufferStats,
+    DurableQueue,
+    Entry,
+    ForeignFileError,
+    PayloadTooLargeError,
+)
 
 __all__ = [
     "BufferError",
+    "BufferInUseError",
     "BufferStats",
     "DurableQueue",
     "Entry",
+    "ForeignFileError",
     "PayloadTooLargeError",
 ]

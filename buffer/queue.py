@@ -105,6 +105,16 @@ class BufferError(Exception):  # shadows the builtin of that name inside this pa
     """Base of this package's errors: the buffer cannot be opened or written."""
 
 
+class ForeignFileError(BufferError):
+    """The file is sound but not ours to use: a newer format, or not a buffer at all.
+    It is left untouched; the caller decides whether to move it aside."""
+
+
+class BufferInUseError(BufferError):
+    """Another process (or this one) has the buffer open: two writers would duplicate
+    and reorder data, so this is never worked around."""
+
+
 class PayloadTooLargeError(BufferError):
     """A single payload is larger than the queue's whole byte bound; nothing was stored."""
 
@@ -506,7 +516,7 @@ class DurableQueue:
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if tables:
-            raise BufferError(
+            raise ForeignFileError(
                 f"{self._path} is an SQLite database but not a buffer (user_version 0, "
                 f"{tables} schema objects); refusing to use or move it"
             )
@@ -756,7 +766,7 @@ def _check_existing_file(path: str) -> None:
         try:
             version = _user_version(conn)
             if version > FORMAT_VERSION:
-                raise BufferError(
+                raise ForeignFileError(
                     f"buffer {path} has format version {version}, newer than the"
                     f" {FORMAT_VERSION} this gateway understands; run a newer gateway or move"
                     " the file away"
@@ -981,7 +991,7 @@ def _acquire_process_lock(path: str) -> int:
         if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise BufferError(f"cannot lock {lock_path}: {err}") from err
         who = "this process" if holder == str(os.getpid()) else "another process"
-        raise BufferError(
+        raise BufferInUseError(
             f"buffer {path} is already in use by {who} (pid {holder or 'unknown'})"
         ) from None
     os.ftruncate(fd, 0)

@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from buffer import BufferError, DurableQueue, PayloadTooLargeError
+from buffer import BufferError, DurableQueue, ForeignFileError, PayloadTooLargeError
 from drivers.base import Driver
 from gateway import __version__
 from gateway.build import build_drivers
@@ -45,6 +45,28 @@ DRIVER_RESTART_SECONDS = 5.0
 # beyond this the oldest are dropped, counted, and reported.
 MAX_PENDING = 200_000
 ALARM_BUFFER_BYTES = 16_000_000  # alarm events are small: this holds >50,000 of them
+
+
+def open_queue(path: Path, **options: Any) -> DurableQueue:
+    """Open a durable queue. A file that is sound but not ours (a newer format after a
+    downgrade, another program's database) is moved aside, never a reason not to start:
+    the gateway must keep collecting. Damaged files are salvaged by the buffer itself;
+    a buffer in use by another process is still refused (two writers)."""
+    try:
+        return DurableQueue(path, **options)
+    except ForeignFileError as err:
+        aside = path.with_name(f"{path.name}.refused-{int(time.time())}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{path}{suffix}")
+            if source.exists():
+                source.rename(Path(f"{aside}{suffix}"))
+        log.critical(
+            "%s; moved it aside as %s (its contents are kept there, not sent) and started "
+            "a fresh buffer",
+            err,
+            aside,
+        )
+        return DurableQueue(path, **options)
 
 
 def alarm_buffer_path(data_path: Path) -> Path:
@@ -88,7 +110,7 @@ class Gateway:
         self._alarm_events: asyncio.Queue[AlarmEvent] = asyncio.Queue()
         self.processing = compile_processing(cfg, self.batcher.add, self._alarm_events.put_nowait)
         self.drivers = build_drivers(cfg, self.processing.add)
-        queue = DurableQueue(
+        queue = open_queue(
             cfg.buffer.path,
             max_bytes=cfg.buffer.max_bytes,
             max_age=cfg.buffer.max_age,
@@ -96,7 +118,7 @@ class Gateway:
         )
         self.store = store = Store(queue)
         self.alarm_store = alarm_store = Store(
-            DurableQueue(alarm_buffer_path(cfg.buffer.path), max_bytes=ALARM_BUFFER_BYTES)
+            open_queue(alarm_buffer_path(cfg.buffer.path), max_bytes=ALARM_BUFFER_BYTES)
         )
         try:
             self._log_start(queue)
