@@ -28,15 +28,17 @@ class Store:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def append(self, make_payload: Callable[[int], bytes]) -> int:
-        seq = await self._call(lambda: self.queue.append(make_payload))
-        self._stats = await self._call(self.queue.stats)
+        seq, self._stats = await self._call(
+            lambda: (self.queue.append(make_payload), self.queue.stats())
+        )
         self.appended.set()
         return seq
 
     async def append_many(self, make_payloads: list[Callable[[int], bytes]]) -> list[int]:
         """Several entries in one transaction: one fsync for all of them."""
-        seqs = await self._call(lambda: self.queue.append_many(make_payloads))
-        self._stats = await self._call(self.queue.stats)
+        seqs, self._stats = await self._call(
+            lambda: (self.queue.append_many(make_payloads), self.queue.stats())
+        )
         self.appended.set()
         return seqs
 
@@ -45,8 +47,7 @@ class Store:
 
     async def ack(self, seqs: Iterable[int]) -> int:
         seqs = list(seqs)
-        deleted = await self._call(lambda: self.queue.ack(seqs))
-        self._stats = await self._call(self.queue.stats)
+        deleted, self._stats = await self._call(lambda: (self.queue.ack(seqs), self.queue.stats()))
         return deleted
 
     @property

@@ -334,12 +334,33 @@ def modbus_device(
     timeout: str = "300ms",
     backoff_max: str = "1s",
 ) -> str:
+    """A Modbus TCP device on loopback, polled fast, no retries."""
+    where = f'protocol = "modbus_tcp"\nhost = "127.0.0.1"\nport = {port}'
+    return _modbus_section(name, where, unit, points, interval, timeout, backoff_max)
+
+
+def rtu_device(
+    name: str,
+    serial_port: str,
+    unit: int,
+    points: str,
+    *,
+    interval: str = "100ms",
+    timeout: str = "200ms",
+    backoff_max: str = "1s",
+) -> str:
+    """A Modbus RTU slave on a serial port (one end of a NullModem), 19200 8N1."""
+    where = f'protocol = "modbus_rtu"\nport = "{serial_port}"\nbaudrate = 19200'
+    return _modbus_section(name, where, unit, points, interval, timeout, backoff_max)
+
+
+def _modbus_section(
+    name: str, where: str, unit: int, points: str, interval: str, timeout: str, backoff_max: str
+) -> str:
     return f"""
 [[devices]]
 name = "{name}"
-protocol = "modbus_tcp"
-host = "127.0.0.1"
-port = {port}
+{where}
 unit = {unit}
 poll_interval = "{interval}"
 timeout = "{timeout}"

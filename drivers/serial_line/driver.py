@@ -175,7 +175,7 @@ class SerialLineDriver:
         while True:
             try:
                 async with asyncio.timeout(self.stale_after):
-                    frame = await self._next_frame()
+                    frame = await self._frames.get()
             except TimeoutError:
                 self._failed(f"no valid frame for {self.stale_after:g}s", Quality.STALE)
                 continue
@@ -208,7 +208,7 @@ class SerialLineDriver:
         while True:
             try:
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    frame = await self._next_frame()
+                    frame = await self._frames.get()
             except TimeoutError:
                 self.device_health.timeouts += 1
                 self._failed(f"no valid reply within {self.timeout:g}s")
@@ -217,9 +217,6 @@ class SerialLineDriver:
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 self.device_health.last_latency_ms = round(elapsed_ms, 2)
                 return True
-
-    async def _next_frame(self) -> Frame:
-        return await self._frames.get()
 
     # --- bytes in ---------------------------------------------------------------------
 

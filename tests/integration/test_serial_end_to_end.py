@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from rig import Subscriber, gateway_config
+from rig import Subscriber, gateway_config, rtu_device
 
 from drivers.modbus.decode import DataType, Table
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
@@ -14,21 +14,7 @@ from drivers.sim.serial_link import NullModem
 from gateway.devtools.broker import Mosquitto
 from gateway.model import Quality
 
-
-def rtu(name: str, path: str, unit: int) -> str:
-    return f"""
-[[devices]]
-name = "{name}"
-protocol = "modbus_rtu"
-port = "{path}"
-baudrate = 19200
-unit = {unit}
-poll_interval = "100ms"
-timeout = "200ms"
-retries = 0
-backoff_max = "1s"
-points = [{{ name = "polls", address = 0, type = "uint32" }}, {{ name = "level", address = 2, type = "float32", byte_order = "CDAB" }}]
-"""
+RTU_POINTS = '{ name = "polls", address = 0, type = "uint32" }, { name = "level", address = 2, type = "float32", byte_order = "CDAB" }'
 
 
 GAS = """
@@ -61,7 +47,9 @@ async def test_rtu_slaves_and_a_line_instrument_on_ptys_reach_the_centre(
             gateway_config(
                 broker_port=broker.port,
                 buffer_path=tmp_path / "buffer.db",
-                devices="".join(rtu(f"rtu{u}", line.a.path, u) for u in (1, 2, 3))
+                devices="".join(
+                    rtu_device(f"rtu{u}", line.a.path, u, RTU_POINTS) for u in (1, 2, 3)
+                )
                 + GAS.format(path=gas.path),
             )
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from rig import rtu_device
+
 from drivers.modbus.decode import DataType, Table
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
 from drivers.sim.serial_link import NullModem
@@ -14,33 +16,8 @@ from gateway.settings import parse_config
 from gateway.tasks import cancel_and_wait
 
 POINTS = (
-    'points = [{ name = "n", address = 0, type = "uint32" },'
-    ' { name = "t", address = 2, type = "float32" }]'
+    '{ name = "n", address = 0, type = "uint32" }, { name = "t", address = 2, type = "float32" }'
 )
-
-
-def rtu_device(
-    name: str,
-    path: str,
-    unit: int,
-    *,
-    interval: str = "100ms",
-    timeout: str = "200ms",
-    backoff_max: str = "2s",
-) -> str:
-    return f"""
-[[devices]]
-name = "{name}"
-protocol = "modbus_rtu"
-port = "{path}"
-baudrate = 19200
-unit = {unit}
-poll_interval = "{interval}"
-timeout = "{timeout}"
-retries = 0
-backoff_max = "{backoff_max}"
-{POINTS}
-"""
 
 
 def slaves(*units: int) -> list[SimulatedDevice]:
@@ -75,7 +52,7 @@ async def test_slaves_on_one_bus_share_one_port_and_every_poll_is_read_in_order(
     sink = Sink()
     async with NullModem() as line, ModbusSimServer(slaves(1, 2, 3), serial_port=line.b.path):
         text = '[gateway]\nid = "t"\n' + "".join(
-            rtu_device(f"s{u}", line.a.path, u) for u in (1, 2, 3)
+            rtu_device(f"s{u}", line.a.path, u, POINTS, backoff_max="2s") for u in (1, 2, 3)
         )
         drivers = build_drivers(parse_config(text.encode()).config, sink)
         assert len(drivers) == 1  # one bus, one endpoint, one request at a time
@@ -93,7 +70,7 @@ async def test_a_dead_slave_costs_its_neighbours_at_most_one_timeout_per_back_of
     devices[1].silent = True  # unit 2 is dead from the start
     async with NullModem() as line, ModbusSimServer(devices, serial_port=line.b.path):
         text = '[gateway]\nid = "t"\n' + "".join(
-            rtu_device(f"s{u}", line.a.path, u, backoff_max="2s") for u in (1, 2, 3)
+            rtu_device(f"s{u}", line.a.path, u, POINTS, backoff_max="2s") for u in (1, 2, 3)
         )
         drivers = build_drivers(parse_config(text.encode()).config, sink)
         started = time.monotonic()
@@ -114,7 +91,7 @@ async def test_noise_on_the_line_is_counted_and_polling_resynchronises() -> None
     sink = Sink()
     async with NullModem() as line, ModbusSimServer(slaves(1, 2), serial_port=line.b.path):
         text = '[gateway]\nid = "t"\n' + "".join(
-            rtu_device(f"s{u}", line.a.path, u, backoff_max="300ms") for u in (1, 2)
+            rtu_device(f"s{u}", line.a.path, u, POINTS, backoff_max="300ms") for u in (1, 2)
         )
         drivers = build_drivers(parse_config(text.encode()).config, sink)
         async with asyncio.TaskGroup() as tg:
@@ -146,7 +123,7 @@ host = "127.0.0.1"
 port = {server.port}
 unit = {u}
 poll_interval = "100ms"
-{POINTS}
+points = [{POINTS}]
 """
             for u in (5, 6)
         )
