@@ -116,6 +116,11 @@ class TlsConfig(_Strict):
 class MqttConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5",
+        description="MQTT version: 5 tells a refused publish (PUBACK reason code) from a "
+        "stored one; 3.1.1 for brokers that lack 5",
+    )
     client_id: str | None = Field(None, description="defaults to 'edge-gateway-<gateway id>'")
     username: str | None = None
     password: str | None = None
