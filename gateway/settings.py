@@ -10,141 +10,40 @@ The JSON Schema in `config/edge-gateway.schema.json` is generated from these mod
 from __future__ import annotations
 
 import hashlib
-import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
-    FilePath,
     ValidationError,
-    WithJsonSchema,
     model_validator,
 )
 
 from drivers.modbus.decode import ByteOrder, DataType, Table, register_count
+from gateway.config_types import (
+    Duration,
+    DurationOrZero,
+    Name,
+    Size,
+    StrictModel,
+    name_problem,
+)
 from gateway.errors import ConfigError
 from gateway.pipeline.filters import ProcessingSpec
-
-# --- units -------------------------------------------------------------------------------
-
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)\s*$")
-_SIZE_UNITS = {
-    "B": 1,
-    "KB": 1000,
-    "MB": 1000**2,
-    "GB": 1000**3,
-    "KiB": 1024,
-    "MiB": 1024**2,
-    "GiB": 1024**3,
-}
-
-
-def parse_duration(text: object) -> float:
-    """'500ms' -> 0.5 (seconds). Bare numbers are refused: units are required."""
-    if isinstance(text, bool) or not isinstance(text, str):
-        raise ValueError(f"{text!r} is not a duration; write it with a unit, e.g. '500ms' or '5s'")
-    match = _DURATION_RE.match(text)
-    if not match:
-        raise ValueError(f"{text!r} is not a duration; use a number and ms, s, m or h, e.g. '5s'")
-    return float(match[1]) * _DURATION_UNITS[match[2]]
-
-
-def parse_size(text: object) -> int:
-    """'64MB' -> 64000000 (bytes)."""
-    if isinstance(text, bool) or not isinstance(text, str):
-        raise ValueError(f"{text!r} is not a size; write it with a unit, e.g. '64MB'")
-    match = _SIZE_RE.match(text)
-    if not match:
-        raise ValueError(f"{text!r} is not a size; use a number and B, KB, MB, GB, KiB, MiB or GiB")
-    return int(float(match[1]) * _SIZE_UNITS[match[2]])
-
-
-def _positive_duration(text: object) -> float:
-    seconds = parse_duration(text)
-    if seconds <= 0:
-        raise ValueError(f"{text!r} must be longer than zero")
-    return seconds
-
-
-_DURATION_SCHEMA = WithJsonSchema(
-    {"type": "string", "pattern": _DURATION_RE.pattern, "examples": ["500ms"]}
-)
-Duration = Annotated[float, BeforeValidator(_positive_duration), _DURATION_SCHEMA]
-DurationOrZero = Annotated[float, BeforeValidator(parse_duration), _DURATION_SCHEMA]
-Size = Annotated[
-    int,
-    BeforeValidator(parse_size),
-    WithJsonSchema({"type": "string", "pattern": _SIZE_RE.pattern, "examples": ["64MB"]}),
-]
-_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
-Name = Annotated[str, Field(pattern=_NAME_PATTERN)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+from gateway.uplink.config import MqttConfig
 
 # --- sections ----------------------------------------------------------------------------
 
 
-class GatewaySectionConfig(_Strict):
+class GatewaySectionConfig(StrictModel):
     id: Name = Field(description="Gateway id; part of every topic and every batch")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-class TlsConfig(_Strict):
-    # FilePath: a missing certificate is a config error naming the key, not a crash at start.
-    ca_file: FilePath = Field(description="CA certificate(s) that signed the broker's certificate")
-    cert_file: FilePath | None = Field(None, description="client certificate, for mutual TLS")
-    key_file: FilePath | None = Field(None, description="client private key, for mutual TLS")
-    verify_hostname: bool = True
-
-    @model_validator(mode="after")
-    def _cert_and_key_together(self) -> TlsConfig:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together for mutual TLS; set both or none")
-        return self
-
-
-class MqttConfig(_Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(1883, ge=1, le=65535)
-    protocol: Literal["5", "3.1.1"] = Field(
-        "5",
-        description="MQTT version: 5 tells a refused publish (PUBACK reason code) from a "
-        "stored one; 3.1.1 for brokers that lack 5",
-    )
-    client_id: str | None = Field(None, description="defaults to 'edge-gateway-<gateway id>'")
-    username: str | None = None
-    password: str | None = None
-    tls: TlsConfig | None = None
-    keepalive: Annotated[Duration, Field(ge=1.0)] = 30.0
-    topic_prefix: str = Field("city", pattern=r"^[^#+]+$")
-    max_inflight: int = Field(20, ge=1, le=1000, description="QoS 1 publishes awaiting PUBACK")
-    publish_timeout: Annotated[Duration, Field(ge=1.0)] = Field(
-        30.0, description="an unacknowledged publish older than this drops the connection"
-    )
-    reconnect_min: Duration = 0.5
-    reconnect_max: Duration = 60.0
-    health_interval: Annotated[Duration, Field(ge=1.0)] = 30.0
-
-    @model_validator(mode="after")
-    def _backoff_order(self) -> MqttConfig:
-        if self.reconnect_min > self.reconnect_max:
-            raise ValueError("reconnect_min must not exceed reconnect_max")
-        if self.password is not None and self.username is None:
-            raise ValueError("password is set but username is not")
-        return self
-
-
-class BufferConfig(_Strict):
+class BufferConfig(StrictModel):
     """The durable queue on disk (buffer/DESIGN.md has the contract)."""
 
     path: Path = Path("/var/lib/edge-gateway/buffer.db")
@@ -166,7 +65,7 @@ class BufferConfig(_Strict):
     )
 
 
-class BatchConfig(_Strict):
+class BatchConfig(StrictModel):
     max_readings: int = Field(500, ge=1, le=100_000)
     max_age: Duration = Field(
         5.0, description="a batch is closed at most this long after its first reading"
@@ -181,7 +80,7 @@ def _ms(seconds: float | None) -> int | None:
     return None if seconds is None else round(seconds * 1000)
 
 
-class ProcessingConfig(_Strict):
+class ProcessingConfig(StrictModel):
     """Local processing of one point (gateway/pipeline/filters.py has the exact rules)."""
 
     min: float | None = Field(None, description="plausible range: below is flagged out_of_range")
@@ -230,7 +129,7 @@ class ProcessingConfig(_Strict):
         )
 
 
-class ModbusPointConfig(_Strict):
+class ModbusPointConfig(StrictModel):
     name: Name
     table: Table = Table.HOLDING
     address: int = Field(ge=0, le=65535)
@@ -266,7 +165,7 @@ class ModbusPointConfig(_Strict):
         return self
 
 
-class _ModbusDeviceConfig(_Strict):
+class _ModbusDeviceConfig(StrictModel):
     """What every Modbus device has, whatever the transport."""
 
     name: Name
@@ -304,7 +203,7 @@ class ModbusRtuOverTcpDeviceConfig(_ModbusDeviceConfig):
     port: int = Field(4001, ge=1, le=65535)
 
 
-class SerialPortConfig(_Strict):
+class SerialPortConfig(StrictModel):
     """Line settings of a serial port (RS-485 / RS-232)."""
 
     port: str = Field(description="serial device, e.g. /dev/ttyUSB0 or /dev/ttyAMA0")
@@ -348,7 +247,7 @@ def _text_bytes(value: str, key: str) -> bytes:
         raise ValueError(f"{key} must be bytes 0-255 (use \\xNN escapes or a *_hex key)") from None
 
 
-class DelimiterFramingConfig(_Strict):
+class DelimiterFramingConfig(StrictModel):
     """Frames end with a delimiter (lines); optionally start with a marker ('$' for NMEA)."""
 
     kind: Literal["delimiter"]
@@ -357,7 +256,7 @@ class DelimiterFramingConfig(_Strict):
     max_length: int = Field(1024, ge=2, le=65536)
 
 
-class FixedFramingConfig(_Strict):
+class FixedFramingConfig(StrictModel):
     """Frames of a fixed number of bytes, optionally beginning with sync bytes."""
 
     kind: Literal["fixed"]
@@ -365,7 +264,7 @@ class FixedFramingConfig(_Strict):
     sync_hex: str | None = Field(None, description="e.g. 'AA55'")
 
 
-class LengthFieldFramingConfig(_Strict):
+class LengthFieldFramingConfig(StrictModel):
     """start bytes, a length field, the payload (and checksum, end bytes)."""
 
     kind: Literal["length_field"]
@@ -380,20 +279,20 @@ class LengthFieldFramingConfig(_Strict):
     max_length: int = Field(1024, ge=2, le=65536)
 
 
-class RegexParserConfig(_Strict):
+class RegexParserConfig(StrictModel):
     kind: Literal["regex"]
     pattern: str = Field(description="named groups become fields, e.g. 'CH4=(?P<ch4>[-\\d.]+)'")
     encoding: str = "ascii"
 
 
-class DelimitedParserConfig(_Strict):
+class DelimitedParserConfig(StrictModel):
     kind: Literal["delimited"]
     fields: list[str] = Field(min_length=1, description="field names in order; '' skips one")
     separator: str = Field(",", min_length=1)
     encoding: str = "ascii"
 
 
-class NmeaParserConfig(_Strict):
+class NmeaParserConfig(StrictModel):
     kind: Literal["nmea"]
     sentence: str | None = Field(None, description="e.g. 'GGA' (any talker); others are skipped")
     fields: dict[str, int] = Field(default_factory=dict, description="name -> comma index")
@@ -403,7 +302,7 @@ class NmeaParserConfig(_Strict):
     require_checksum: bool = True
 
 
-class BinaryParserConfig(_Strict):
+class BinaryParserConfig(StrictModel):
     kind: Literal["binary"]
     layout: str = Field(description="struct layout with byte order, e.g. '>HhI'")
     fields: list[str] = Field(min_length=1, description="names of the unpacked values; '' skips")
@@ -422,7 +321,7 @@ ParserConfig = Annotated[
 ]
 
 
-class SerialLinePointConfig(_Strict):
+class SerialLinePointConfig(StrictModel):
     name: Name
     field: str | None = Field(None, description="parser field; defaults to the point name")
     type: Literal["float", "int", "bool", "string"] = "float"
@@ -488,7 +387,7 @@ DeviceConfig = Annotated[
 Severity = Literal["info", "warning", "critical"]
 
 
-class ThresholdAlarmConfig(_Strict):
+class ThresholdAlarmConfig(StrictModel):
     """Raise when a point is above `high` (or below `low`) for `on_delay`."""
 
     name: Name
@@ -511,7 +410,7 @@ class ThresholdAlarmConfig(_Strict):
         return self
 
 
-class RateOfRiseAlarmConfig(_Strict):
+class RateOfRiseAlarmConfig(StrictModel):
     """Raise when a point rises more than `max_rise` within `per` (a flood gauge)."""
 
     name: Name
@@ -528,7 +427,7 @@ class RateOfRiseAlarmConfig(_Strict):
 AlarmConfig = Annotated[ThresholdAlarmConfig | RateOfRiseAlarmConfig, Field(discriminator="kind")]
 
 
-class GatewayConfig(_Strict):
+class GatewayConfig(StrictModel):
     """The whole configuration file."""
 
     gateway: GatewaySectionConfig
@@ -690,8 +589,9 @@ def _reason(e: Any) -> str:
         return "required key is missing"
     if kind == "union_tag_invalid":
         return f"{ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}"
-    if kind == "string_pattern_mismatch" and ctx.get("pattern") == _NAME_PATTERN:
-        return f"{given!r} is not a valid name: use 1-64 letters, digits, '_', '.' or '-'"
+    named = name_problem(e)
+    if named is not None:
+        return named
     message: str = e["msg"]
     message = message.removeprefix("Value error, ")
     if given is not None and not isinstance(given, dict | list) and kind != "value_error":

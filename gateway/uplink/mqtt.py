@@ -27,8 +27,8 @@ import aiomqtt
 
 from buffer import Entry
 from drivers.base import backoff_delay
-from gateway.settings import MqttConfig
 from gateway.store import Store
+from gateway.uplink.config import MqttConfig
 from gateway.uplink.topics import Topics
 
 log = logging.getLogger("gateway.uplink")

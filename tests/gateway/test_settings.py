@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config_types import parse_duration, parse_size
 from gateway.errors import ConfigError
-from gateway.settings import json_schema, load_config, parse_config, parse_duration, parse_size
+from gateway.settings import json_schema, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "config"
