@@ -5,6 +5,12 @@ edge-gateway run -c FILE        run the gateway until SIGTERM / SIGINT
 edge-gateway decode [FILE...]   turn data payloads into JSON lines
 edge-gateway schema             print the config JSON Schema
 edge-gateway demo               simulated devices + local broker, data shown live
+
+Exit codes: 0 ok; 1 a check failed (e.g. a payload that does not decode); 2 bad input
+(a config with problems, a missing file, a bad argument); 3 the environment is
+not usable (the buffer directory is read-only, a port cannot be opened);
+130 interrupted (Ctrl-C); 141 the reader of our output went away (like any Unix
+tool on SIGPIPE), quietly.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -22,10 +29,24 @@ from gateway import __version__
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
-EXIT_CONFIG = 2
+EXIT_CONFIG = 2  # bad input: a config with problems, a missing file, a bad argument
+EXIT_ENVIRONMENT = 3
+EXIT_INTERRUPTED = 130
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, what a Unix tool killed by a closed pipe reports
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < 10**7:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: every sub-command and its arguments, each with help text."""
     parser = argparse.ArgumentParser(
         prog="edge-gateway",
         description="Field gateway: Modbus and serial sensors to MQTT, with store-and-forward.",
@@ -34,12 +55,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="check a config file and summarise its read plan")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, help="the TOML config file to check")
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("run", help="run the gateway until SIGTERM or SIGINT")
-    p.add_argument("-c", "--config", type=Path, required=True)
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("-c", "--config", type=Path, required=True, help="the TOML config file")
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="overrides [gateway] log_level of the config",
+    )
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("decode", help="decode data payloads (files or stdin) into JSON lines")
@@ -55,12 +80,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(func=_cmd_schema)
 
     p = sub.add_parser("demo", help="run against simulated devices and a local broker")
-    p.add_argument("--seconds", type=float, default=20.0, help="how long to run (default 20)")
+    p.add_argument(
+        "--seconds", type=_positive_seconds, default=20.0, help="how long to run (default 20)"
+    )
     p.set_defaults(func=_cmd_demo)
 
-    args = parser.parse_args(argv)
-    result: int = args.func(args)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return _closed_pipe()
+    try:
+        sys.stdout.flush()  # a reader that left after our last line is a closed pipe too
+    except BrokenPipeError:
+        return _closed_pipe()
     return result
+
+
+def _closed_pipe() -> int:
+    """The reader of our output went away (`... | head`): stop quietly, like a Unix tool.
+
+    Python would print a second error when it flushes stdout at exit; point stdout at
+    /dev/null first (the recipe in the `signal` module's documentation)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_CLOSED_PIPE
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -120,14 +171,19 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     sources = args.files or [Path("-")]
     status = EXIT_OK
     for source in sources:
-        data = sys.stdin.buffer.read() if str(source) == "-" else source.read_bytes()
+        try:
+            data = sys.stdin.buffer.read() if str(source) == "-" else source.read_bytes()
+        except OSError as err:
+            print(f"edge-gateway decode: {source}: {err.strerror or err}", file=sys.stderr)
+            status = max(status, EXIT_CONFIG)
+            continue
         try:
             for batch in iter_batches(data):
                 for line in batch_to_json_lines(batch):
                     print(line)
         except DecodeError as err:
             print(f"{source}: {err}", file=sys.stderr)
-            status = EXIT_FAILURE
+            status = max(status, EXIT_FAILURE)
     return status
 
 

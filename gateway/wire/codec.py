@@ -118,16 +118,21 @@ def iter_batches(stream: bytes) -> Iterator[Batch]:
     """Decode payloads stored back to back (e.g. `mosquitto_sub -N > capture.bin`)."""
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=True)
     unpacker.feed(stream)
+    end = 0  # where the last whole document ended (tell() moves into a partial one)
     while True:
         try:
             doc = next(unpacker)
         except StopIteration:
             break
         except (msgpack.FormatError, msgpack.StackError, ValueError) as err:
-            raise DecodeError(f"not a msgpack document: {err}") from err
+            raise DecodeError(f"at byte {end}: not a msgpack document: {err}") from err
+        end = unpacker.tell()
         yield _from_doc(doc)
-    if unpacker.tell() != len(stream):
-        raise DecodeError(f"{len(stream) - unpacker.tell()} trailing byte(s) are not a whole batch")
+    if end != len(stream):
+        raise DecodeError(
+            f"the last {len(stream) - end} byte(s), from byte {end}, are not a whole batch "
+            "(a truncated payload?)"
+        )
 
 
 def batch_to_json_lines(batch: Batch) -> Iterator[str]:
