@@ -24,6 +24,7 @@ class Quality(IntEnum):
     COMM_ERROR = 4  # the device did not answer for this point (value is None)
     DEVICE_OFFLINE = 5  # the device is offline (value is None)
     BAD_CHECKSUM = 6  # the frame carrying the value failed its checksum: value is suspect
+    INVALID_VALUE = 7  # the device sent a value that cannot be used (value is None): below
 
 
 class Reading(NamedTuple):
@@ -34,3 +35,45 @@ class Reading(NamedTuple):
     ts_ms: int  # unix time in milliseconds, taken when the response arrived
     value: Value | None  # None only with a quality saying why (COMM_ERROR, DEVICE_OFFLINE)
     quality: int = Quality.GOOD
+
+
+# What a value may be on the wire (docs/wire-format.md, "Values a device can send").
+MIN_INT = -(2**63)
+MAX_INT = 2**64 - 1  # msgpack holds int64 and uint64
+MAX_TEXT = 1024  # characters of a string value
+
+
+def value_problem(value: object) -> str | None:
+    """Why `value` cannot go on the wire as it is, or None when it can.
+
+    Usable: None, a bool, an int in [-2**63, 2**64), a finite float, a str of at most
+    `MAX_TEXT` characters that is valid Unicode. Anything else becomes no value with
+    quality INVALID_VALUE (`invalid_reading`). Costs about 60 ns for a number.
+    """
+    kind = type(value)
+    if kind is float:
+        if value - value == 0.0:  # type: ignore[operator]  # NaN and +-inf give NaN here
+            return None
+        return "not a number (NaN)" if value != value else "an infinite number"
+    if kind is int:
+        if MIN_INT <= value <= MAX_INT:  # type: ignore[operator]
+            return None
+        return "an integer beyond 64 bits"
+    if kind is bool or value is None:
+        return None
+    if kind is str:
+        text: str = value  # type: ignore[assignment]
+        if len(text) > MAX_TEXT:
+            return f"text of {len(text)} characters (at most {MAX_TEXT})"
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return "text that is not valid Unicode"
+        return None
+    return f"a {kind.__name__}, not a number, bool or text"
+
+
+def invalid_reading(reading: Reading) -> Reading:
+    """The reading without its unusable value: None, quality INVALID_VALUE."""
+    return Reading(reading.device, reading.point, reading.ts_ms, None, Quality.INVALID_VALUE)

@@ -22,7 +22,8 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, Modbu
 from pymodbus.exceptions import ModbusException
 
 from drivers.base import DeviceHealth, ReadingSink, backoff_delay
-from drivers.modbus.decode import Table
+from drivers.modbus.decode import Table, Value
+from drivers.modbus.diagnose import describe_tcp_answer
 from drivers.modbus.plan import ReadRequest, decode_response, plan_reads
 from gateway.model import Quality, Reading
 
@@ -33,7 +34,8 @@ HALF_OPEN_AFTER = 2  # consecutive unanswered requests before a TCP connection i
 
 
 class ModbusRequestError(Exception):
-    """One request failed; `kind` is 'timeout', 'connection', 'exception' or 'malformed'."""
+    """One request failed; `kind` is 'timeout', 'connection', 'exception' or 'malformed'
+    (an answer that breaks the protocol: wrong length, ids or function code)."""
 
     def __init__(self, kind: str, message: str, code: int | None = None) -> None:
         super().__init__(message)
@@ -54,7 +56,8 @@ class ModbusDevice:
     backoff_max: float
     health: DeviceHealth
     failures: int = 0
-    failed_requests: set[tuple[Table, int]] = field(default_factory=set)
+    # Requests failing while the device otherwise answers: (table, address) -> why.
+    failing: dict[tuple[Table, int], str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,27 +112,40 @@ def default_inter_frame_delay(baudrate: int) -> float:
     return max(0.00175, 3.5 * 11 / baudrate)
 
 
+class _MalformedAnswer(Exception):
+    """pymodbus could not make a response of the bytes that arrived."""
+
+
 class ModbusEndpoint:
     """All devices behind one line (a TCP host:port or a serial bus), sharing one connection.
 
     One request is on the wire at a time. On a serial bus this is the whole point:
     a dead slave is backed off so that it costs the others at most one timeout per
     back-off period, not one every cycle.
+
+    Nothing a device sends can raise out of here or make asyncio print a traceback:
+    pymodbus' frame handling runs behind a guard (`_guard_frames`), and every answer
+    is checked against its request (function code, length) before it is decoded.
     """
 
     def __init__(self, transport: Transport, devices: Sequence[ModbusDevice], sink: ReadingSink):
         self.transport = transport
         self.name = f"modbus_{transport.kind} {transport}"
         self.devices = list(devices)
+        for device in self.devices:
+            device.health.log = log  # state changes are logged as this driver's
         self._sink = sink
         self._client: ModbusBaseClient | None = None
         self._last_io = 0.0  # monotonic time the line last carried a response or timed out
-        self._received = 0  # bytes received since the current request was sent
+        self._received = bytearray()  # bytes received since the current request was sent
+        self._received_total = 0
         self._silent_requests = 0  # consecutive requests on this connection without an answer
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
         if not sending:
-            self._received += len(data)
+            self._received_total += len(data)
+            if len(self._received) < _KEEP_RECEIVED:
+                self._received += data[: _KEEP_RECEIVED - len(self._received)]
         return data
 
     def health(self) -> list[DeviceHealth]:
@@ -163,45 +179,58 @@ class ModbusEndpoint:
         return nxt if nxt > now else now + device.interval
 
     async def _poll(self, device: ModbusDevice) -> bool:
-        """Read every request of one device; True when the device answered."""
+        """Read every request of one device once; True when it answered (on schedule next)."""
         readings: list[Reading] = []
-        answered = False
-        error: ModbusRequestError | None = None
+        usable = False  # some request gave values
+        answered = False  # the device said something that was not garbage
+        failed: list[tuple[ReadRequest, ModbusRequestError]] = []
         pending = list(device.requests)
         while pending:
             request = pending.pop(0)
             try:
                 values = await self._read_with_retries(device, request)
+                decoded = self._decode(device, request, values)
             except ModbusRequestError as err:
-                error = err
-                if err.kind == "connection" or (err.kind == "timeout" and not answered):
+                if err.kind == "connection" or (err.kind == "timeout" and not usable):
+                    failed.append((request, err))
                     break  # the device (or the line) is gone: the rest would fail too
-                if err.kind == "timeout":
-                    # It answered earlier in this poll: some devices stay silent on ranges
-                    # they do not have. Skip this request, keep reading the others.
-                    self._log_refused_once(device, request, err)
-                    continue
-                answered = True  # the device answered, but refused this request
-                if err.code == ILLEGAL_DATA_ADDRESS and len(request.points) > 1:
-                    pending[:0] = self._split(device, request)
-                else:
-                    self._log_refused_once(device, request, err)
+                if err.kind == "exception":
+                    answered = True  # the device answered, but refused this request
+                    if err.code == ILLEGAL_DATA_ADDRESS and len(request.points) > 1:
+                        pending[:0] = self._split(device, request)
+                        continue
+                failed.append((request, err))
                 continue
-            answered = True
-            device.failed_requests.discard((request.table, request.address))
+            usable = answered = True
             ts_ms = time.time_ns() // 1_000_000
-            try:
-                decoded = decode_response(request, values)
-            except ValueError as err:
-                device.health.errors += 1
-                device.health.last_error = f"malformed response: {err}"
-                continue
             readings.extend(Reading(device.name, point, ts_ms, value) for point, value in decoded)
+            self._request_recovered(device, request)
         if readings:
             device.health.readings += len(readings)
             self._sink(readings)
-        self._set_state(device, answered, error)
-        return answered
+        if usable or answered:
+            device.failures = 0
+            for failed_request, why in failed:
+                self._request_failed(device, failed_request, why)
+            if device.failing:
+                device.health.set_state("degraded", next(iter(device.failing.values())))
+            else:
+                device.health.set_state(
+                    "online",
+                    action=f"{len(device.requests)} request(s) per poll every {device.interval:g}s",
+                )
+            return True
+        self._went_offline(device, failed)
+        return False
+
+    def _decode(
+        self, device: ModbusDevice, request: ReadRequest, values: list[int]
+    ) -> list[tuple[str, Value]]:
+        try:
+            return decode_response(request, values)
+        except ValueError as err:  # fewer values than asked: the answer is short
+            device.health.malformed += 1
+            raise ModbusRequestError("malformed", f"malformed answer: {err}") from err
 
     async def _read_with_retries(self, device: ModbusDevice, request: ReadRequest) -> list[int]:
         attempt = 0
@@ -209,7 +238,7 @@ class ModbusEndpoint:
             try:
                 return await self._read(device, request)
             except ModbusRequestError as err:
-                if err.kind == "exception" or attempt >= device.retries:
+                if err.kind in ("exception", "malformed") or attempt >= device.retries:
                     raise
                 attempt += 1
 
@@ -224,7 +253,8 @@ class ModbusEndpoint:
             # Bytes arrived while no request was outstanding: line noise, a stray
             # talker, or an answer that came after its timeout.
             health.framing_errors += 1
-        self._received = 0
+        self._received.clear()
+        self._received_total = 0
         started = time.perf_counter()
         try:
             async with asyncio.timeout(device.timeout):
@@ -233,18 +263,18 @@ class ModbusEndpoint:
                 )
         except TimeoutError as err:
             self._silent_requests += 1
+            received = self._received_total
             if self._silent_requests >= HALF_OPEN_AFTER and self.transport.kind != "rtu":
-                # Nothing came back on this connection for several requests: it may be
-                # half-open (NAT state lost, a hung device server). Start afresh.
+                # Nothing usable came back on this connection for several requests: it
+                # may be half-open (NAT state lost, a hung device server). Start afresh.
                 self._close()
-            if self._received:  # bytes came back, but no valid frame: CRC or framing damage
-                self._received = 0
-                health.crc_errors += 1
-                raise ModbusRequestError(
-                    "timeout", f"garbled answer ({self._received} bytes, bad CRC or framing)"
-                ) from err
+            if received:  # bytes came back, but no answer to this request
+                raise self._garbled(device, request, client) from err
             health.timeouts += 1
             raise ModbusRequestError("timeout", f"no answer within {device.timeout:g}s") from err
+        except _MalformedAnswer as err:
+            self._close()  # whatever else is in flight on this connection is suspect
+            raise self._garbled(device, request, client, str(err)) from err
         except ModbusException as err:
             health.errors += 1
             self._close()  # the connection state is unknown: start afresh next time
@@ -252,9 +282,11 @@ class ModbusEndpoint:
         finally:
             self._last_io = time.monotonic()
         self._silent_requests = 0
-        if self.transport.kind != "tcp" and self._received > _rtu_response_size(request, response):
+        if self.transport.kind != "tcp" and len(self._received) > _rtu_response_size(
+            request, response
+        ):
             health.framing_errors += 1  # noise around the answer; pymodbus resynchronised
-        self._received = 0
+        self._received.clear()
         health.last_latency_ms = round((time.perf_counter() - started) * 1000, 2)
         if response.isError():
             code = int(getattr(response, "exception_code", 0))
@@ -264,15 +296,50 @@ class ModbusEndpoint:
                 f"Modbus exception {code} ({_EXCEPTION_NAMES.get(code, 'unknown')})",
                 code,
             )
+        expected = _FUNCTION_CODES[request.table]
+        if response.function_code != expected:
+            health.malformed += 1
+            raise ModbusRequestError(
+                "malformed",
+                f"malformed answer: function code {response.function_code} in answer to "
+                f"function {expected}",
+            )
         health.responses += 1
-        values = response.bits if request.table in _BIT_TABLES else response.registers
+        values = response.bits if request.table.is_bit_table else response.registers
         return list(values)
+
+    def _garbled(
+        self,
+        device: ModbusDevice,
+        request: ReadRequest,
+        client: ModbusBaseClient,
+        problem: str = "",
+    ) -> ModbusRequestError:
+        """Bytes came back, but no answer: a protocol violation (TCP) or line damage (RTU)."""
+        data = bytes(self._received)
+        received = max(self._received_total, len(data))
+        self._received.clear()
+        if self.transport.kind == "tcp":
+            device.health.malformed += 1
+            why = describe_tcp_answer(
+                data,
+                transaction_id=int(getattr(client.ctx, "request_transaction_id", 0) or 0),
+                unit=device.unit,
+                function=_FUNCTION_CODES[request.table],
+            )
+            return ModbusRequestError("malformed", f"malformed answer: {why}")
+        device.health.crc_errors += 1
+        detail = f": {problem}" if problem else ""
+        return ModbusRequestError(
+            "timeout", f"garbled answer ({received} bytes, bad CRC or framing{detail})"
+        )
 
     async def _connected_client(self, device: ModbusDevice) -> ModbusBaseClient:
         if self._client is not None and self._client.connected:
             return self._client
         self._close()
         client = self.transport.client(device.timeout, self._trace)
+        _guard_frames(client)
         reason = ""
         try:
             async with asyncio.timeout(device.timeout):
@@ -294,53 +361,31 @@ class ModbusEndpoint:
             self._client.close()
             self._client = None
 
-    def _set_state(
-        self, device: ModbusDevice, answered: bool, error: ModbusRequestError | None
+    def _went_offline(
+        self, device: ModbusDevice, failed: list[tuple[ReadRequest, ModbusRequestError]]
     ) -> None:
-        health = device.health
-        if error is not None:
-            health.last_error = str(error)
-        if answered:
-            device.failures = 0
-            if health.online is False:
-                down = time.time() - (health.offline_since or time.time())
-                log.info(
-                    "device %r (%s) answers again after %.1fs offline",
-                    device.name,
-                    health.address,
-                    down,
-                )
-            elif health.online is None:
-                log.info(
-                    "device %r (%s) is answering: %d request(s) per poll every %gs",
-                    device.name,
-                    health.address,
-                    len(device.requests),
-                    device.interval,
-                )
-            health.online = True
-            health.offline_since = None
-            return
+        """No usable answer at all: back off; each point's value becomes unknown, once."""
         device.failures += 1
-        if health.online is not False:
-            health.offline_since = time.time()
-            log.warning(
-                "device %r (%s) is offline: %s; retrying with back-off up to %gs",
-                device.name,
-                health.address,
-                error,
-                device.backoff_max,
-            )
-            # The centre sees each point's value become unknown, once, with the reason.
+        device.failing.clear()
+        error = failed[-1][1] if failed else None
+        talking = bool(failed) and all(err.kind == "malformed" for _, err in failed)
+        reason = str(error) if error is not None else "no answer"
+        if talking:
+            reason = f"every answer is malformed, e.g. {reason}"
+        changed = device.health.set_state(
+            "offline", reason, action=f"retrying with back-off up to {device.backoff_max:g}s"
+        )
+        if changed:
+            # COMM_ERROR when it talks nonsense, DEVICE_OFFLINE when it is silent.
+            quality = Quality.COMM_ERROR if talking else Quality.DEVICE_OFFLINE
             ts_ms = time.time_ns() // 1_000_000
             self._sink(
                 [
-                    Reading(device.name, point.name, ts_ms, None, Quality.DEVICE_OFFLINE)
+                    Reading(device.name, point.name, ts_ms, None, quality)
                     for request in device.requests
                     for point, _ in request.points
                 ]
             )
-        health.online = False
 
     @staticmethod
     def _split(device: ModbusDevice, request: ReadRequest) -> list[ReadRequest]:
@@ -353,33 +398,31 @@ class ModbusEndpoint:
         index = device.requests.index(request)
         device.requests[index : index + 1] = singles
         log.info(
-            "device %r (%s) has no registers in part of %s %d..%d; reading its %d points there "
+            "device %r (%s) has no registers in part of %s; reading its %d points there "
             "one by one from now on",
             device.name,
             device.health.address,
-            request.table,
-            request.address,
-            request.address + request.count - 1,
+            _span(request),
             len(singles),
         )
         return singles
 
-    def _log_refused_once(
+    def _request_failed(
         self, device: ModbusDevice, request: ReadRequest, err: ModbusRequestError
     ) -> None:
+        """A request of a device that otherwise answers failed: log and flag it once."""
         key = (request.table, request.address)
-        if key in device.failed_requests:
+        if device.failing.get(key) is not None:
+            device.failing[key] = str(err)
             return
-        device.failed_requests.add(key)
+        device.failing[key] = str(err)
         names = ", ".join(p.name for p, _ in request.points)
         log.warning(
-            "device %r (%s) cannot read %s %d..%d (%s): %s; those points are reported "
+            "device %r (%s) cannot read %s (%s): %s; those points are reported "
             "comm_error until it can",
             device.name,
             device.health.address,
-            request.table,
-            request.address,
-            request.address + request.count - 1,
+            _span(request),
             names,
             err,
         )
@@ -391,15 +434,56 @@ class ModbusEndpoint:
             ]
         )
 
+    @staticmethod
+    def _request_recovered(device: ModbusDevice, request: ReadRequest) -> None:
+        if device.failing.pop((request.table, request.address), None) is not None:
+            log.info(
+                "device %r (%s) reads %s (%s) again",
+                device.name,
+                device.health.address,
+                _span(request),
+                ", ".join(p.name for p, _ in request.points),
+            )
 
-_BIT_TABLES = (Table.COIL, Table.DISCRETE_INPUT)
+
+def _span(request: ReadRequest) -> str:
+    last = request.address + request.count - 1
+    return f"{request.table} {request.address}..{last}"
+
+
+def _guard_frames(client: ModbusBaseClient) -> None:
+    """Keep a malformed frame inside the request that received it.
+
+    pymodbus decodes frames inside `data_received`; a frame it cannot decode raises
+    there, and asyncio then logs "Fatal error: protocol.data_received() call failed"
+    with a traceback and closes the connection, on every answer of a broken device.
+    The guard drops the bytes and fails the waiting request instead, so the driver
+    counts it as a malformed answer and logs it once.
+    """
+    manager = client.ctx
+    handle = manager.callback_data
+
+    def guarded(data: bytes, addr: tuple[str, int] | None = None) -> int:
+        try:
+            used: int = handle(data, addr)
+        except Exception as err:
+            future = manager.response_future
+            if not future.done():
+                future.set_exception(_MalformedAnswer(str(err) or type(err).__name__))
+            return len(data)
+        return used
+
+    manager.callback_data = guarded  # type: ignore[method-assign]
+
+
+_KEEP_RECEIVED = 512  # bytes of an answer kept to say what was wrong with it
 
 
 def _rtu_response_size(request: ReadRequest, response: object) -> int:
     """Bytes of the RTU frame answering `request`: id, function, count, data, CRC."""
     if getattr(response, "isError", lambda: False)():
         return 5
-    if request.table in _BIT_TABLES:
+    if request.table.is_bit_table:
         return 5 + (request.count + 7) // 8
     return 5 + 2 * request.count
 
@@ -410,6 +494,7 @@ _READERS = {
     Table.HOLDING: "read_holding_registers",
     Table.INPUT: "read_input_registers",
 }
+_FUNCTION_CODES = {Table.COIL: 1, Table.DISCRETE_INPUT: 2, Table.HOLDING: 3, Table.INPUT: 4}
 _EXCEPTION_NAMES = {
     1: "illegal function",
     2: "illegal data address",

@@ -30,6 +30,7 @@ from drivers.base import DeviceHealth, ReadingSink, backoff_delay
 from drivers.serial_line.build import build_framer, build_parser
 from drivers.serial_line.framing import Discard, Frame, Framer
 from drivers.serial_line.parsers import Field, ParseError, Parser
+from drivers.serial_port import forbid_other_openers, line_rate, open_error
 from gateway.model import Quality, Reading, Value
 
 if TYPE_CHECKING:
@@ -39,16 +40,33 @@ log = logging.getLogger("drivers.serial_line")
 
 _TRUE = frozenset({"1", "true", "on", "yes", "y", "t"})
 _FALSE = frozenset({"0", "false", "off", "no", "n", "f"})
+_MAX_INT_DIGITS = 20  # 2**64 has 20 digits: longer integers cannot go on the wire
 
 
 def _to_int(raw: Field) -> int:
-    if isinstance(raw, str):
-        text = raw.strip()
-        try:
-            return int(text, 10)
-        except ValueError:
-            return int(float(text))  # "12.0"
-    return int(raw)
+    """An integer field: '42', '-7', '12.0', '1e3'. Anything else raises ValueError."""
+    if isinstance(raw, bool | int):
+        return int(raw)
+    if isinstance(raw, float):
+        if not raw.is_integer():  # also NaN and the infinities
+            raise ValueError(f"{raw!r} is not a whole number")
+        return int(raw)
+    text = raw.strip()
+    digits = text.lstrip("+-")
+    if digits.isdigit():
+        if len(digits.lstrip("0")) > _MAX_INT_DIGITS:
+            raise ValueError(f"an integer of {len(digits)} digits is beyond 64 bits")
+        return int(text, 10)
+    number = float(text)  # "12.0", "1e3"; ValueError for words
+    if not number.is_integer():
+        raise ValueError(f"{text[:40]!r} is not a whole number")
+    return int(number)
+
+
+def _to_float(raw: Field) -> float:
+    if isinstance(raw, str) and len(raw) > 64:
+        raise ValueError(f"a number of {len(raw)} characters")
+    return float(raw)
 
 
 def _to_bool(raw: Field) -> bool:
@@ -57,11 +75,11 @@ def _to_bool(raw: Field) -> bool:
     text = raw.strip().lower()
     if text in _TRUE or text in _FALSE:
         return text in _TRUE
-    raise ValueError(f"{raw!r} is neither true nor false")
+    raise ValueError(f"{raw[:40]!r} is neither true nor false")
 
 
 _CONVERT: dict[str, Callable[[Field], Value]] = {
-    "float": float,
+    "float": _to_float,
     "int": _to_int,
     "bool": _to_bool,
     "string": str,
@@ -77,10 +95,17 @@ class LinePoint:
     offset: float
 
     def value(self, raw: Field) -> Value:
-        value = _CONVERT[self.type](raw)
-        if self.type in ("float", "int") and (self.scale != 1.0 or self.offset != 0.0):
-            assert isinstance(value, int | float)
-            return value * self.scale + self.offset
+        """The point's value from its raw field; ValueError saying why when there is none.
+
+        Total: whatever a device sends, the outcome is a value or a ValueError (the
+        driver then publishes no value with quality invalid_value)."""
+        try:
+            value = _CONVERT[self.type](raw)
+            if self.type in ("float", "int") and (self.scale != 1.0 or self.offset != 0.0):
+                assert isinstance(value, int | float)
+                return value * self.scale + self.offset
+        except (ValueError, TypeError, ArithmeticError) as err:
+            raise ValueError(str(err) or type(err).__name__) from err
         return value
 
 
@@ -99,6 +124,7 @@ class SerialLineDriver:
         timeout: float,
         stale_after: float,
         backoff_max: float,
+        max_input_rate: float | None = None,
     ) -> None:
         self.name = f"serial_line {name}"
         self.device = name
@@ -117,7 +143,26 @@ class SerialLineDriver:
         self._failures = 0
         self._complaints: set[str] = set()  # kinds of trouble already logged
         port = port_settings["port"]
-        self.device_health = DeviceHealth(name, f"{port} ({port_settings['baudrate']} baud)")
+        self.device_health = DeviceHealth(
+            name, f"{port} ({port_settings['baudrate']} baud)", log=log
+        )
+        # The input bound: what the line carries at its baud rate, unless configured.
+        # A real UART cannot exceed it; a virtual COM port (pty, USB CDC, a TCP bridge)
+        # can, by orders of magnitude, and must not starve the other devices.
+        self.max_input_rate = max_input_rate or line_rate(
+            port_settings["baudrate"],
+            port_settings["bytesize"],
+            port_settings["parity"],
+            port_settings["stopbits"],
+        )
+        self._burst = max(_MIN_BURST, self.max_input_rate * _BURST_SECONDS)
+        self._tokens = self._burst
+        self._refilled = time.monotonic()
+        self._shedding_since: float | None = None  # monotonic start of a shedding episode
+        self._last_shed = 0.0
+        self._shed_in_episode = 0
+        self._resync = False  # the framer restarted after shedding: its next discard is shed
+        self._paused = False
 
     @classmethod
     def from_config(cls, cfg: SerialLineDeviceConfig, sink: ReadingSink) -> SerialLineDriver:
@@ -139,6 +184,7 @@ class SerialLineDriver:
             timeout=cfg.timeout,
             stale_after=cfg.stale_after,
             backoff_max=cfg.backoff_max,
+            max_input_rate=getattr(cfg, "max_input_rate", None),
         )
 
     def describe(self) -> str:
@@ -155,8 +201,8 @@ class SerialLineDriver:
             while True:
                 try:
                     self._open()
-                except (serial.SerialException, OSError) as err:
-                    self._failed(f"cannot open {self.port_settings['port']}: {err}")
+                except (serial.SerialException, OSError, ValueError) as err:
+                    self._failed(open_error(self.port_settings["port"], err))
                     await asyncio.sleep(self._backoff())
                     continue
                 try:
@@ -172,14 +218,32 @@ class SerialLineDriver:
             self._close()
 
     async def _stream(self) -> None:
+        """Frames as they come; no GOOD frame for `stale_after` marks the instrument stale
+        (silent) or offline with comm_error (talking, but nothing usable)."""
+        last_good = time.monotonic()
+        garbage = False  # frames arrived since the last good one, none usable
         while True:
+            remaining = last_good + self.stale_after - time.monotonic()
             try:
-                async with asyncio.timeout(self.stale_after):
+                if remaining <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(remaining):
                     frame = await self._frames.get()
             except TimeoutError:
-                self._failed(f"no valid frame for {self.stale_after:g}s", Quality.STALE)
+                if garbage:
+                    self._failed(
+                        f"no usable frame for {self.stale_after:g}s, only unusable ones "
+                        f"({self.device_health.last_error})",
+                        Quality.COMM_ERROR,
+                    )
+                else:
+                    self._failed(f"no valid frame for {self.stale_after:g}s", Quality.STALE)
+                last_good, garbage = time.monotonic(), False
                 continue
-            self.handle(frame)
+            if self.handle(frame):
+                last_good, garbage = time.monotonic(), False
+            else:
+                garbage = True
 
     async def _poll_loop(self) -> None:
         assert self.command is not None and self._serial is not None
@@ -205,24 +269,38 @@ class SerialLineDriver:
         self.device_health.requests += 1
         started = time.perf_counter()
         deadline = time.monotonic() + self.timeout
+        replied = False
         while True:
             try:
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                     frame = await self._frames.get()
             except TimeoutError:
                 self.device_health.timeouts += 1
-                self._failed(f"no valid reply within {self.timeout:g}s")
+                if replied:
+                    self._failed(
+                        f"no usable reply within {self.timeout:g}s "
+                        f"({self.device_health.last_error})",
+                        Quality.COMM_ERROR,
+                    )
+                else:
+                    self._failed(f"no valid reply within {self.timeout:g}s")
                 return False
             if self.handle(frame):
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 self.device_health.last_latency_ms = round(elapsed_ms, 2)
                 return True
+            replied = True
 
     # --- bytes in ---------------------------------------------------------------------
 
     def _open(self) -> None:
-        self._serial = serial.Serial(timeout=0, write_timeout=1.0, **self.port_settings)
+        # exclusive: a second program on this port gets an error instead of our bytes.
+        self._serial = serial.Serial(
+            timeout=0, write_timeout=1.0, exclusive=True, **self.port_settings
+        )
+        forbid_other_openers(self._serial.fileno())
         self.framer.reset()
+        self._paused = False
         asyncio.get_running_loop().add_reader(self._serial.fileno(), self._on_readable)
 
     def _close(self) -> None:
@@ -237,22 +315,94 @@ class SerialLineDriver:
     def _on_readable(self) -> None:
         assert self._serial is not None
         try:
-            data = self._serial.read(self._serial.in_waiting or 1)
+            data = self._serial.read(max(1, min(self._serial.in_waiting, _READ_CHUNK)))
         except (serial.SerialException, OSError) as err:
             # The port went away (USB adapter unplugged); the run loop reopens it.
             self._close()
             self._frames.put_nowait(_LOST)
             self.device_health.last_error = f"port lost: {err}"
             return
-        self.consume(data)
+        self.consume(self._within_rate(data))
+
+    def _within_rate(self, data: bytes) -> bytes:
+        """Keep at most what the line may carry (a token bucket); shed and count the rest.
+
+        The newest bytes are kept (they hold the freshest values); the framer restarts
+        at the next frame boundary. While shedding, reading pauses briefly so that a
+        flooding port costs a few wake-ups per second, not the event loop.
+        """
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self.max_input_rate)
+        self._refilled = now
+        excess = len(data) - int(self._tokens)
+        if excess <= 0:
+            self._tokens -= len(data)
+            if self._shedding_since is not None and now - self._last_shed > _CALM_SECONDS:
+                self._shedding_ended(now)
+            return data
+        self.device_health.shed_bytes += excess
+        self._shed_in_episode += excess
+        self._last_shed = now
+        if self._shedding_since is None:
+            self._shedding_since = now
+            log.warning(
+                "device %r (%s) sends faster than its line carries (limit %d bytes/s: %s); "
+                "shedding the excess, counted as shed_bytes, so that the other devices keep "
+                "their schedule",
+                self.device,
+                self.device_health.address,
+                round(self.max_input_rate),
+                "max_input_rate" if self.max_input_rate != self._line_rate() else "its baud rate",
+            )
+        kept = data[excess:]
+        self._tokens -= len(kept)
+        self.framer.reset()
+        self._resync = True
+        self._pause(_PAUSE_SECONDS)
+        return kept
+
+    def _line_rate(self) -> float:
+        ps = self.port_settings
+        return line_rate(ps["baudrate"], ps["bytesize"], ps["parity"], ps["stopbits"])
+
+    def _shedding_ended(self, now: float) -> None:
+        assert self._shedding_since is not None
+        log.info(
+            "device %r (%s) sends within its line rate again: %d bytes shed in %.0fs",
+            self.device,
+            self.device_health.address,
+            self._shed_in_episode,
+            self._last_shed - self._shedding_since,
+        )
+        self._shedding_since = None
+        self._shed_in_episode = 0
+
+    def _pause(self, seconds: float) -> None:
+        if self._paused or self._serial is None:
+            return
+        loop = asyncio.get_running_loop()
+        fd = self._serial.fileno()
+        loop.remove_reader(fd)
+        self._paused = True
+
+        def resume() -> None:
+            self._paused = False
+            if self._serial is not None and self._serial.fileno() == fd:
+                loop.add_reader(fd, self._on_readable)
+
+        loop.call_later(seconds, resume)
 
     def consume(self, data: bytes) -> None:
         """Bytes from the line: frames are queued for parsing, discards are counted."""
         for event in self.framer.feed(data):
             if isinstance(event, Discard):
+                if self._resync:  # the tail of a frame cut by shedding: already counted
+                    self._resync = False
+                    continue
                 self.device_health.framing_errors += 1
                 self._complain("framing", f"discarded {len(event.data)} byte(s): {event.reason}")
             else:
+                self._resync = False
                 self._frames.put_nowait(event)
 
     # --- frames -----------------------------------------------------------------------
@@ -268,7 +418,7 @@ class SerialLineDriver:
             if err.kind == "skip":
                 return False  # another sentence type on a shared NMEA line: not an error
             if err.kind != "checksum":
-                self.device_health.errors += 1
+                self.device_health.malformed += 1
                 self._complain("format", f"unreadable frame {frame.data[:40]!r}: {err}")
                 return False
             self.device_health.crc_errors += 1
@@ -299,14 +449,19 @@ class SerialLineDriver:
         for point in self.points:
             if point.field not in fields:
                 continue
+            raw = fields[point.field]
             try:
-                value = point.value(fields[point.field])
-            except (ValueError, TypeError, AssertionError) as err:
-                self.device_health.errors += 1
+                value = point.value(raw)
+            except ValueError as err:
+                # Documented outcome (docs/wire-format.md): no value, quality invalid_value.
+                self.device_health.invalid_values += 1
+                shown = repr(raw) if len(repr(raw)) <= 60 else f"{repr(raw)[:57]}..."
                 self._complain(
                     f"convert:{point.name}",
-                    f"field {point.field!r} = {fields[point.field]!r} is not a {point.type}: {err}",
+                    f"field {point.field!r} = {shown} is not a usable {point.type} ({err}); "
+                    "sent as no value with quality invalid_value",
                 )
+                out.append(Reading(self.device, point.name, ts_ms, None, Quality.INVALID_VALUE))
                 continue
             out.append(Reading(self.device, point.name, ts_ms, value, quality))
         return out
@@ -325,37 +480,20 @@ class SerialLineDriver:
             )
 
     def _failed(self, reason: str, quality: Quality = Quality.DEVICE_OFFLINE) -> None:
-        """The instrument stopped answering (or talking: STALE); flag its points once."""
+        """The instrument stopped answering (or talking: STALE; or talks only nonsense:
+        COMM_ERROR); flag its points once."""
         self._failures += 1
-        self.device_health.last_error = reason
-        if self.device_health.online is not False:
-            self.device_health.online = False
-            self.device_health.offline_since = time.time()
-            log.warning(
-                "device %r (%s) is offline: %s; retrying with back-off up to %gs",
-                self.device,
-                self.device_health.address,
-                reason,
-                self.backoff_max,
-            )
+        changed = self.device_health.set_state(
+            "offline", reason, action=f"retrying with back-off up to {self.backoff_max:g}s"
+        )
+        if changed:
             ts_ms = time.time_ns() // 1_000_000
             self._sink([Reading(self.device, p.name, ts_ms, None, quality) for p in self.points])
 
     def _recovered(self) -> None:
         self._failures = 0
-        if self.device_health.online is False:
-            down = time.time() - (self.device_health.offline_since or time.time())
-            log.info(
-                "device %r (%s) answers again after %.1fs offline",
-                self.device,
-                self.device_health.address,
-                down,
-            )
+        if self.device_health.set_state("online"):
             self._complaints.clear()
-        elif self.device_health.online is None:
-            log.info("device %r (%s) is answering", self.device, self.device_health.address)
-        self.device_health.online = True
-        self.device_health.offline_since = None
 
     def _backoff(self) -> float:
         return backoff_delay(self._failures, self.poll_interval, self.backoff_max)
@@ -366,3 +504,8 @@ class _PortLost(Exception):
 
 
 _LOST = Frame(b"")  # sentinel queued by the reader when the port disappears
+_READ_CHUNK = 65536  # bytes read per wake-up at most
+_BURST_SECONDS = 0.5  # the input bound allows bursts of this many seconds' worth
+_MIN_BURST = 4096  # ... and at least this many bytes (a long frame at a low baud rate)
+_PAUSE_SECONDS = 0.1  # reading pauses this long after shedding
+_CALM_SECONDS = 10.0  # no shedding for this long ends a shedding episode (logged once)
