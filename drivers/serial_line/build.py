@@ -6,6 +6,7 @@ a config error with a key path, not a crash at run time.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from drivers.serial_line.framing import (
@@ -52,6 +53,20 @@ def build_framer(cfg: FramingConfig) -> Framer:
         end=_hex_bytes(cfg.end_hex, "end_hex"),
         max_length=cfg.max_length,
     )
+
+
+def parser_fields(cfg: ParserConfig) -> tuple[str, ...]:
+    """The names of the fields the parser of `cfg` can produce, known before start.
+
+    For a config that `build_parser` accepts: regex named groups, delimited and binary
+    `fields` ('' skips one), NMEA `fields` and `coordinates` keys."""
+    from gateway.settings import BinaryParserConfig, DelimitedParserConfig, RegexParserConfig
+
+    if isinstance(cfg, RegexParserConfig):
+        return tuple(re.compile(cfg.pattern).groupindex)
+    if isinstance(cfg, DelimitedParserConfig | BinaryParserConfig):
+        return tuple(name for name in cfg.fields if name)
+    return (*cfg.fields, *cfg.coordinates)
 
 
 def build_parser(cfg: ParserConfig) -> Parser:

@@ -112,7 +112,8 @@ def test_a_minimal_config_gets_production_defaults() -> None:
                 '{ name = "p", address = 0 }',
                 '{ name = "p", address = 0 }, { name = "p", address = 1 }',
             ),
-            "devices[0]: point name 'p' is used twice (points[0] and points[1])",
+            "devices[0].points[1].name: point name 'p' is used twice "
+            "(devices[0].points[0].name and devices[0].points[1].name)",
         ),
         (MINIMAL + MINIMAL[MINIMAL.index("[[devices]]") :], "device name 'pump' is used twice"),
         (
