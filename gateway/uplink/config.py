@@ -23,6 +23,18 @@ class TlsConfig(StrictModel):
         return self
 
 
+# The defaults below keep a promise: data flows again within 10 s of the link or the
+# broker returning, whatever the length of the outage (measured: bench/recovery_bench.py,
+# docs/performance.md). The worst case after the way back opens is the longer of one
+# connect attempt (`connect_timeout`, an attempt begun just before) and one back-off
+# delay (`reconnect_max`, a hard cap), plus a round trip; and a connection that died
+# without a reset is given up `publish_timeout` after its last PUBACK.
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_RECONNECT_MAX = 5.0
+DEFAULT_PUBLISH_TIMEOUT = 5.0
+DEFAULT_KEEPALIVE = 10.0
+
+
 class MqttConfig(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
@@ -35,14 +47,31 @@ class MqttConfig(StrictModel):
     username: str | None = None
     password: str | None = None
     tls: TlsConfig | None = None
-    keepalive: Annotated[Duration, Field(ge=1.0)] = 30.0
+    keepalive: Annotated[Duration, Field(ge=1.0, le=65535.0)] = Field(
+        DEFAULT_KEEPALIVE,
+        description="MQTT keepalive: an idle link is checked this often; the broker "
+        "publishes the last will after 1.5x this of silence",
+    )
     topic_prefix: str = Field("city", pattern=r"^[^#+]+$")
     max_inflight: int = Field(20, ge=1, le=1000, description="QoS 1 publishes awaiting PUBACK")
-    publish_timeout: Annotated[Duration, Field(ge=1.0)] = Field(
-        30.0, description="an unacknowledged publish older than this drops the connection"
+    publish_timeout: Annotated[Duration, Field(ge=1.0, le=3600.0)] = Field(
+        DEFAULT_PUBLISH_TIMEOUT,
+        description="publishes in flight and no PUBACK for this long: the link is dead; "
+        "reconnect and send again",
     )
-    reconnect_min: Duration = 0.5
-    reconnect_max: Duration = 60.0
+    connect_timeout: Annotated[Duration, Field(ge=0.5, le=300.0)] = Field(
+        DEFAULT_CONNECT_TIMEOUT,
+        description="one connect attempt (TCP, then the broker's CONNACK) gives up after "
+        "this; a TLS handshake may add as much again",
+    )
+    reconnect_min: Annotated[Duration, Field(le=3600.0)] = Field(
+        0.5, description="first reconnect delay; doubles on each failure up to reconnect_max"
+    )
+    reconnect_max: Annotated[Duration, Field(le=3600.0)] = Field(
+        DEFAULT_RECONNECT_MAX,
+        description="hard cap of the reconnect delay (jitter only shortens it); delays "
+        "count from the start of the failed attempt",
+    )
     health_interval: Annotated[Duration, Field(ge=1.0)] = 30.0
 
     @model_validator(mode="after")

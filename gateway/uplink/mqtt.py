@@ -2,10 +2,26 @@
 
 The uplink never holds data of its own: it reads batches from the durable buffer
 in seq order, publishes up to `max_inflight` at once, and acks each batch to the
-buffer only when the broker's PUBACK arrived. When the connection drops, every
-unacknowledged batch is still in the buffer and is sent again, oldest first,
+buffer only when the broker's PUBACK said it stored it. When the connection drops,
+every unacknowledged batch is still in the buffer and is sent again, oldest first,
 after a reconnect with jittered exponential back-off. So delivery is
 at-least-once; the centre drops duplicates by (gateway_id, boot_id, seq).
+
+What the broker can say, and what the uplink does about it (docs/topics.md):
+
+- A PUBACK with a reason code >= 0x80 (MQTT 5; an ACL denial is 0x87) means the
+  broker did not store the message. The batch stays on disk; its lane sends nothing
+  newer, lets what is in flight settle, and offers the refused batch again after a
+  pause that grows from `DENIED_RETRY` (each lane stays in order; what was in flight
+  may be sent again). Health says `denied`, with the topic, the reason and a count.
+- A DISCONNECT "Session taken over" (0x8E), or a broker that closes our connection
+  without a word several times in a row just after accepting it, means another
+  client uses our client id: the uplink says so and reconnects only every minute
+  or more (`TAKEOVER_BACKOFF`), so two gateways do not knock each other off every
+  few seconds.
+- Anything else (a refused CONNECT, bad credentials, a disconnect with any reason, a
+  malformed packet, a silent link) is logged once as a sentence, and the uplink
+  reconnects within `reconnect_max`: nothing the broker does ends it.
 
 A retained status topic carries a birth message on connect and the MQTT last
 will ("offline") when the gateway disappears without saying goodbye.
@@ -17,16 +33,20 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
+import random
+import socket
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from buffer import Entry
-from drivers.base import backoff_delay
 from gateway.store import Store
 from gateway.uplink.config import MqttConfig
 from gateway.uplink.topics import Topics
@@ -38,6 +58,23 @@ ALARM_WINDOW = 5  # alarm publishes in flight at once, on top of the data window
 HISTORY_WINDOW = 8  # backlog publishes in flight at once (measured: bench/drain_bench.py)
 HISTORY_PAUSE = 0.002  # seconds the backlog yields between chunks of 2 x its window
 STOP_DRAIN_SECONDS = 5.0  # on stop, how long to keep publishing what is on disk
+GOODBYE_TIMEOUT = 2.0  # on stop, how long the 'offline' status may wait for its PUBACK
+DISCONNECT_WAIT = 2.0  # on stop, how long a clean DISCONNECT may take
+STABLE_SESSION = 10.0  # a session up this long (seconds) resets the reconnect back-off
+# A lane whose publish was refused offers it again after 1-2 s, then 2-4 s, ... up to
+# 30-60 s: an operator who fixes an ACL sees data within a minute, and a denied
+# gateway costs the link one batch a minute.
+DENIED_RETRY = (2.0, 60.0)
+# After another client took our session: 30-60 s, then 60-120 s, ... up to 2.5-5 min.
+TAKEOVER_BACKOFF = (60.0, 300.0)
+TAKEOVER_QUIET = 600.0  # a session that lasts this long (seconds) ends a takeover episode
+# A broker that closes our connection without a word, sooner than SUSPECT_SESSION
+# seconds after accepting it, SUSPECT_DROPS times in a row (accepting every reconnect
+# at once), is handing our session to another client: mosquitto 2.0 and every MQTT
+# 3.1.1 broker do that without sending "Session taken over".
+SUSPECT_SESSION = 15.0
+SUSPECT_DROPS = 3
+SESSION_TAKEN_OVER = 0x8E
 
 
 class _Stopping(Exception):
@@ -48,39 +85,391 @@ class _LinkDead(Exception):
     """Publishes are in flight but no PUBACK came for `publish_timeout`: a silent link."""
 
 
+def capped_backoff(failures: int, base: float, cap: float) -> float:
+    """Exponential back-off with a hard cap: base * 2^(failures-1), at most `cap`, then
+    shortened by up to half at random so that gateways that lost the broker together
+    do not return together. The jitter only shortens: `cap` is never exceeded."""
+    exponent = min(max(0, failures - 1), 30)  # days of failures must not overflow
+    return min(cap, base * 2.0**exponent) * random.uniform(0.5, 1.0)
+
+
+# --- what the broker said, in words --------------------------------------------------
+
+
+def reason_text(code: ReasonCode | int | None) -> str:
+    """'Not authorized (reason code 0x87)': the name the MQTT 5 standard gives, and the number."""
+    if code is None:
+        return "no reason given"
+    if isinstance(code, ReasonCode):
+        try:
+            name = code.getName()
+        except (KeyError, ValueError):
+            name = "an unknown reason"
+        return f"{name} (reason code 0x{code.value:02X})"
+    return f"reason code {code}"
+
+
+_CONNACK_HINTS = {
+    0x84: ': the broker does not speak MQTT 5; set [mqtt] protocol = "3.1.1"',
+    0x85: ": the broker does not accept our client id; check [mqtt] client_id",
+    0x86: ": check [mqtt] username and password",
+    0x87: ": check [mqtt] username and password, and that the broker lets this user connect",
+    0x8A: ": the broker has banned this client",
+    0x9C: ": the broker asks us to use another server; point [mqtt] host at it",
+    0x9D: ": the broker has moved; point [mqtt] host at its new address",
+}
+
+_DISCONNECT_HINTS = {
+    0x87: ": this user may not do what we did (check the broker's ACL)",
+    0x8B: ": the broker is shutting down",
+    0x89: ": the broker is overloaded",
+    0x93: ": we had more publishes in flight than the broker allows (lower [mqtt] max_inflight)",
+    0x95: ": a batch was larger than the broker accepts (lower [batch] max_readings)",
+    0x97: ": we exceeded a quota the broker enforces",
+    0x98: ": an administrator disconnected us",
+    0x9C: ": the broker asks us to use another server; point [mqtt] host at it",
+    0x9D: ": the broker has moved; point [mqtt] host at its new address",
+    0xA0: ": the broker limits how long a connection may last",
+}
+
+
+def describe_connect_failure(
+    err: BaseException, cause: BaseException | None, where: str, timeout: float
+) -> tuple[str, int | None]:
+    """Why a connect attempt failed, as a sentence, and the CONNACK reason code if any."""
+    rc = getattr(err, "rc", None)
+    if isinstance(err, aiomqtt.MqttCodeError) and isinstance(rc, ReasonCode):
+        # A CONNACK that refused us.
+        return f"the broker refused the connection: {reason_text(rc)}" + _CONNACK_HINTS.get(
+            rc.value, ""
+        ), rc.value
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return (
+            "TLS: the broker's certificate was not accepted (certificate verify failed: "
+            f"{cause.verify_message}); check [mqtt.tls] ca_file and the broker's name",
+            None,
+        )
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS handshake with {where} failed ({cause.reason or cause})", None
+    if isinstance(cause, ConnectionRefusedError):
+        return f"nothing accepts connections at {where} (connection refused)", None
+    if isinstance(cause, TimeoutError):
+        return f"{where} did not answer within {timeout:g}s (TCP connect timed out)", None
+    if isinstance(cause, socket.gaierror):
+        return f"cannot resolve the broker's host name ({cause.strerror})", None
+    if isinstance(cause, OSError):
+        return f"cannot connect to {where} ({cause.strerror or cause})", None
+    if str(err) == "Operation timed out":
+        return f"the broker did not answer our CONNECT within {timeout:g}s", None
+    return f"cannot connect to {where} ({err})", None
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a connection ended, as paho reported it."""
+
+    from_broker: bool  # a DISCONNECT packet from the broker, not a socket event
+    code: ReasonCode
+    text: str | None  # the broker's ReasonString, if it sent one (MQTT 5)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnd:
+    """Why a session (or a connect attempt) ended. `kind` drives the back-off:
+    connect, stopped, takeover, disconnected, closed, keepalive, protocol, link_dead,
+    internal."""
+
+    kind: str
+    reason: str  # a sentence for the log and health's last_error
+    code: int | None = None
+
+
+def describe_ending(ending: Ending, *, keepalive: float, refused: bool) -> SessionEnd:
+    """A connection that ended while up: what the broker (or the socket) said, in words."""
+    code = ending.code.value
+    said = f" ('{ending.text}')" if ending.text else ""
+    if ending.from_broker:
+        if code == SESSION_TAKEN_OVER:
+            return SessionEnd("takeover", f"the broker said {reason_text(ending.code)}{said}", code)
+        hint = _DISCONNECT_HINTS.get(code, "")
+        return SessionEnd(
+            "disconnected",
+            f"the broker disconnected us: {reason_text(ending.code)}{said}{hint}",
+            code,
+        )
+    if code == 0x8D:  # paho: no PINGRESP or any other byte within the keepalive
+        return SessionEnd(
+            "keepalive", f"the broker did not answer within the keepalive ({keepalive:g}s)", None
+        )
+    if code == 0x82:  # paho: a packet it could not decode, or one out of place
+        return SessionEnd(
+            "protocol", "the broker sent a packet we could not read (malformed or out of place)"
+        )
+    if refused:
+        return SessionEnd(
+            "closed", "the broker closed the connection right after refusing a publish"
+        )
+    return SessionEnd("closed", "the broker or the network closed the connection without a word")
+
+
+# --- the client: aiomqtt plus what it does not expose --------------------------------
+
+
+class _QuietFilter(logging.Filter):
+    """paho and aiomqtt log every failed attempt (some at ERROR); the uplink says what
+    happened in sentences itself. Their lines are kept for debug logging only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return log.isEnabledFor(logging.DEBUG)
+
+
+_client_log = logging.getLogger("gateway.uplink.client")
+_client_log.addFilter(_QuietFilter())
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, plus what the uplink needs and aiomqtt 2.x does not expose: the
+    PUBACK reason code of each publish, why the connection ended, a connect attempt
+    bounded as a whole, the broker's Receive Maximum honoured, and a socket that is
+    closed, never left behind, however the session ended.
+
+    It overrides aiomqtt's private callbacks (`_on_connect`, `_on_publish`,
+    `_on_disconnect`) and `_client_connect`, and calls paho's `_sock_close`: acceptable
+    because aiomqtt is pinned < 3 (pyproject.toml), and tests/integration/test_broker_*.py
+    exercise each against a real broker.
+    """
+
+    def __init__(self, *args: Any, connect_timeout: float, inflight: int, **kwargs: Any) -> None:
+        super().__init__(*args, logger=_client_log, **kwargs)
+        self.connect_timeout = connect_timeout
+        self._inflight_wanted = inflight
+        self._client.max_inflight_messages_set(inflight)
+        self._client.connect_timeout = connect_timeout  # TCP connect, and TLS handshake
+        self._acks: dict[int, asyncio.Future[ReasonCode]] = {}
+        self.connect_error: BaseException | None = None  # what paho's connect raised
+        self.ending: Ending | None = None
+
+    # Connecting and closing.
+
+    def _client_connect(self) -> None:
+        # Runs on an executor thread. The CONNACK wait (aiomqtt's `timeout`) gets what
+        # the TCP connect left of the attempt's budget.
+        started = time.monotonic()
+        try:
+            super()._client_connect()
+        except Exception as err:
+            self.connect_error = err
+            raise
+        self.timeout = max(0.5, self.connect_timeout - (time.monotonic() - started))
+
+    async def connect(self) -> None:
+        try:
+            await self.__aenter__()
+        except BaseException:
+            self._drop_socket()
+            raise
+        self.timeout = DISCONNECT_WAIT
+
+    async def close(self, *, graceful: bool) -> None:
+        """graceful: a DISCONNECT first (the broker then discards our last will). Otherwise
+        only the socket closes, so that the broker publishes the will if we stay away."""
+        if graceful:
+            with contextlib.suppress(Exception):
+                await self.__aexit__(None, None, None)
+        self._drop_socket()
+        for future in (self._connected, self._disconnected):
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: asyncio must not complain about it later
+
+    def _drop_socket(self) -> None:
+        # paho's socket, its reader and aiomqtt's misc task go away together; a socket left
+        # open could complete a CONNECT later and fight our next session for the client id.
+        self._client._sock_close()
+
+    # Publishing with the reason code.
+
+    async def publish_acked(
+        self, topic: str, payload: bytes | str, *, retain: bool = False
+    ) -> ReasonCode:
+        """Publish at QoS 1; return the PUBACK's reason code (MQTT 3.1.1: always Success).
+        No timeout of its own: the uplink's watchdog judges the link."""
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        # The PUBACK is read by a callback of this event loop, so it cannot have arrived
+        # between paho's publish() above and this line.
+        future: asyncio.Future[ReasonCode] = self._loop.create_future()
+        self._acks[info.mid] = future
+        try:
+            return await future
+        finally:
+            self._acks.pop(info.mid, None)
+
+    # paho's callbacks (aiomqtt registers these bound methods with paho).
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        receive_maximum = getattr(properties, "ReceiveMaximum", None)
+        if isinstance(receive_maximum, int) and receive_maximum > 0:
+            # paho does not honour the broker's Receive Maximum (a broker that gets more
+            # unacknowledged publishes than it allows disconnects us: 0x93), and its public
+            # setter refuses a connected client; nothing has been published yet here.
+            self._client._max_inflight_messages = min(self._inflight_wanted, receive_maximum)
+        super()._on_connect(client, userdata, flags, reason_code, properties)
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        future = self._acks.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(reason_code)
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        if self.ending is None:
+            text = getattr(properties, "ReasonString", None)
+            self.ending = Ending(flags.is_disconnect_packet_from_server, reason_code, text)
+        for future in self._acks.values():
+            if not future.done():
+                future.set_exception(aiomqtt.MqttError("the connection ended"))
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
+
+
+# --- lanes and refusals ------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Denial:
+    """A topic the broker refuses to store publishes on (MQTT 5 PUBACK reason >= 0x80)."""
+
+    topic: str
+    reason_code: int
+    reason: str
+    since: float  # unix time of the first refusal of this episode
+    refused: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "reason_code": self.reason_code,
+            "reason": self.reason,
+            "since": round(self.since, 3),
+            "refused": self.refused,
+        }
+
+
 class Lane:
     """One durable queue published to one topic, oldest first, with its own window.
 
     The data lane carries the backlog; the alarm lane is small and has its own
-    window, so an alarm never waits behind batches of data.
+    window, so an alarm never waits behind batches of data. A lane whose publish is
+    refused sends nothing newer: it rewinds to the refused entry and offers it again,
+    alone, after a pause; once the broker accepts it, the full window opens again.
     """
 
     def __init__(
-        self, name: str, store: Store, topic: str, window: int, *, history: bool = False
+        self,
+        name: str,
+        store: Store,
+        topic: str,
+        window: int,
+        *,
+        history: bool = False,
+        what: str = "batch",
     ) -> None:
         self.name = name
         self.store = store
         self.topic = topic
         self.window = window
         self.history = history  # carries only what was on disk when the session began
+        self.what = what  # what one entry is, for the log
         self.start = 0  # this session: publish entries with seq > start ...
         self.upper: int | None = None  # ... and <= upper (None: no end, follow new data)
         self.acked: list[int] = []
         self.inflight = 0
         self.idle = False  # everything on disk has been handed to the client
+        self.paused = False  # waiting to offer a refused entry again
+        self.limit = window  # publishes allowed in flight now (1 while probing a refusal)
+        self.rewind_to: int | None = None  # the oldest refused seq, not yet rewound to
+        self.refusals = 0  # refused probes in a row
+        self.retry_at = 0.0  # monotonic time before which a refused lane stays quiet
+        self.changed = asyncio.Event()  # a publish finished or was refused
+        self.wake = asyncio.Event()  # what the pump waits on when it has nothing to send
         self.published = 0
         self.published_bytes = 0
 
+    def begin_session(self, *, refused_before: bool) -> None:
+        self.inflight = 0
+        self.idle = False
+        self.paused = False
+        self.rewind_to = None
+        self.limit = 1 if refused_before else self.window
+        self.changed = asyncio.Event()
+        self.wake = asyncio.Event() if self.history else self.store.appended
+
     @property
     def busy(self) -> bool:
+        if self.inflight:
+            return True
+        if self.paused:  # nothing will move before the broker accepts again
+            return False
         if self.history:
-            return bool(self.inflight) or not self.idle
-        return bool(self.inflight) or not self.idle or self.store.appended.is_set()
+            return not self.idle
+        return not self.idle or self.store.appended.is_set()
+
+    async def wait_for_slot(self) -> None:
+        while self.inflight >= self.limit and self.rewind_to is None:
+            self.changed.clear()
+            await self.changed.wait()
+
+    async def wait_settled(self) -> None:
+        while self.inflight:
+            self.changed.clear()
+            await self.changed.wait()
+
+    def accepted(self, entry: Entry) -> None:
+        self.published += 1
+        self.published_bytes += len(entry.payload)
+        self.acked.append(entry.seq)
+        self.refusals = 0
+        self.limit = self.window
+
+    def refused(self, seq: int) -> None:
+        self.rewind_to = seq if self.rewind_to is None else min(self.rewind_to, seq)
+        self.wake.set()  # a pump waiting for new data must come back for this one
 
     async def flush_acks(self) -> None:
         if self.acked:
             acked, self.acked = self.acked, []
             await self.store.ack(acked)
+
+
+@dataclass(slots=True)
+class _Takeover:
+    since: float  # unix time
+    count: int = 0
+
+
+# --- the uplink ----------------------------------------------------------------------
 
 
 class MqttUplink:
@@ -104,122 +493,320 @@ class MqttUplink:
         self.history = Lane("history", store, topics.history, HISTORY_WINDOW, history=True)
         self.lanes = [self.data, self.history]
         if alarm_store is not None:  # first: its publishes go out before the data's
-            self.lanes.insert(0, Lane("alarm", alarm_store, topics.alarm, ALARM_WINDOW))
+            self.lanes.insert(
+                0, Lane("alarm", alarm_store, topics.alarm, ALARM_WINDOW, what="alarm event")
+            )
         self.identity = identity  # gateway_id, boot_id, version, config_hash
+        self.client_id = config.client_id or f"edge-gateway-{identity['gateway_id']}"
         self._health = health
         self._stop = asyncio.Event()
         self._tls = _tls_context(config)  # built once: a bad certificate path fails at start
         self._progress = asyncio.Event()  # a publish finished, or a pump ran dry
         self._ack_clock = time.monotonic()  # last PUBACK, or when the window became busy
-        self.state = "connecting"
+        self._side_inflight = 0  # status and health publishes awaiting PUBACK
+        self._link = "connecting"  # connecting (never connected yet), online, offline, stopped
+        self._down_announced = False  # a warning said we are down; say when we are back
+        self._short_drops = 0  # sessions in a row the broker closed early without a word
+        self._session_refused = False  # a publish was refused in the current session
+        self._takeover: _Takeover | None = None
+        self._health_failing = False
         self.connected_since: float | None = None
         self.connects = 0
         self.last_error: str | None = None
+        self.last_reason_code: int | None = None
+        self.denials: dict[str, Denial] = {}
+        self.refused_publishes = 0
+        self.session_takeovers = 0
+
+    @property
+    def state(self) -> str:
+        """connecting, online, denied (online, but the broker refuses some publishes),
+        offline, stopped."""
+        if self._link == "online" and self.denials:
+            return "denied"
+        return self._link
 
     @property
     def _inflight(self) -> int:
-        return sum(lane.inflight for lane in self.lanes)
+        return sum(lane.inflight for lane in self.lanes) + self._side_inflight
+
+    @property
+    def _where(self) -> str:
+        return f"{self.config.host}:{self.config.port}"
 
     # --- lifecycle ------------------------------------------------------------------
 
     async def run(self) -> None:
+        if self.config.protocol == "3.1.1":
+            log.info(
+                "speaking MQTT 3.1.1: a publish the broker refuses (an ACL denial) is "
+                'acknowledged all the same and deleted from disk; set [mqtt] protocol = "5" '
+                "if the broker supports it (docs/topics.md)"
+            )
         failures = 0
         while not self._stop.is_set():
-            session_started = time.monotonic()
-            try:
-                async with self._client() as client:
-                    await self._session(client)
-            except* _Stopping:
-                pass
-            except* (aiomqtt.MqttError, _LinkDead) as group:
-                self._went_offline(_first_leaf(group))
-            except* Exception as group:  # a bug or a disk error must not end the uplink
-                self._went_offline(f"internal error: {_first_leaf(group)}")
-                log.error("uplink session failed unexpectedly", exc_info=group.exceptions[0])
-            finally:
-                with contextlib.suppress(Exception):
-                    await self._flush_acks()
-            if self._stop.is_set():
+            attempt_started = time.monotonic()
+            end, up_for = await self._attempt()
+            if end.kind == "stopped" or self._stop.is_set():
                 break
-            # A session that stayed up a while resets the back-off; a broker that accepts
-            # and then drops us at once (a duplicate client id) keeps it growing.
-            if time.monotonic() - session_started > max(10.0, self.config.reconnect_max):
+            if up_for is not None and up_for >= STABLE_SESSION:
                 failures = 0
             failures += 1
-            delay = backoff_delay(failures, self.config.reconnect_min, self.config.reconnect_max)
-            try:
-                async with asyncio.timeout(delay):
+            delay = self._after(end, up_for, failures)
+            # A failed connect counts its delay from the start of the attempt: an attempt
+            # that hung for connect_timeout is not followed by a full delay on top.
+            start = attempt_started if up_for is None else time.monotonic()
+            wait = max(0.0, start + delay - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
                     await self._stop.wait()
-            except TimeoutError:
-                pass
-        self.state = "stopped"
+        self._link = "stopped"
+        self.connected_since = None
 
     def stop(self) -> None:
         """Say goodbye (retained 'offline' status), close the connection, end `run`."""
         self._stop.set()
 
+    async def _attempt(self) -> tuple[SessionEnd, float | None]:
+        """One connect attempt and, if it succeeds, one session. Never raises for anything
+        the broker or the network does; returns why it ended and how long it was up."""
+        client = self._new_client()
+        try:
+            await client.connect()
+        except Exception as err:
+            reason, code = describe_connect_failure(
+                err, client.connect_error, self._where, self.config.connect_timeout
+            )
+            end = SessionEnd("connect", reason, code)
+            self._connect_failed(end)
+            return end, None
+        connected_at = time.monotonic()
+        leaves: list[BaseException] = []
+        try:
+            await self._session(client)
+        except Exception as err:
+            leaves = _leaves(err)
+        finally:
+            stopping = any(isinstance(e, _Stopping) for e in leaves)
+            await client.close(graceful=stopping)
+            with contextlib.suppress(Exception):
+                await self._flush_acks()
+        up_for = time.monotonic() - connected_at
+        end = self._classify(client, leaves)
+        self._link = "offline"
+        self.connected_since = None
+        return end, up_for
+
+    def _classify(self, client: _Client, leaves: list[BaseException]) -> SessionEnd:
+        if any(isinstance(e, _Stopping) for e in leaves):
+            return SessionEnd("stopped", "stopped")
+        bugs = [e for e in leaves if not isinstance(e, aiomqtt.MqttError | _LinkDead)]
+        if bugs:  # a bug or a disk error: logged with its traceback, the uplink carries on
+            log.error("uplink session failed unexpectedly; reconnecting", exc_info=bugs[0])
+            return SessionEnd("internal", f"internal error: {_describe(bugs[0])}")
+        dead = [e for e in leaves if isinstance(e, _LinkDead)]
+        if dead:
+            return SessionEnd("link_dead", str(dead[0]))
+        if client.ending is not None:
+            return describe_ending(
+                client.ending, keepalive=self.config.keepalive, refused=self._session_refused
+            )
+        # paho raised inside aiomqtt's socket callbacks: a socket error, or a packet it
+        # could not make sense of.
+        cause = next((e.__cause__ for e in leaves if e.__cause__ is not None), None)
+        if isinstance(cause, OSError):
+            return SessionEnd("closed", f"the connection broke ({_describe(cause)})")
+        if cause is not None:
+            return SessionEnd(
+                "protocol", f"the broker sent something we could not read ({_describe(cause)})"
+            )
+        return SessionEnd("closed", _describe(leaves[0]) if leaves else "the session ended")
+
+    # --- after a session or a failed attempt ------------------------------------------
+
+    def _connect_failed(self, end: SessionEnd) -> None:
+        self.last_error, self.last_reason_code = end.reason, end.code
+        self._short_drops = 0
+        if self._down_announced or self._takeover is not None:
+            log.debug("connect attempt failed: %s", end.reason)
+            return
+        self._down_announced = True
+        log.warning(
+            "cannot reach the MQTT broker %s (%s); readings are kept on disk; retrying every "
+            "few seconds (at most %gs apart)",
+            self._where,
+            end.reason,
+            self.config.reconnect_max,
+        )
+
+    def _after(self, end: SessionEnd, up_for: float | None, failures: int) -> float:
+        """Log a session's end once, in words, and choose the delay before the next attempt."""
+        normal = capped_backoff(failures, self.config.reconnect_min, self.config.reconnect_max)
+        if up_for is None:  # a failed connect: logged already
+            return normal
+        self.last_error, self.last_reason_code = end.reason, end.code
+        if end.kind == "closed" and not self._session_refused and up_for < SUSPECT_SESSION:
+            self._short_drops += 1
+        elif end.kind != "closed":
+            self._short_drops = 0
+        takeover = end.kind == "takeover" or (
+            end.kind == "closed"
+            and not self._session_refused
+            and (self._takeover is not None or self._short_drops >= SUSPECT_DROPS)
+        )
+        if takeover:
+            return self._taken_over(end)
+        if end.kind == "closed" and self._session_refused and self.denials:
+            # Some brokers (mosquitto 2.0 with max_queued_messages 0) hang up after a
+            # refusal; the denial has been logged and explains it.
+            log.debug("the broker closed the connection after refusing a publish; reconnecting")
+            return normal
+        self._down_announced = True
+        log.warning(
+            "lost the MQTT broker %s (%s); batches stay on disk (%d waiting); reconnecting "
+            "within %gs",
+            self._where,
+            end.reason,
+            self.store.stats.batches,
+            self.config.reconnect_max,
+        )
+        return normal
+
+    def _taken_over(self, end: SessionEnd) -> float:
+        self.session_takeovers += 1
+        episode = self._takeover
+        first = episode is None
+        if episode is None:
+            episode = self._takeover = _Takeover(since=time.time())
+        episode.count += 1
+        delay = capped_backoff(episode.count, *TAKEOVER_BACKOFF)
+        gateway_id = self.identity["gateway_id"]
+        who = (
+            f"is a second gateway configured with id '{gateway_id}'?"
+            if self.config.client_id is None
+            else f"is another gateway or program configured with client_id '{self.client_id}'?"
+        )
+        if end.kind == "takeover":
+            what = (
+                "the broker handed our session to another client with the same client id "
+                f"'{self.client_id}': {who}"
+            )
+        else:
+            what = (
+                f"the broker closed our connection {self._short_drops} times in a row just after "
+                "accepting it, without saying why: that is how it hands our session to another "
+                f"client with the same client id '{self.client_id}': {who}"
+            )
+        self.last_error = what
+        if not first:
+            log.debug(
+                "session taken over again (%d this episode); reconnecting in %.0fs",
+                episode.count,
+                delay,
+            )
+            return delay
+        self._down_announced = True
+        log.warning(
+            "%s Reconnecting in %.0fs, then less often (up to every %.0f min) so that the two "
+            "do not knock each other off every few seconds; batches stay on disk (%d waiting)",
+            what,
+            delay,
+            TAKEOVER_BACKOFF[1] / 60,
+            self.store.stats.batches,
+        )
+        return delay
+
+    async def _end_takeover_when_quiet(self) -> None:
+        await asyncio.sleep(TAKEOVER_QUIET)
+        if self._takeover is not None:
+            log.info(
+                "no other client has taken our session for %.0f min: the duplicate client id "
+                "'%s' seems resolved; reconnecting normally again",
+                TAKEOVER_QUIET / 60,
+                self.client_id,
+            )
+            self._takeover = None
+            self._short_drops = 0
+
     # --- one connection ---------------------------------------------------------------
 
-    def _client(self) -> aiomqtt.Client:
+    def _new_client(self) -> _Client:
         cfg = self.config
+        v5 = cfg.protocol == "5"
         will = aiomqtt.Will(
             self.topics.status,
             self._status("offline", reason="connection lost"),
             qos=1,
             retain=True,
         )
-        client = aiomqtt.Client(
+        # MQTT 5: clean start and no session expiry (a new session every connect, as
+        # clean_session does under 3.1.1): what is not acknowledged is still on disk.
+        session: dict[str, Any] = {"clean_start": True} if v5 else {"clean_session": True}
+        return _Client(
             cfg.host,
             cfg.port,
-            identifier=cfg.client_id or f"edge-gateway-{self.identity['gateway_id']}",
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             username=cfg.username,
             password=cfg.password,
             tls_context=self._tls,
             keepalive=max(1, round(cfg.keepalive)),
             will=will,
-            clean_session=True,
-            timeout=cfg.publish_timeout,
+            timeout=cfg.connect_timeout,
+            connect_timeout=cfg.connect_timeout,
             # Room for every window, so paho never queues an alarm behind data.
-            max_inflight_messages=cfg.max_inflight + HISTORY_WINDOW + ALARM_WINDOW,
+            inflight=cfg.max_inflight + HISTORY_WINDOW + ALARM_WINDOW + 2,
+            **session,
         )
-        # aiomqtt warns when more than 10 calls are pending; our window is deliberate.
-        client.pending_calls_threshold = cfg.max_inflight + HISTORY_WINDOW + ALARM_WINDOW + 10
-        return client
 
-    async def _session(self, client: aiomqtt.Client) -> None:
+    async def _session(self, client: _Client) -> None:
         self.connects += 1
+        self._session_refused = False
+        self._side_inflight = 0
         backlog_end = self.store.stats.last_seq  # on disk now: history; newer: live
         self.history.start, self.history.upper = 0, backlog_end
         self.data.start, self.data.upper = backlog_end, None
         for lane in self.lanes:
             if lane.store is not self.store:  # the alarm lane: all of it, in order
                 lane.start, lane.upper = 0, None
-        await client.publish(self.topics.status, self._status("online"), qos=1, retain=True)
-        self.state = "online"
+            lane.begin_session(refused_before=lane.topic in self.denials)
+        self._link = "online"
         self.connected_since = time.time()
-        stats = self.store.stats
-        log.info(
-            "connected to MQTT broker %s:%d; %d batch(es) waiting on disk",
-            self.config.host,
-            self.config.port,
-            stats.batches,
+        level = logging.INFO if self._down_announced or self.connects == 1 else logging.DEBUG
+        self._down_announced = False
+        log.log(
+            level,
+            "connected to MQTT broker %s (MQTT %s); %d batch(es) waiting on disk",
+            self._where,
+            self.config.protocol,
+            self.store.stats.batches,
         )
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch_connection(client), name="uplink-watch")
+            tg.create_task(self._ack_watchdog(), name="uplink-watchdog")
+            if self._takeover is not None:
+                tg.create_task(self._end_takeover_when_quiet(), name="uplink-takeover")
+            # The birth message goes first; a refusal of it is reported, not fatal.
+            await self._publish_side(
+                client,
+                self.topics.status,
+                self._status("online"),
+                "the online status (the retained status may be stale)",
+                retain=True,
+            )
             for lane in self.lanes:
                 tg.create_task(self._pump(client, lane), name=f"uplink-{lane.name}")
             tg.create_task(self._ack_flusher(), name="uplink-acks")
             tg.create_task(self._health_loop(client), name="uplink-health")
-            tg.create_task(self._ack_watchdog(), name="uplink-watchdog")
             tg.create_task(self._goodbye_on_stop(client), name="uplink-goodbye")
 
-    async def _watch_connection(self, client: aiomqtt.Client) -> None:
+    async def _watch_connection(self, client: _Client) -> None:
         # The message iterator raises MqttError when the connection is lost; that
         # tears the session down, cancelling publishes still waiting for PUBACK.
         async for _message in client.messages:
             pass
 
-    async def _goodbye_on_stop(self, client: aiomqtt.Client) -> None:
+    async def _goodbye_on_stop(self, client: _Client) -> None:
         await self._stop.wait()
         # Publish what is on disk (the batch flushed at stop, a short backlog) before
         # saying goodbye, for a bounded time; the rest waits on disk for the next start.
@@ -229,33 +816,60 @@ class MqttUplink:
                     self._progress.clear()
                     await self._progress.wait()
         try:
-            await client.publish(
-                self.topics.status,
-                self._status("offline", reason="stopped"),
-                qos=1,
-                retain=True,
-                timeout=2.0,
+            async with asyncio.timeout(GOODBYE_TIMEOUT):
+                code = await client.publish_acked(
+                    self.topics.status, self._status("offline", reason="stopped"), retain=True
+                )
+            if code.is_failure and self.topics.status not in self.denials:
+                log.warning(
+                    "the broker refused the offline status (%s); the retained status may be stale",
+                    reason_text(code),
+                )
+        except (aiomqtt.MqttError, TimeoutError) as err:
+            log.warning(
+                "could not publish the offline status before stopping (%s)",
+                _describe(err) if str(err) else "no PUBACK in time",
             )
-        except aiomqtt.MqttError as err:
-            log.warning("could not publish the offline status before stopping: %s", err)
         raise _Stopping
 
-    async def _pump(self, client: aiomqtt.Client, lane: Lane) -> None:
-        window = asyncio.Semaphore(lane.window)
+    async def _publish_side(
+        self, client: _Client, topic: str, payload: str, what: str, *, retain: bool = False
+    ) -> None:
+        """A status or health publish: awaited without a timeout of its own, but counted in
+        flight, so that the watchdog gives the link up if its PUBACK never comes."""
+        if not self._inflight:
+            self._ack_clock = time.monotonic()
+        self._side_inflight += 1
+        try:
+            code = await client.publish_acked(topic, payload, retain=retain)
+        finally:
+            self._side_inflight -= 1
+        self._ack_clock = time.monotonic()
+        if code.is_failure:
+            self._refused(topic, code, f"the broker did not store {what}")
+        else:
+            self._accepted(topic)
+
+    async def _pump(self, client: _Client, lane: Lane) -> None:
         cursor = lane.start  # highest seq handed to the client in this session
-        lane.inflight = 0
-        lane.idle = False
-        appended = asyncio.Event() if lane.history else lane.store.appended
         async with asyncio.TaskGroup() as tg:
             while True:
-                appended.clear()
+                if lane.rewind_to is not None:
+                    cursor = await self._rewind(lane)
+                wait = lane.retry_at - time.monotonic()
+                if wait > 0:  # a refused lane waits before offering its oldest entry again
+                    lane.paused = True
+                    self._progress.set()
+                    await asyncio.sleep(wait)
+                    lane.paused = False
+                lane.wake.clear()
                 entries = await lane.store.read(cursor, lane.window * 2)
                 if lane.upper is not None:
                     entries = [e for e in entries if e.seq <= lane.upper]
                 if not entries:
                     lane.idle = True
                     self._progress.set()
-                    await appended.wait()  # the history lane never wakes: its work is done
+                    await lane.wake.wait()  # the history lane wakes only for a refusal
                     lane.idle = False
                     continue
                 if lane.history:
@@ -263,28 +877,73 @@ class MqttUplink:
                     # batching and live publishes keep their latency during a drain.
                     await asyncio.sleep(HISTORY_PAUSE)
                 for entry in entries:
-                    await window.acquire()
+                    await lane.wait_for_slot()
+                    if lane.rewind_to is not None:
+                        break  # nothing newer goes out before the refused entry
                     cursor = entry.seq
                     if not self._inflight:
                         self._ack_clock = time.monotonic()
                     lane.inflight += 1
-                    tg.create_task(self._publish(client, lane, entry, window))
+                    tg.create_task(self._publish(client, lane, entry))
 
-    async def _publish(
-        self, client: aiomqtt.Client, lane: Lane, entry: Entry, window: asyncio.Semaphore
-    ) -> None:
+    async def _rewind(self, lane: Lane) -> int:
+        """After a refusal: let what is in flight get its answers, then go back to the
+        oldest refused entry and offer it, alone, after a growing pause."""
+        lane.paused = True
+        self._progress.set()
+        await lane.wait_settled()
+        assert lane.rewind_to is not None
+        seq, lane.rewind_to = lane.rewind_to, None
+        lane.refusals += 1
+        lane.retry_at = time.monotonic() + capped_backoff(lane.refusals, *DENIED_RETRY)
+        lane.limit = 1
+        lane.paused = False
+        return seq - 1  # read() returns entries after this seq
+
+    async def _publish(self, client: _Client, lane: Lane, entry: Entry) -> None:
         try:
-            # No per-publish timeout: waiting behind a full window on a slow link is
-            # normal; the watchdog judges the link by PUBACKs arriving at all.
-            await client.publish(lane.topic, entry.payload, qos=1, timeout=math.inf)
+            code = await client.publish_acked(lane.topic, entry.payload)
         finally:
-            window.release()
             lane.inflight -= 1
+            lane.changed.set()
             self._progress.set()
         self._ack_clock = time.monotonic()
-        lane.published += 1
-        lane.published_bytes += len(entry.payload)
-        lane.acked.append(entry.seq)
+        if code.is_failure:
+            low, high = DENIED_RETRY
+            self._refused(
+                lane.topic,
+                code,
+                f"the broker did not store the {lane.what}; it stays on disk, nothing newer "
+                f"goes out on this topic before it, and it is offered again after "
+                f"{low / 2:g}-{low:g}s, then less often (up to every {high:g}s)",
+            )
+            lane.refused(entry.seq)
+            return
+        self._accepted(lane.topic)
+        lane.accepted(entry)
+
+    def _refused(self, topic: str, code: ReasonCode, consequence: str) -> None:
+        self.refused_publishes += 1
+        self._session_refused = True
+        denial = self.denials.get(topic)
+        name = reason_text(code)
+        if denial is None:
+            denial = Denial(topic, code.value, name, since=time.time())
+            self.denials[topic] = denial
+            log.warning("denied: %s, %s: %s", topic, name, consequence)
+        denial.reason_code, denial.reason = code.value, name
+        denial.refused += 1
+
+    def _accepted(self, topic: str) -> None:
+        denial = self.denials.pop(topic, None)
+        if denial is not None:
+            log.info(
+                "accepted again: %s: the broker stores publishes on it again, after %d "
+                "refused over %.0fs",
+                topic,
+                denial.refused,
+                time.time() - denial.since,
+            )
 
     async def _ack_watchdog(self) -> None:
         """Tear the session down when publishes wait and no PUBACK arrives for a while.
@@ -295,11 +954,12 @@ class MqttUplink:
         """
         limit = self.config.publish_timeout
         while True:
-            await asyncio.sleep(min(1.0, limit / 4))
+            await asyncio.sleep(min(0.25, limit / 4))
             silent = time.monotonic() - self._ack_clock
             if self._inflight and silent > limit:
                 raise _LinkDead(
-                    f"no PUBACK for {silent:.0f}s with {self._inflight} publish(es) in flight"
+                    f"no PUBACK for {silent:.0f}s with {self._inflight} publish(es) in flight: "
+                    "the link carries nothing back"
                 )
 
     async def _ack_flusher(self) -> None:
@@ -311,37 +971,26 @@ class MqttUplink:
         for lane in self.lanes:
             await lane.flush_acks()
 
-    async def _health_loop(self, client: aiomqtt.Client) -> None:
+    async def _health_loop(self, client: _Client) -> None:
+        interval = self.config.health_interval
         while True:
-            payload = json.dumps(self._health(), separators=(",", ":"))
-            await client.publish(self.topics.health, payload, qos=1)
-            await asyncio.sleep(self.config.health_interval)
+            try:
+                payload = json.dumps(self._health(), separators=(",", ":"))
+            except Exception:  # a bug in a health source must not cost the data path
+                if not self._health_failing:
+                    log.exception("cannot build the health report; will try again")
+                self._health_failing = True
+            else:
+                self._health_failing = False
+                await self._publish_side(
+                    client,
+                    self.topics.health,
+                    payload,
+                    f"the health report; the next one goes out in {interval:g}s",
+                )
+            await asyncio.sleep(interval)
 
     # --- helpers ----------------------------------------------------------------------
-
-    def _went_offline(self, reason: str) -> None:
-        self.last_error = reason
-        if self.state == "connecting":
-            log.warning(
-                "cannot reach the MQTT broker %s:%d (%s); readings are kept on disk; "
-                "retrying with back-off up to %gs",
-                self.config.host,
-                self.config.port,
-                reason,
-                self.config.reconnect_max,
-            )
-        elif self.state != "offline":
-            log.warning(
-                "lost the MQTT broker %s:%d (%s); batches stay on disk (%d waiting); "
-                "reconnecting with back-off up to %gs",
-                self.config.host,
-                self.config.port,
-                reason,
-                self.store.stats.batches,
-                self.config.reconnect_max,
-            )
-        self.state = "offline"
-        self.connected_since = None
 
     def _status(self, state: str, **extra: Any) -> str:
         return json.dumps({"state": state, **self.identity, "ts": round(time.time(), 3), **extra})
@@ -349,6 +998,7 @@ class MqttUplink:
     def health(self) -> dict[str, Any]:
         return {
             "state": self.state,
+            "protocol": self.config.protocol,
             "connected_since": self.connected_since,
             "connects": self.connects,
             "published_batches": self.data.published + self.history.published,
@@ -358,15 +1008,25 @@ class MqttUplink:
                 lane.published for lane in self.lanes if lane.store is not self.store
             ),
             "last_error": self.last_error,
+            "last_reason_code": self.last_reason_code,
+            "denied": [denial.as_dict() for denial in self.denials.values()],
+            "refused_publishes": self.refused_publishes,
+            "session_takeovers": self.session_takeovers,
+            "takeover_since": self._takeover.since if self._takeover is not None else None,
         }
 
 
-def _first_leaf(group: BaseExceptionGroup[Any]) -> str:
-    first: BaseException = group
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    reason = str(first) or type(first).__name__
-    cause = first.__cause__
+def _leaves(err: BaseException) -> list[BaseException]:
+    if isinstance(err, BaseExceptionGroup):
+        return [leaf for inner in err.exceptions for leaf in _leaves(inner)]
+    return [err]
+
+
+def _describe(err: BaseException | None) -> str:
+    if err is None:
+        return "unknown"
+    reason = str(err) or type(err).__name__
+    cause = err.__cause__
     if cause is not None and str(cause) and str(cause) not in reason:
         reason = f"{reason}: {cause}"
     return reason
