@@ -54,8 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edge-gateway {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("validate", help="check a config file and summarise its read plan")
+    p = sub.add_parser(
+        "validate",
+        help="check a config file: every problem (exit 2), or a summary of its read plan "
+        "and warnings (exit 0)",
+    )
     p.add_argument("file", type=Path, help="the TOML config file to check")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object: {"ok", "config_hash", "problems", "warnings", "summary"}',
+    )
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("run", help="run the gateway until SIGTERM or SIGINT")
@@ -115,18 +124,36 @@ def _closed_pipe() -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from gateway.build import summarize
+    from gateway.build import PlanSummary, summarize
     from gateway.errors import ConfigError
-    from gateway.settings import load_config
+    from gateway.settings import LoadedConfig, load_config
 
+    loaded: LoadedConfig | None = None
+    summary: PlanSummary | None = None
+    problems: list[str] = []
     try:
         loaded = load_config(args.file)
         summary = summarize(loaded.config)
     except ConfigError as err:
-        print(err, file=sys.stderr)
-        return EXIT_CONFIG
+        problems = err.problems
     except ValueError as err:  # the planner refuses what the models let through
-        print(f"{args.file}: {err}", file=sys.stderr)
+        problems = [str(err)]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": not problems,
+                    "config_hash": loaded.config_hash if loaded is not None else None,
+                    "problems": problems,
+                    "warnings": list(loaded.warnings) if loaded is not None else [],
+                    "summary": summary.as_dict() if summary is not None else None,
+                },
+                indent=2,
+            )
+        )
+        return EXIT_CONFIG if problems else EXIT_OK
+    if problems or loaded is None or summary is None:
+        print(ConfigError(str(args.file), problems), file=sys.stderr)
         return EXIT_CONFIG
     print(
         f"{args.file}: OK (config {loaded.config_hash}) — {summary.devices} device(s), "
@@ -135,6 +162,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     )
     for line in summary.details:
         print(f"  {line}")
+    if loaded.warnings:
+        print(f"{len(loaded.warnings)} warning(s):")
+        for warning in loaded.warnings:
+            print(f"  {warning}")
     return EXIT_OK
 
 
