@@ -235,7 +235,8 @@ class _Client(aiomqtt.Client):
     closed, never left behind, however the session ended.
 
     It overrides aiomqtt's private callbacks (`_on_connect`, `_on_publish`,
-    `_on_disconnect`) and `_client_connect`, and calls paho's `_sock_close`: acceptable
+    `_on_disconnect`, the `_on_socket_*` registrations) and `_client_connect`, and calls
+    paho's `_sock_close` and sets its `_max_inflight_messages`: acceptable
     because aiomqtt is pinned < 3 (pyproject.toml), and tests/integration/test_broker_*.py
     exercise each against a real broker.
     """
@@ -307,6 +308,51 @@ class _Client(aiomqtt.Client):
             self._acks.pop(info.mid, None)
 
     # paho's callbacks (aiomqtt registers these bound methods with paho).
+
+    # aiomqtt registers the socket's reader and writer with call_soon_threadsafe; when the
+    # broker hangs up in between (mosquitto does, right after refusing a publish), the
+    # registration runs on a closed descriptor and asyncio prints a traceback. These two
+    # do what aiomqtt's do, only on the socket that is still paho's.
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        def read() -> None:
+            try:
+                while True:
+                    client.loop_read()
+                    # An SSL socket may hold decoded bytes that select() does not see.
+                    pending = getattr(client.socket(), "pending", None)
+                    if pending is None or pending() <= 0:
+                        break
+            except Exception as exc:
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        def register() -> None:
+            current = client.socket()
+            if current is not None and current is sock and current.fileno() >= 0:
+                self._loop.add_reader(current.fileno(), read)
+                self._misc_task = self._loop.create_task(self._misc_loop())
+
+        self._loop.call_soon_threadsafe(register)
+
+    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        def write() -> None:
+            try:
+                client.loop_write()
+            except Exception as exc:
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        def register() -> None:
+            current = client.socket()
+            if current is not None and current is sock and current.fileno() >= 0:
+                self._loop.add_writer(current.fileno(), write)
+
+        self._loop.call_soon_threadsafe(register)
+
+    def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if sock.fileno() >= 0:
+            self._loop.remove_writer(sock.fileno())
 
     def _on_connect(
         self,
@@ -510,6 +556,7 @@ class MqttUplink:
         self._session_refused = False  # a publish was refused in the current session
         self._takeover: _Takeover | None = None
         self._health_failing = False
+        self._side_retry: dict[str, tuple[int, float]] = {}  # topic: refusals, retry time
         self.connected_since: float | None = None
         self.connects = 0
         self.last_error: str | None = None
@@ -786,14 +833,16 @@ class MqttUplink:
             tg.create_task(self._ack_watchdog(), name="uplink-watchdog")
             if self._takeover is not None:
                 tg.create_task(self._end_takeover_when_quiet(), name="uplink-takeover")
-            # The birth message goes first; a refusal of it is reported, not fatal.
-            await self._publish_side(
-                client,
-                self.topics.status,
-                self._status("online"),
-                "the online status (the retained status may be stale)",
-                retain=True,
-            )
+            # The birth message goes first; a refusal of it is reported, not fatal (and
+            # while refused, it is offered again only on its own back-off schedule).
+            if self._side_due(self.topics.status) <= time.monotonic():
+                await self._publish_side(
+                    client,
+                    self.topics.status,
+                    self._status("online"),
+                    "the online status; the retained status may be stale",
+                    retain=True,
+                )
             for lane in self.lanes:
                 tg.create_task(self._pump(client, lane), name=f"uplink-{lane.name}")
             tg.create_task(self._ack_flusher(), name="uplink-acks")
@@ -836,7 +885,9 @@ class MqttUplink:
         self, client: _Client, topic: str, payload: str, what: str, *, retain: bool = False
     ) -> None:
         """A status or health publish: awaited without a timeout of its own, but counted in
-        flight, so that the watchdog gives the link up if its PUBACK never comes."""
+        flight, so that the watchdog gives the link up if its PUBACK never comes. A refused
+        one is next offered after a growing pause (`_side_due`): some brokers hang up on
+        every refusal, and a reconnect must not bring the refusal straight back."""
         if not self._inflight:
             self._ack_clock = time.monotonic()
         self._side_inflight += 1
@@ -846,9 +897,17 @@ class MqttUplink:
             self._side_inflight -= 1
         self._ack_clock = time.monotonic()
         if code.is_failure:
+            refusals = self._side_retry.get(topic, (0, 0.0))[0] + 1
+            due = time.monotonic() + capped_backoff(refusals, *DENIED_RETRY)
+            self._side_retry[topic] = (refusals, due)
             self._refused(topic, code, f"the broker did not store {what}")
         else:
+            self._side_retry.pop(topic, None)
             self._accepted(topic)
+
+    def _side_due(self, topic: str) -> float:
+        """Monotonic time from which a refused status or health topic may be tried again."""
+        return self._side_retry.get(topic, (0, 0.0))[1]
 
     async def _pump(self, client: _Client, lane: Lane) -> None:
         cursor = lane.start  # highest seq handed to the client in this session
@@ -974,6 +1033,9 @@ class MqttUplink:
     async def _health_loop(self, client: _Client) -> None:
         interval = self.config.health_interval
         while True:
+            wait = self._side_due(self.topics.health) - time.monotonic()
+            if wait > 0:  # refused before: not again until its pause is over
+                await asyncio.sleep(wait)
             try:
                 payload = json.dumps(self._health(), separators=(",", ":"))
             except Exception:  # a bug in a health source must not cost the data path
@@ -986,7 +1048,8 @@ class MqttUplink:
                     client,
                     self.topics.health,
                     payload,
-                    f"the health report; the next one goes out in {interval:g}s",
+                    "the health report; it is offered again after a pause of "
+                    f"{DENIED_RETRY[0] / 2:g}s or more, doubling up to {DENIED_RETRY[1]:g}s",
                 )
             await asyncio.sleep(interval)
 
