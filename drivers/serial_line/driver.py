@@ -395,14 +395,13 @@ class SerialLineDriver:
     def consume(self, data: bytes) -> None:
         """Bytes from the line: frames are queued for parsing, discards are counted."""
         for event in self.framer.feed(data):
+            if self._resync:  # the remnant of a frame cut by shedding: counted as shed
+                self._resync = False
+                continue
             if isinstance(event, Discard):
-                if self._resync:  # the tail of a frame cut by shedding: already counted
-                    self._resync = False
-                    continue
                 self.device_health.framing_errors += 1
                 self._complain("framing", f"discarded {len(event.data)} byte(s): {event.reason}")
             else:
-                self._resync = False
                 self._frames.put_nowait(event)
 
     # --- frames -----------------------------------------------------------------------

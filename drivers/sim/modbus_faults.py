@@ -76,6 +76,7 @@ class FaultyModbusTcpServer:
         self.requests = 0
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
@@ -86,6 +87,9 @@ class FaultyModbusTcpServer:
             self._server.close()
             for writer in list(self._connections):
                 writer.close()
+            for task in list(self._handlers):
+                task.cancel()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
             await self._server.wait_closed()
             self._server = None
 
@@ -97,6 +101,9 @@ class FaultyModbusTcpServer:
         await self.stop()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
         self._connections.add(writer)
         try:
             while True:
@@ -110,7 +117,13 @@ class FaultyModbusTcpServer:
                     await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except asyncio.CancelledError:
+            # The server is stopping. End normally: Python 3.11's stream callback would
+            # log a traceback for a handler task that ends cancelled.
+            pass
         finally:
+            if task is not None:
+                self._handlers.discard(task)
             self._connections.discard(writer)
             with contextlib.suppress(Exception):
                 writer.close()

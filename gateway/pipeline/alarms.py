@@ -243,7 +243,9 @@ class ThresholdAlarm(_Rule):
         self._clear_high = None if high is None else high - hysteresis
         self._clear_low = None if low is None else low + hysteresis
 
-    def update(self, reading: Reading) -> AlarmEvent | None:
+    def update(self, reading: Reading, now_ms: int | None = None) -> AlarmEvent | None:
+        """Feed one reading; `now_ms` is a monotonic clock for the delays (default:
+        the reading's own timestamp, for tests and replays)."""
         value = _counted(reading, finite=False)
         if value is None:
             return None
@@ -257,7 +259,7 @@ class ThresholdAlarm(_Rule):
             violating = False
         else:
             violating = None
-        if not self._flips(reading.ts_ms, violating):
+        if not self._flips(reading.ts_ms if now_ms is None else now_ms, violating):
             return None
         if self.active:
             if high is not None and value > high:
@@ -303,11 +305,13 @@ class RateOfRiseAlarm(_Rule):
         self._window: deque[tuple[int, float]] = deque(maxlen=RISE_WINDOW_LIMIT)
         self._last_ts: int | None = None
 
-    def update(self, reading: Reading) -> AlarmEvent | None:
+    def update(self, reading: Reading, now_ms: int | None = None) -> AlarmEvent | None:
+        """Feed one reading; `now_ms` is a monotonic clock for the window and the delays
+        (default: the reading's own timestamp, for tests and replays)."""
         value = _counted(reading, finite=True)
         if value is None:
             return None
-        ts_ms = reading.ts_ms
+        ts_ms = reading.ts_ms if now_ms is None else now_ms
         window = self._window
         if self._last_ts is not None and ts_ms < self._last_ts:
             window.clear()

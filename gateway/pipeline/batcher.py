@@ -10,9 +10,16 @@ of that much more data in memory at a power cut. `close` seals the open batch
 and waits until everything handed in is written: the shutdown path that keeps
 the promise "the open batch is flushed into the buffer".
 
-Memory is bounded: if the buffer stops accepting writes (a read-only SD card)
-and more than `max_pending` readings wait in memory, the oldest closed batches
-are dropped and counted in `readings_dropped` (reported on the health topic).
+Memory is bounded: if the buffer stops accepting writes (a read-only SD card) or
+readings arrive faster than it stores them, and more than `max_pending` readings
+wait in memory, the oldest closed batches are dropped and counted in
+`readings_dropped` (reported on the health topic); the log says which of the two
+it is, once per episode.
+
+Each closed batch says whether the clock was synchronised while its readings were
+taken (`SealedBatch.clock_synced`): `mark_clock` closes the open batch when that
+changes, so a batch never mixes the two (docs/wire-format.md, envelope key `tu`).
+The batcher measures ages on an injectable monotonic clock.
 """
 
 from __future__ import annotations
@@ -21,14 +28,27 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from gateway.model import Reading
 
 log = logging.getLogger("gateway.batcher")
 
-WriteBatches = Callable[[list[list[Reading]]], Awaitable[None]]
 MAX_GROUP = 200  # batches committed together at most
+WRITE_RETRY_SECONDS = 1.0  # after a write failed unexpectedly (a bug): try again this late
+
+
+class SealedBatch(list[Reading]):
+    """A closed batch: its readings, and whether the clock was synchronised for them."""
+
+    __slots__ = ("clock_synced",)
+
+    def __init__(self, readings: Iterable[Reading] = (), *, clock_synced: bool = True) -> None:
+        super().__init__(readings)
+        self.clock_synced = clock_synced
+
+
+WriteBatches = Callable[[list[SealedBatch]], Awaitable[None]]
 
 
 class Batcher:
@@ -40,6 +60,7 @@ class Batcher:
         *,
         max_pending: int = 1_000_000,
         commit_interval: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_readings = max_readings
         self.max_age = max_age
@@ -47,9 +68,13 @@ class Batcher:
         self.commit_interval = commit_interval
         self._writing = 0  # batches at the head of _sealed being written now
         self._write = write
+        self._clock = clock
         self._open: list[Reading] = []
         self._opened_at = 0.0
-        self._sealed: deque[list[Reading]] = deque()
+        self._clock_synced = True  # the state the open batch's readings were taken in
+        self._write_started = 0.0  # when the write in progress began (clock)
+        self._dropping = False  # a drop episode is on (logged once)
+        self._sealed: deque[SealedBatch] = deque()
         self._sealed_ready = asyncio.Event()
         self._first_reading = asyncio.Event()
         self._closing = False
@@ -63,33 +88,64 @@ class Batcher:
             return
         self.readings_in += len(readings)
         if not self._open:
-            self._opened_at = time.monotonic()
+            self._opened_at = self._clock()
             self._first_reading.set()
         self._open.extend(readings)
         while len(self._open) >= self.max_readings:
-            self._push(self._open[: self.max_readings])
+            self._push(
+                SealedBatch(self._open[: self.max_readings], clock_synced=self._clock_synced)
+            )
             del self._open[: self.max_readings]
-            self._opened_at = time.monotonic()
+            self._opened_at = self._clock()
 
-    def _push(self, batch: list[Reading]) -> None:
+    def mark_clock(self, synchronised: bool) -> None:
+        """The clock became (un)synchronised, or stepped (False): close the open batch
+        under the state its readings were taken in, then carry on with `synchronised`."""
+        if not synchronised:
+            self._clock_synced = False  # readings before a step or a loss of sync are suspect
+        self._seal()
+        self._clock_synced = synchronised
+
+    def _push(self, batch: SealedBatch) -> None:
         self._sealed.append(batch)
         self._sealed_ready.set()
         # Never drop batches being written (the leftmost ones): drop the next oldest.
         keep = max(1, self._writing)
+        if self.pending > self.max_pending and len(self._sealed) > keep + 1:
+            self._start_dropping()
         while self.pending > self.max_pending and len(self._sealed) > keep + 1:
             dropped = self._sealed[keep]
             del self._sealed[keep]
-            if not self.readings_dropped:
-                log.error(
-                    "more than %d readings wait in memory because the buffer refuses writes; "
-                    "dropping the oldest batches (counted on the health topic)",
-                    self.max_pending,
-                )
             self.readings_dropped += len(dropped)
+        if self._dropping and self.pending < self.max_pending // 2:
+            self._dropping = False
+            log.info(
+                "readings fit in memory again; %d dropped so far (counted on the health topic)",
+                self.readings_dropped,
+            )
+
+    def _start_dropping(self) -> None:
+        if self._dropping:
+            return
+        self._dropping = True
+        stuck = self._clock() - self._write_started if self._writing else 0.0
+        if stuck > 2 * WRITE_RETRY_SECONDS:
+            cause = f"the buffer has not accepted a write for {stuck:.0f}s (a full or failing disk)"
+        else:
+            cause = (
+                "readings arrive faster than the buffer stores them (a device sending far "
+                "more than usual, or a slow disk)"
+            )
+        log.error(
+            "more than %d readings wait in memory: %s; dropping the oldest batches, counted "
+            "on the health topic",
+            self.max_pending,
+            cause,
+        )
 
     def _seal(self) -> None:
         if self._open:
-            self._push(self._open)
+            self._push(SealedBatch(self._open, clock_synced=self._clock_synced))
             self._open = []
 
     @property
@@ -114,8 +170,15 @@ class Batcher:
                     await asyncio.sleep(self.commit_interval)
                 group = [self._sealed[i] for i in range(min(len(self._sealed), MAX_GROUP))]
                 self._writing = len(group)  # stay queued (and counted) until written
+                self._write_started = self._clock()
                 try:
                     await self._write(group)
+                except Exception:
+                    # The writer keeps data through disk errors itself; anything reaching
+                    # here is a bug. It must not end the pipeline: keep the group, retry.
+                    log.exception("writing %d batch(es) failed unexpectedly; retrying", len(group))
+                    await asyncio.sleep(WRITE_RETRY_SECONDS)
+                    continue
                 finally:
                     self._writing = 0
                 for batch in group:
@@ -130,7 +193,7 @@ class Batcher:
             if not self._open:
                 self._first_reading.clear()
                 continue
-            remaining = self._opened_at + self.max_age - time.monotonic()
+            remaining = self._opened_at + self.max_age - self._clock()
             if remaining > 0:
                 await asyncio.sleep(remaining)
                 continue

@@ -18,7 +18,8 @@ Stages, in this order; each sees the output of the one before:
    keeps the quality its driver gave it.
 2. **Spike check** (``spike_max_rate``, units per second). A GOOD number is
    compared with the reference: the last GOOD accepted value and its timestamp.
-   ``rate = |value - reference| / dt_seconds``; with ``dt <= 0`` it is a spike
+   ``rate = |value - reference| / dt_seconds`` (``dt`` on the caller's monotonic
+   clock, or on ``ts_ms``, so a clock step is no spike); with ``dt <= 0`` it is a spike
    exactly when the value differs. The first reading is never a spike. A
    non-spike becomes the new reference. A spike gets quality ``SPIKE`` (value
    kept; ``spike_action = "flag"``) or is not emitted at all (``"drop"``, counted
@@ -39,8 +40,9 @@ Stages, in this order; each sees the output of the one before:
    * numbers: ``|value - last emitted value| > deadband`` (with
      ``deadband_percent`` and a last emitted 0, any change is emitted);
    * anything else (``bool``, ``str``, a change of type): the value differs;
-   * ``heartbeat_ms`` is set and ``ts_ms - last emission's ts_ms >= heartbeat_ms``
-     (judged when a reading arrives: this module has no clock).
+   * ``heartbeat_ms`` is set and ``now - last emission's now >= heartbeat_ms``
+     (judged when a reading arrives: this module has no clock; ``now`` is the
+     monotonic time the caller passes, or the reading's ``ts_ms``).
 
    Everything else is emitted: the first reading, any reading whose quality is
    not GOOD (incoming or flagged above), the first GOOD reading after one that
@@ -297,8 +299,13 @@ class PointProcessor:
             "suppressed_by_deadband": self.suppressed_by_deadband,
         }
 
-    def process(self, reading: Reading) -> list[Reading]:
-        """Run one reading through the stages; return what goes on (often just it)."""
+    def process(self, reading: Reading, now_ms: int | None = None) -> list[Reading]:
+        """Run one reading through the stages; return what goes on (often just it).
+
+        `now_ms` is a monotonic clock for the spike rate and the heartbeat (default:
+        the reading's timestamp, for tests and replays); aggregation windows follow
+        the readings' wall-clock timestamps."""
+        now = reading.ts_ms if now_ms is None else now_ms
         value = reading.value
         quality = reading.quality
         is_number = _is_number(value)
@@ -309,7 +316,7 @@ class PointProcessor:
                 self.out_of_range += 1
             else:
                 max_rate = self._max_rate_per_ms
-                if max_rate is not None and self._is_spike(reading.ts_ms, number, max_rate):
+                if max_rate is not None and self._is_spike(now, number, max_rate):
                     self.spikes += 1
                     if self._drop_spikes:
                         self.dropped_spikes += 1
@@ -325,9 +332,7 @@ class PointProcessor:
                 quality == _GOOD
                 and self._last_quality == _GOOD
                 and value is not None
-                and (
-                    self._heartbeat_ms is None or reading.ts_ms - self._last_ts < self._heartbeat_ms
-                )
+                and (self._heartbeat_ms is None or now - self._last_ts < self._heartbeat_ms)
             ):
                 last = self._last_value
                 if is_number and self._last_is_number:
@@ -342,7 +347,7 @@ class PointProcessor:
                     return []
             self._last_value = value
             self._last_is_number = is_number
-            self._last_ts = reading.ts_ms
+            self._last_ts = now
             self._last_quality = quality
 
         if self._agg_ms is not None:

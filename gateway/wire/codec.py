@@ -5,7 +5,10 @@
 Version 2 (what `encode_batch` writes) is a msgpack map, its envelope readable by
 any msgpack decoder::
 
-    {"v": 2, "gw": str, "boot": str, "seq": int, ["z": 1,] "b": body}
+    {"v": 2, "gw": str, "boot": str, "seq": int, ["tu": 1,] ["z": 1,] "b": body}
+
+`"tu": 1` (time unsynchronised) marks a batch whose readings were taken while the
+gateway's clock was not known to be right (before NTP, or before a clock step).
 
 where `body` is a map (or, when `"z": 1`, a bin holding the zlib-compressed msgpack of
 that map)::
@@ -39,7 +42,7 @@ from typing import Any, Literal
 
 import msgpack
 
-from gateway.model import Reading
+from gateway.model import Reading, all_usable, invalid_reading, value_problem
 
 WIRE_VERSION = 2
 """The version `encode_batch` writes by default; the decoder reads `_READABLE_VERSIONS`."""
@@ -58,7 +61,7 @@ _MAX_BODY_BYTES = 64 << 20
 
 _ZLIB = 1  # value of the envelope's "z" field for a zlib-compressed body
 
-_ENVELOPE_KEYS = frozenset({"v", "gw", "boot", "seq", "z", "b"})
+_ENVELOPE_KEYS = frozenset({"v", "gw", "boot", "seq", "tu", "z", "b"})
 _BODY_KEYS = frozenset({"s", "pd", "pn", "o", "t", "x", "q"})
 _VALUE_TYPES = frozenset({bool, int, float, str, type(None)})
 
@@ -79,6 +82,7 @@ class Batch:
     boot_id: str
     seq: int
     readings: list[Reading]
+    clock_synced: bool = True  # False: taken before the gateway's clock was known right
 
 
 def encode_batch(
@@ -89,17 +93,21 @@ def encode_batch(
     *,
     version: int = WIRE_VERSION,
     compress: Compress = "auto",
+    clock_synced: bool = True,
 ) -> bytes:
     """Encode one batch; the decoder gives back `readings`, in the same order.
 
     Version 2 (the default) compresses the body with zlib when `compress` is
     "always", or when it is "auto" and that makes the payload at least 10 % smaller.
     Timestamps must lie in [0, 2**63) (msgpack cannot hold larger differences).
+    A value that cannot go on the wire (`gateway.model.value_problem`: NaN, an
+    integer beyond 64 bits, text that is not Unicode, ...) goes as no value with
+    quality invalid_value: encoding never fails because of a value.
     Version 1 is never compressed (`compress` must not be "always") and cannot carry
     nil values.
     """
     if version == 2:
-        return _encode_v2(gateway_id, boot_id, seq, readings, compress)
+        return _encode_v2(gateway_id, boot_id, seq, readings, compress, clock_synced)
     if version == 1:
         if compress == "always":
             raise ValueError("wire format version 1 has no compression")
@@ -148,31 +156,53 @@ def batch_to_json_lines(batch: Batch) -> Iterator[str]:
                 "ts_ms": r.ts_ms,
                 "value": r.value,
                 "quality": r.quality,
+                **(_UNSYNCED if not batch.clock_synced else {}),
             },
             separators=(",", ":"),
         )
+
+
+_UNSYNCED = {"time_unsynchronised": True}
 
 
 # --- version 2: encoding ---------------------------------------------------------------
 
 
 def _encode_v2(
-    gateway_id: str, boot_id: str, seq: int, readings: Sequence[Reading], compress: Compress
+    gateway_id: str,
+    boot_id: str,
+    seq: int,
+    readings: Sequence[Reading],
+    compress: Compress,
+    clock_synced: bool,
 ) -> bytes:
     if compress not in ("auto", "never", "always"):
         raise ValueError(f"compress must be 'auto', 'never' or 'always', not {compress!r}")
     packer = msgpack.Packer()
-    head = b"".join(map(packer.pack, ("v", 2, "gw", gateway_id, "boot", boot_id, "seq", seq)))
+    fields: tuple[object, ...] = ("v", 2, "gw", gateway_id, "boot", boot_id, "seq", seq)
+    if not clock_synced:
+        fields += ("tu", 1)
+    head = b"".join(map(packer.pack, fields))
+    keys = len(fields) // 2 + 1  # and "b"
+    if not all_usable([r.value for r in readings]):
+        readings = _representable(readings)
     body = _pack_body(readings, packer)
-    plain = b"".join((packer.pack_map_header(5), head, packer.pack("b"), body))
+    plain = b"".join((packer.pack_map_header(keys), head, packer.pack("b"), body))
     if compress == "never":
         return plain
     deflated = zlib.compress(body, _ZLIB_LEVEL)
-    envelope = (packer.pack_map_header(6), head, packer.pack("z"), packer.pack(_ZLIB))
+    envelope = (packer.pack_map_header(keys + 1), head, packer.pack("z"), packer.pack(_ZLIB))
     squeezed = b"".join((*envelope, packer.pack("b"), packer.pack(deflated)))
     if compress == "always" or len(squeezed) <= _AUTO_MAX_RATIO * len(plain):
         return squeezed
     return plain
+
+
+def _representable(readings: Sequence[Reading]) -> list[Reading]:
+    """The readings with every value msgpack cannot hold (or should not: NaN, inf) replaced
+    by no value with quality invalid_value. The pipeline does this on the way in; the
+    encoder does it again so that no reading can make a batch unencodable."""
+    return [r if value_problem(r.value) is None else invalid_reading(r) for r in readings]
 
 
 def _pack_body(readings: Sequence[Reading], packer: msgpack.Packer) -> bytes:
@@ -302,6 +332,11 @@ def _from_v2(doc: dict[str, Any]) -> Batch:
     gateway_id = _field(doc, "gw", str)
     boot_id = _field(doc, "boot", str)
     seq = _field(doc, "seq", int)
+    unsynced = doc.get("tu", 0)
+    if unsynced not in (0, 1) or type(unsynced) is not int:
+        raise DecodeError(
+            f"batch field 'tu' should be 1 (time unsynchronised), got {unsynced!r:.40}"
+        )
     compression = doc.get("z", 0)
     if compression == _ZLIB and type(compression) is int:
         body = _unpack(_inflate(_field(doc, "b", bytes)), "compressed body is ")
@@ -311,7 +346,7 @@ def _from_v2(doc: dict[str, Any]) -> Batch:
         body = _field(doc, "b", dict)
     else:
         raise DecodeError(f"unknown compression 'z': {compression!r} (0: none, 1: zlib)")
-    return Batch(2, gateway_id, boot_id, seq, _v2_readings(body))
+    return Batch(2, gateway_id, boot_id, seq, _v2_readings(body), clock_synced=not unsynced)
 
 
 def _inflate(data: bytes) -> bytes:
