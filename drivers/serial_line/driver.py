@@ -146,15 +146,11 @@ class SerialLineDriver:
         self.device_health = DeviceHealth(
             name, f"{port} ({port_settings['baudrate']} baud)", log=log
         )
-        # The input bound: what the line carries at its baud rate, unless configured.
-        # A real UART cannot exceed it; a virtual COM port (pty, USB CDC, a TCP bridge)
-        # can, by orders of magnitude, and must not starve the other devices.
-        self.max_input_rate = max_input_rate or line_rate(
-            port_settings["baudrate"],
-            port_settings["bytesize"],
-            port_settings["parity"],
-            port_settings["stopbits"],
-        )
+        # The input bound: twice what the line carries at its baud rate, unless
+        # configured. A real UART cannot exceed its line rate (the margin absorbs the
+        # kernel's buffering); a virtual COM port (pty, USB CDC, a TCP bridge) can, by
+        # orders of magnitude, and must not starve the other devices.
+        self.max_input_rate = max_input_rate or _RATE_MARGIN * self._line_rate()
         self._burst = max(_MIN_BURST, self.max_input_rate * _BURST_SECONDS)
         self._tokens = self._burst
         self._refilled = time.monotonic()
@@ -352,7 +348,9 @@ class SerialLineDriver:
                 self.device,
                 self.device_health.address,
                 round(self.max_input_rate),
-                "max_input_rate" if self.max_input_rate != self._line_rate() else "its baud rate",
+                "max_input_rate"
+                if self.max_input_rate != _RATE_MARGIN * self._line_rate()
+                else "twice its baud rate",
             )
         kept = data[excess:]
         self._tokens -= len(kept)
@@ -503,6 +501,7 @@ class _PortLost(Exception):
 
 
 _LOST = Frame(b"")  # sentinel queued by the reader when the port disappears
+_RATE_MARGIN = 2.0  # default input bound: this many times the line rate
 _READ_CHUNK = 65536  # bytes read per wake-up at most
 _BURST_SECONDS = 0.5  # the input bound allows bursts of this many seconds' worth
 _MIN_BURST = 4096  # ... and at least this many bytes (a long frame at a low baud rate)

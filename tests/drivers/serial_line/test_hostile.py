@@ -159,7 +159,7 @@ async def test_a_flooding_instrument_is_shed_to_its_line_rate_and_counted(
     sink: list[Reading] = []
     line = b"N=1;V=2.5;S=flood\n"  # 18 bytes
     with Flooder(line) as flood:
-        driver = driver_for(flood.path, sink, baud=9600)  # 960 bytes/s: ~53 lines/s
+        driver = driver_for(flood.path, sink, baud=9600)  # bound 1920 bytes/s: ~107 lines/s
         gaps: list[float] = []
 
         async def neighbour() -> None:  # stands for another device's 10 ms poll loop
@@ -179,12 +179,12 @@ async def test_a_flooding_instrument_is_shed_to_its_line_rate_and_counted(
     # up while the driver pauses); what the driver does not parse is shed and counted.
     assert flood.sent > 50_000 and health.shed_bytes > 40_000
     parsed = len([r for r in sink if r.point == "n"])
-    assert 20 <= parsed <= (4096 + 2 * 960) / len(line)  # the burst plus 2 s at line rate
+    assert 20 <= parsed <= (4096 + 2 * 1920) / len(line)  # the burst plus 2 s at the bound
     assert health.malformed == 0 and health.framing_errors == 0  # cut frames count as shed
     gaps.sort()
     assert gaps[int(len(gaps) * 0.95)] < 0.05  # the event loop stayed free for others
     shedding = [m for m in caplog.messages if "sends faster than its line carries" in m]
-    assert len(shedding) == 1 and "960 bytes/s" in shedding[0]
+    assert len(shedding) == 1 and "1920 bytes/s" in shedding[0]
 
 
 async def test_a_port_held_by_the_gateway_cannot_be_opened_by_another_program() -> None:
