@@ -75,10 +75,15 @@ TAKEOVER_QUIET = 600.0  # a session that lasts this long (seconds) ends a takeov
 SUSPECT_SESSION = 15.0
 SUSPECT_DROPS = 3
 SESSION_TAKEN_OVER = 0x8E
+OVERTAKEN_GRACE = 1.0  # seconds a publish may stay unanswered after later ones were answered
 
 
 class _Stopping(Exception):
     """Raised inside a session to leave it after a clean goodbye."""
+
+
+class _ClosedBeforeConnack(aiomqtt.MqttError):
+    """The broker (or whatever listens there) ended the connection before accepting it."""
 
 
 class _LinkDead(Exception):
@@ -134,9 +139,26 @@ _DISCONNECT_HINTS = {
 
 
 def describe_connect_failure(
-    err: BaseException, cause: BaseException | None, where: str, timeout: float
+    err: BaseException,
+    cause: BaseException | None,
+    where: str,
+    timeout: float,
+    ending: Ending | None = None,
 ) -> tuple[str, int | None]:
-    """Why a connect attempt failed, as a sentence, and the CONNACK reason code if any."""
+    """Why a connect attempt failed, as a sentence, and the CONNACK reason code if any.
+    `cause` is what the socket raised, `ending` how paho saw the connection end."""
+    if isinstance(err, _ClosedBeforeConnack) and ending is not None:
+        if ending.from_broker:
+            return f"the broker disconnected us before accepting us: {reason_text(ending.code)}", (
+                ending.code.value
+            )
+        if ending.code.value == 0x82:
+            return (
+                f"{where} answered our CONNECT with something that is not MQTT "
+                "(the wrong port, or a proxy in the way?)",
+                None,
+            )
+        return f"{where} closed the connection before accepting our CONNECT", None
     rc = getattr(err, "rc", None)
     if isinstance(err, aiomqtt.MqttCodeError) and isinstance(rc, ReasonCode):
         # A CONNACK that refused us.
@@ -265,11 +287,17 @@ class _Client(aiomqtt.Client):
         self.timeout = max(0.5, self.connect_timeout - (time.monotonic() - started))
 
     async def connect(self) -> None:
+        disconnected = self._disconnected
         try:
             await self.__aenter__()
         except BaseException:
             self._drop_socket()
             raise
+        # aiomqtt replaces a `_disconnected` that completed while it connected (a broker
+        # that sends DISCONNECT right after CONNACK) with a fresh one, losing the news.
+        # This client connects once: keep it, so the session ends at once, and why.
+        if disconnected.done():
+            self._disconnected = disconnected
         self.timeout = DISCONNECT_WAIT
 
     async def close(self, *, graceful: bool) -> None:
@@ -397,6 +425,9 @@ class _Client(aiomqtt.Client):
         for future in self._acks.values():
             if not future.done():
                 future.set_exception(aiomqtt.MqttError("the connection ended"))
+        if not self._connected.done():
+            # Closed before the CONNACK: fail the attempt now, not after connect_timeout.
+            self._connected.set_exception(_ClosedBeforeConnack())
         super()._on_disconnect(client, userdata, flags, reason_code, properties)
 
 
@@ -549,12 +580,15 @@ class MqttUplink:
         self._tls = _tls_context(config)  # built once: a bad certificate path fails at start
         self._progress = asyncio.Event()  # a publish finished, or a pump ran dry
         self._ack_clock = time.monotonic()  # last PUBACK, or when the window became busy
-        self._side_inflight = 0  # status and health publishes awaiting PUBACK
+        self._sent = 0  # publishes handed to the client, numbered in the order sent
+        self._pending: set[int] = set()  # their numbers, while they await their PUBACK
+        self._answered_upto = 0  # the highest number whose PUBACK came
         self._link = "connecting"  # connecting (never connected yet), online, offline, stopped
         self._down_announced = False  # a warning said we are down; say when we are back
         self._short_drops = 0  # sessions in a row the broker closed early without a word
         self._session_refused = False  # a publish was refused in the current session
         self._takeover: _Takeover | None = None
+        self._last_loss: str | None = None  # the reason of the last loss logged
         self._health_failing = False
         self._side_retry: dict[str, tuple[int, float]] = {}  # topic: refusals, retry time
         self.connected_since: float | None = None
@@ -575,7 +609,7 @@ class MqttUplink:
 
     @property
     def _inflight(self) -> int:
-        return sum(lane.inflight for lane in self.lanes) + self._side_inflight
+        return len(self._pending)
 
     @property
     def _where(self) -> str:
@@ -622,7 +656,7 @@ class MqttUplink:
             await client.connect()
         except Exception as err:
             reason, code = describe_connect_failure(
-                err, client.connect_error, self._where, self.config.connect_timeout
+                err, client.connect_error, self._where, self.config.connect_timeout, client.ending
             )
             end = SessionEnd("connect", reason, code)
             self._connect_failed(end)
@@ -708,6 +742,14 @@ class MqttUplink:
             # refusal; the denial has been logged and explains it.
             log.debug("the broker closed the connection after refusing a publish; reconnecting")
             return normal
+        if up_for >= STABLE_SESSION:
+            self._last_loss = None
+        if end.reason == self._last_loss:
+            # A broker that accepts and drops us again and again for the same reason: said
+            # once (and once that we were back); the rest are repeats, counted in health.
+            log.debug("lost the MQTT broker again (%s)", end.reason)
+            return normal
+        self._last_loss = end.reason
         self._down_announced = True
         log.warning(
             "lost the MQTT broker %s (%s); batches stay on disk (%d waiting); reconnecting "
@@ -809,7 +851,6 @@ class MqttUplink:
     async def _session(self, client: _Client) -> None:
         self.connects += 1
         self._session_refused = False
-        self._side_inflight = 0
         backlog_end = self.store.stats.last_seq  # on disk now: history; newer: live
         self.history.start, self.history.upper = 0, backlog_end
         self.data.start, self.data.upper = backlog_end, None
@@ -888,14 +929,7 @@ class MqttUplink:
         flight, so that the watchdog gives the link up if its PUBACK never comes. A refused
         one is next offered after a growing pause (`_side_due`): some brokers hang up on
         every refusal, and a reconnect must not bring the refusal straight back."""
-        if not self._inflight:
-            self._ack_clock = time.monotonic()
-        self._side_inflight += 1
-        try:
-            code = await client.publish_acked(topic, payload, retain=retain)
-        finally:
-            self._side_inflight -= 1
-        self._ack_clock = time.monotonic()
+        code = await self._send(client, topic, payload, retain=retain)
         if code.is_failure:
             refusals = self._side_retry.get(topic, (0, 0.0))[0] + 1
             due = time.monotonic() + capped_backoff(refusals, *DENIED_RETRY)
@@ -940,8 +974,6 @@ class MqttUplink:
                     if lane.rewind_to is not None:
                         break  # nothing newer goes out before the refused entry
                     cursor = entry.seq
-                    if not self._inflight:
-                        self._ack_clock = time.monotonic()
                     lane.inflight += 1
                     tg.create_task(self._publish(client, lane, entry))
 
@@ -959,14 +991,30 @@ class MqttUplink:
         lane.paused = False
         return seq - 1  # read() returns entries after this seq
 
+    async def _send(
+        self, client: _Client, topic: str, payload: bytes | str, *, retain: bool = False
+    ) -> ReasonCode:
+        """Publish and await the PUBACK, keeping the books the watchdog reads."""
+        if not self._pending:
+            self._ack_clock = time.monotonic()  # the window goes from empty to busy
+        self._sent += 1
+        number = self._sent
+        self._pending.add(number)
+        try:
+            code = await client.publish_acked(topic, payload, retain=retain)
+        finally:
+            self._pending.discard(number)
+        self._ack_clock = time.monotonic()
+        self._answered_upto = max(self._answered_upto, number)
+        return code
+
     async def _publish(self, client: _Client, lane: Lane, entry: Entry) -> None:
         try:
-            code = await client.publish_acked(lane.topic, entry.payload)
+            code = await self._send(client, lane.topic, entry.payload)
         finally:
             lane.inflight -= 1
             lane.changed.set()
             self._progress.set()
-        self._ack_clock = time.monotonic()
         if code.is_failure:
             low, high = DENIED_RETRY
             self._refused(
@@ -1005,20 +1053,39 @@ class MqttUplink:
             )
 
     async def _ack_watchdog(self) -> None:
-        """Tear the session down when publishes wait and no PUBACK arrives for a while.
+        """Tear the session down when publishes wait and no PUBACK arrives for a while,
+        or when a PUBACK is missing while later publishes have theirs.
 
         The clock restarts at every PUBACK and whenever the window goes from empty
         to busy, so time spent queued behind a slow but working link never counts:
         only a link that carries nothing back does (a blackholed cellular path).
+        A broker answers QoS 1 publishes in the order it received them (MQTT
+        [MQTT-4.6.0-2]), so one left behind by later answers was lost on the way
+        (a link that dropped bytes and came back): it would hold its place in the
+        window for ever, and the lane's order behind it.
         """
         limit = self.config.publish_timeout
+        overtaken_since: float | None = None
         while True:
             await asyncio.sleep(min(0.25, limit / 4))
-            silent = time.monotonic() - self._ack_clock
-            if self._inflight and silent > limit:
+            if not self._pending:
+                overtaken_since = None
+                continue
+            now = time.monotonic()
+            silent = now - self._ack_clock
+            if silent > limit:
                 raise _LinkDead(
                     f"no PUBACK for {silent:.0f}s with {self._inflight} publish(es) in flight: "
                     "the link carries nothing back"
+                )
+            if min(self._pending) > self._answered_upto:
+                overtaken_since = None
+            elif overtaken_since is None:
+                overtaken_since = now
+            elif now - overtaken_since > OVERTAKEN_GRACE:
+                raise _LinkDead(
+                    "the broker answered later publishes but not an earlier one: the link "
+                    "lost it on the way"
                 )
 
     async def _ack_flusher(self) -> None:
