@@ -172,7 +172,10 @@ def describe_connect_failure(
             None,
         )
     if isinstance(cause, ssl.SSLError):
-        return f"TLS handshake with {where} failed ({cause.reason or cause})", None
+        return (
+            f"TLS handshake with {where} failed ({getattr(cause, 'reason', None) or cause})",
+            None,
+        )
     if isinstance(cause, ConnectionRefusedError):
         return f"nothing accepts connections at {where} (connection refused)", None
     if isinstance(cause, TimeoutError):
