@@ -74,7 +74,9 @@ def shown(value: object, limit: int = 40) -> str:
         digits = len(str(abs(value))) if value.bit_length() < 14000 else "thousands of"
         return f"a number of {digits} digits"
     text = repr(value)
-    return text if len(text) <= limit else text[: limit - 4] + "...'"
+    if len(text) <= limit:
+        return text
+    return text[: limit - 4] + ("...'" if isinstance(value, str) else "...")
 
 
 def parse_duration(text: object) -> float:
@@ -224,7 +226,7 @@ def input_problem(error: Any) -> str | None:
     if isinstance(given, bool):
         return f"{text} is true or false, not {_KIND_WORDS[kind]}"
     if kind == "int" and isinstance(given, float) and math.isfinite(given):
-        if given.is_integer():
+        if given.is_integer() and abs(given) < 1e15:
             whole = line(str(int(given)))
             return f"{text} has a decimal point; write whole numbers without one: {whole}"
         return f"{text} is not a whole number"

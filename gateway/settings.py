@@ -24,7 +24,9 @@ The JSON Schema in `config/edge-gateway.schema.json` is generated from these mod
 from __future__ import annotations
 
 import hashlib
+import re
 import stat
+import sys
 import tomllib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -732,7 +734,7 @@ def cross_check_problems(
 
 def _listing(names: Iterable[str], limit: int = 12) -> str:
     names = sorted(set(names))
-    shown_names = ", ".join(map(repr, names[:limit]))
+    shown_names = ", ".join(map(shown, names[:limit]))
     return shown_names + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
@@ -749,11 +751,10 @@ def _alarms_name_real_points(
         if alarm.device in unchecked:
             continue
         if alarm.device not in points:
+            names = set(points) | unchecked
+            listing = f" (devices: {_listing(names)})" if names else ""
             found.append(
-                (
-                    ("alarms", i, "device"),
-                    f"there is no device {shown(alarm.device)} (devices: {_listing(points)})",
-                )
+                (("alarms", i, "device"), f"there is no device {shown(alarm.device)}{listing}")
             )
         elif alarm.point not in points[alarm.device]:
             found.append(
@@ -850,7 +851,7 @@ def config_warnings(config: GatewayConfig) -> list[str]:
             )
         if isinstance(dev, SerialPortConfig) and dev.port not in ports:
             ports.add(dev.port)
-            if not Path(dev.port).exists():
+            if _file_kind(Path(dev.port)) == "missing":
                 found.append(
                     (
                         ("devices", i, "port"),
@@ -967,7 +968,11 @@ def _read_toml(raw: bytes, source: str) -> dict[str, Any]:
             source, [f"not valid TOML: nested too deeply (more than {MAX_DEPTH} levels)"]
         ) from err
     except ValueError as err:  # an integer of more than 4300 digits
-        raise ConfigError(source, [f"not valid TOML: {err}".split("; use")[0]]) from err
+        digits = sys.get_int_max_str_digits()
+        raise ConfigError(
+            source,
+            [f"not valid TOML: a number has more than {digits} digits"],
+        ) from err
 
 
 def _too_deep(doc: object) -> Loc | None:
@@ -996,13 +1001,14 @@ def _partial_cross_checks(doc: dict[str, Any]) -> list[str]:
             try:
                 good.append((i, adapter.validate_python(item)))
             except ValidationError:
-                if isinstance(item, dict) and isinstance(item.get("name"), str):
-                    bad.add(item["name"])
+                name = item.get("name") if isinstance(item, dict) else None
+                bad.add(name if isinstance(name, str) else "")
         return good, bad
 
     devices, broken = valid(doc.get("devices"), _DEVICE)
     alarms, _ = valid(doc.get("alarms"), _ALARM)
-    usable = isinstance(doc.get("devices"), list) and bool(doc["devices"])
+    # alarms are checked against the devices when every device has its name at least
+    usable = isinstance(doc.get("devices"), list) and bool(doc["devices"]) and "" not in broken
     found = cross_check_problems(devices, alarms, unchecked=frozenset(broken) if usable else None)
     return [_line(loc, reason) for loc, reason in found]
 
@@ -1059,8 +1065,12 @@ def _key_path(loc: Sequence[int | str]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            key = part if _BARE_KEY.fullmatch(part) else shown(part)  # as TOML quotes it
+            out += f".{key}" if out else key
     return out
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _user_loc(loc: Sequence[int | str]) -> Loc:
@@ -1081,6 +1091,18 @@ def _user_loc(loc: Sequence[int | str]) -> Loc:
     return tuple(part for k, part in enumerate(parts) if k not in drop)
 
 
+_KIND_OF_VALUE = {
+    "string_type": "text; write text in quotes",
+    "dict_type": "a table; write { key = value, ... } or a [section]",
+    "model_type": "a table; write { key = value, ... } or a [section]",
+    "model_attributes_type": "a table; write { key = value, ... } or a [section]",
+    "list_type": "a list; write [ ... ]",
+    "tuple_type": "a list; write [ ... ]",
+    "path_type": "text naming a file",
+}
+"""What to say for a value of the wrong kind (pydantic's 'Input should be a valid ...')."""
+
+
 def _reason(e: Any) -> str:
     kind = e["type"]
     given = e.get("input")
@@ -1088,11 +1110,12 @@ def _reason(e: Any) -> str:
     if kind in (PROBLEM, CROSS_CHECK, "config_host"):
         return str(e["msg"])
     if kind in ("enum", "literal_error"):
-        reason = f"{shown(given)} is not one of {ctx.get('expected', '')}"
-        if isinstance(given, int | float) and not isinstance(given, bool):
-            key = e["loc"][-1] if e["loc"] and isinstance(e["loc"][-1], str) else None
-            if "'" in str(ctx.get("expected", "")) and key is not None:
-                reason += f'; write it in quotes: {key} = "{given}"'
+        expected = str(ctx.get("expected", ""))
+        reason = f"{shown(given)} is not one of {expected}"
+        key = e["loc"][-1] if e["loc"] and isinstance(e["loc"][-1], str) else None
+        number = isinstance(given, int | float) and not isinstance(given, bool)
+        if number and key is not None and f"'{given}'" in expected:  # protocol = 5
+            reason += f'; write it in quotes: {key} = "{given}"'
         return reason
     if kind == "extra_forbidden":
         return "unknown key (check the spelling; see config/example.toml)"
@@ -1103,6 +1126,12 @@ def _reason(e: Any) -> str:
     named = name_problem(e) or input_problem(e)
     if named is not None:
         return named
+    if kind in _KIND_OF_VALUE and not isinstance(given, dict | list):
+        return f"{shown(given)} is not {_KIND_OF_VALUE[kind]}"
+    if kind in _KIND_OF_VALUE:
+        return f"a {'table' if isinstance(given, dict) else 'list'} is not {_KIND_OF_VALUE[kind]}"
+    if kind == "too_short" and isinstance(given, list):
+        return f"needs at least {ctx.get('min_length', 1)} entry, has {len(given)}"
     message: str = e["msg"]
     message = message.removeprefix("Value error, ")
     if given is not None and not isinstance(given, dict | list) and kind != "value_error":
