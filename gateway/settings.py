@@ -507,9 +507,9 @@ class SerialLineDeviceConfig(SerialPortConfig):
         None,
         ge=10,
         le=100_000_000,
-        description="bytes per second accepted from the port; default: what the line can "
-        "carry at its baud rate (a virtual COM port has no such limit); the excess is shed "
-        "and counted",
+        description="bytes per second accepted from the port; default: twice what the line "
+        "can carry at its baud rate (a real UART never reaches it; a virtual COM port has no "
+        "such limit); the excess is shed and counted",
     )
     framing: FramingConfig
     parser: ParserConfig
