@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -316,12 +317,29 @@ class ModbusTcpDeviceConfig(_ModbusDeviceConfig):
     port: Int = Field(502, ge=1, le=65535)
 
 
+def _serial_unit(unit: int) -> int:
+    if unit == 0:
+        raise ValueError(
+            "unit 0 is the broadcast address on a serial bus: no slave answers a read sent "
+            "to it; use the slave's own id (1-247)"
+        )
+    return unit
+
+
+SerialUnit = Annotated[
+    Int,
+    Field(ge=0, le=255, description="Modbus unit id (slave id), 1-247 on a serial bus"),
+    AfterValidator(_serial_unit),
+]
+
+
 class ModbusRtuOverTcpDeviceConfig(_ModbusDeviceConfig):
     """Modbus RTU frames carried over TCP by a serial device server."""
 
     protocol: Literal["modbus_rtu_over_tcp"]
     host: Host = Field(description="host name or IP address (the port goes in `port`)")
     port: Int = Field(4001, ge=1, le=65535)
+    unit: SerialUnit = 1
 
 
 class SerialPortConfig(StrictModel):
@@ -354,6 +372,7 @@ class ModbusRtuDeviceConfig(_ModbusDeviceConfig, SerialPortConfig):
     """A Modbus RTU slave on a serial bus; slaves on the same port share the bus."""
 
     protocol: Literal["modbus_rtu"]
+    unit: SerialUnit = 1
     inter_frame_delay: DurationOrZero | None = Field(
         None, description="silence between requests; default 3.5 character times (min 1.75ms)"
     )

@@ -508,3 +508,23 @@ def test_a_six_digit_datasheet_address_is_refused_with_the_0_based_address(
         f"{address} of a datasheet (6-digit notation); addresses here are 0-based: "
         f'table = "{table}", address = {zero_based}'
     )
+
+
+@pytest.mark.parametrize("protocol", ["modbus_rtu", "modbus_rtu_over_tcp"])
+def test_unit_0_on_a_serial_bus_is_refused_as_the_broadcast_address(protocol: str) -> None:
+    text = MINIMAL.replace("modbus_tcp", protocol).replace(
+        'host = "127.0.0.1"', 'host = "127.0.0.1"\nport = "/dev/ttyUSB0"\nunit = 0'
+    )
+    if protocol == "modbus_rtu":
+        text = text.replace('host = "127.0.0.1"\n', "")
+    else:
+        text = text.replace('port = "/dev/ttyUSB0"\n', "")
+    assert one_problem(text) == (
+        "devices[0].unit: unit 0 is the broadcast address on a serial bus: no slave answers "
+        "a read sent to it; use the slave's own id (1-247)"
+    )
+
+
+def test_unit_0_is_fine_for_modbus_tcp() -> None:
+    text = MINIMAL.replace('host = "127.0.0.1"', 'host = "127.0.0.1"\nunit = 0')
+    assert parse_config(text.encode()).config.devices[0].unit == 0
