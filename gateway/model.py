@@ -51,23 +51,22 @@ def value_problem(value: object) -> str | None:
     quality INVALID_VALUE (`invalid_reading`). Costs about 60 ns for a number.
     """
     kind = type(value)
-    if kind is float:
-        if value - value == 0.0:  # type: ignore[operator]  # NaN and +-inf give NaN here
+    if isinstance(value, float) and kind is float:
+        if value - value == 0.0:  # NaN and +-inf give NaN here
             return None
         return "not a number (NaN)" if value != value else "an infinite number"
-    if kind is int:
-        if MIN_INT <= value <= MAX_INT:  # type: ignore[operator]
+    if isinstance(value, int) and kind is int:
+        if MIN_INT <= value <= MAX_INT:
             return None
         return "an integer beyond 64 bits"
     if kind is bool or value is None:
         return None
-    if kind is str:
-        text: str = value  # type: ignore[assignment]
-        if len(text) > MAX_TEXT:
-            return f"text of {len(text)} characters (at most {MAX_TEXT})"
-        if not text.isascii():
+    if isinstance(value, str) and kind is str:
+        if len(value) > MAX_TEXT:
+            return f"text of {len(value)} characters (at most {MAX_TEXT})"
+        if not value.isascii():
             try:
-                text.encode("utf-8")
+                value.encode("utf-8")
             except UnicodeEncodeError:
                 return "text that is not valid Unicode"
         return None
@@ -77,10 +76,13 @@ def value_problem(value: object) -> str | None:
 def all_usable(values: list[object]) -> bool:
     """Whether every value can go on the wire as it is (finite floats take a fast path)."""
     for value in values:
-        if type(value) is float:
+        kind = type(value)
+        if kind is float:
             if value - value == 0.0:  # type: ignore[operator]
                 continue
             return False
+        if kind is int and MIN_INT <= value <= MAX_INT:  # type: ignore[operator]
+            continue
         if value_problem(value) is not None:
             return False
     return True
