@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from buffer import DurableQueue
-from tests.buffer.helpers import child_env, read_all
+from tests.buffer.helpers import child_env, footprint, read_all
 
 
 def payload_for(seq: int) -> bytes:
@@ -129,7 +129,7 @@ def test_eviction_under_sigkill_keeps_the_newest_and_accounts_for_every_batch(
     seed = random.randrange(2**32)
     rng = random.Random(seed)
     path = tmp_path / "queue.db"
-    max_bytes = 300_000  # a few hundred batches: the child evicts within milliseconds
+    max_bytes = 600_000  # a few hundred batches: the child evicts within milliseconds
     printed_ever: set[int] = set()
     promised: set[int] = set()
     acked_total = 0
@@ -143,6 +143,7 @@ def test_eviction_under_sigkill_keeps_the_newest_and_accounts_for_every_batch(
         printed_ever |= set(printed)
         promised |= set(printed)
 
+        assert footprint(path) <= max_bytes, f"a kill left the files over the bound ({context})"
         with DurableQueue(path, max_bytes=max_bytes) as q:
             assert q.recovered_from is None, context
             assert_database_is_sound(path)

@@ -1,10 +1,19 @@
 """Model-based test: random operation sequences against the real queue and a trivial model.
 
 The model is an ordered dict of seq -> (created_at, payload) plus four counters. It
-knows the eviction policy only as DESIGN.md states it (age: the longest prefix
-created before ``now - max_age``; bytes: the shortest prefix whose removal makes the
-rest fit), and nothing of SQLite. Limits are test-sized (1.5 KB, 100 s) so that byte
-and age evictions happen in most sequences.
+knows the eviction policy only as DESIGN.md states it, and nothing of SQLite:
+
+- the age bound, exactly: the longest prefix of entries created before
+  ``now - max_age``, an entry stamped in the future counting as expired when an
+  expired entry follows it;
+- the byte bound, by its outcome only: it bounds the files on disk, page by page, so
+  how many entries it takes is SQLite's business. After each operation the model
+  drops as many of its oldest entries as the queue's byte-bound counter grew by, and
+  checks their bytes, that they were taken only from a queue that was full, and that
+  the files never exceed ``max_bytes``.
+
+Limits are test-sized (512 KiB, 100 s) so that byte and age evictions happen in most
+sequences; the clock moves in 10 s steps and jumps by a year both ways.
 """
 
 from __future__ import annotations
@@ -26,12 +35,22 @@ from hypothesis.stateful import (
     rule,
 )
 
-from buffer import DurableQueue, PayloadTooLargeError
-from tests.buffer.helpers import FakeClock, payload_for, read_all
+from buffer import MIN_MAX_BYTES, BufferStats, DurableQueue, PayloadTooLargeError
+from tests.buffer.helpers import FakeClock, footprint, payload_for, read_all
 
-MAX_BYTES = 1500
+MAX_BYTES = MIN_MAX_BYTES
 MAX_AGE = 100.0
-SIZES = st.one_of(st.integers(0, 700), st.integers(MAX_BYTES - 50, MAX_BYTES + 50))
+YEAR = 365 * 86400.0
+DATA_BYTES = 55 * 4096  # the data budget of MAX_BYTES: what a full queue holds, about
+# Sizes: several per page, one to three pages, many pages, and "max"/"over": exactly
+# the largest payload the queue accepts, and one byte more.
+SIZES = st.one_of(
+    st.integers(0, 700),
+    st.integers(3_000, 9_000),
+    st.integers(20_000, 60_000),
+    st.sampled_from(["max", "over"]),
+)
+Size = int | str
 
 
 class EncoderError(Exception):
@@ -72,32 +91,48 @@ class BufferModel(RuleBasedStateMachine):
     def model_bytes(self) -> int:
         return sum(len(payload) for _, payload in self.model.values())
 
-    def model_evict(self, cutoff: float | None) -> int:
-        """The documented policy: the age bound first, then the byte bound; oldest first."""
-        count = 0
-        while self.model and cutoff is not None and next(iter(self.model.values()))[0] < cutoff:
-            size = len(self.model.pop(next(iter(self.model)))[1])
+    def model_evict_by_age(self, now: float) -> int:
+        """The documented age rule: the expired prefix, future stamps before an expired
+        entry included; the walk stops at the first entry stamped in [cutoff, now]."""
+        cutoff = now - MAX_AGE
+        expired = 0
+        for position, (created_at, _) in enumerate(self.model.values()):
+            if created_at < cutoff:
+                expired = position + 1
+            elif created_at <= now:
+                break
+        for seq in list(self.model)[:expired]:
+            size = len(self.model.pop(seq)[1])
             self.evicted_by_age[0] += 1
             self.evicted_by_age[1] += size
             self.evicted[0] += 1
             self.evicted[1] += size
-            count += 1
-        while self.model_bytes() > MAX_BYTES:
-            size = len(self.model.pop(next(iter(self.model)))[1])
-            self.evicted[0] += 1
-            self.evicted[1] += size
-            count += 1
-        return count
+        return expired
 
-    def model_append(self, sizes: list[int]) -> list[int]:
-        seqs = list(range(self.last_seq + 1, self.last_seq + 1 + len(sizes)))
-        for seq, size in zip(seqs, sizes, strict=True):
-            self.model[seq] = (self.clock.now, payload_for(seq, size))
-        self.last_seq = seqs[-1]
-        self.model_evict(self.clock.now - MAX_AGE)
-        return seqs
+    def settle(self, before: BufferStats, age_at: float | None, *, bytes_may_evict: bool) -> None:
+        """Apply to the model what the operation evicted: by age, exactly as documented;
+        by the byte bound, as many of the oldest entries as the queue says it took."""
+        after = self.q().stats()
+        by_age = self.model_evict_by_age(age_at) if age_at is not None else 0
+        assert after.evicted_by_age_batches - before.evicted_by_age_batches == by_age
+        by_bytes = (after.evicted_batches - before.evicted_batches) - by_age
+        assert by_bytes >= 0
+        if not bytes_may_evict:
+            assert by_bytes == 0, "this operation must not evict for space"
+        popped = [self.model.pop(seq)[1] for seq in list(self.model)[:by_bytes]]
+        self.evicted[0] += by_bytes
+        self.evicted[1] += sum(map(len, popped))
+        if popped:  # only a full queue evicts for space: what is left plus the last taken
+            left = self.model_bytes() + 100 * len(self.model)
+            assert left + len(popped[-1]) + 100 > DATA_BYTES // 4, "evicted from a roomy queue"
+
+    def model_append(self, payloads: dict[int, bytes]) -> None:
+        for seq, payload in payloads.items():
+            self.model[seq] = (self.clock.now, payload)
+        self.last_seq = max(payloads)
 
     def open(self) -> None:
+        before = BufferStats(0, 0, None, 0, *self.evicted, *self.evicted_by_age)
         self.queue = DurableQueue(
             self.path,
             max_bytes=MAX_BYTES,
@@ -106,7 +141,7 @@ class BufferModel(RuleBasedStateMachine):
             clock=self.clock,
         )
         assert self.queue.recovered_from is None
-        self.model_evict(self.clock.now - MAX_AGE)  # the bounds apply at open
+        self.settle(before, self.clock.now, bytes_may_evict=False)  # the bounds apply at open
         self.cursor = 0
 
     def q(self) -> DurableQueue:
@@ -117,6 +152,14 @@ class BufferModel(RuleBasedStateMachine):
         assert seqs[0] > self.handed_out, "a seq was handed out twice"
         assert seqs == sorted(set(seqs))
         self.handed_out = seqs[-1]
+
+    def size(self, spec: Size) -> int:
+        if spec == "max":
+            return self.q().max_payload
+        if spec == "over":
+            return self.q().max_payload + 1
+        assert isinstance(spec, int)
+        return spec
 
     # -- rules -----------------------------------------------------------------------------
 
@@ -130,18 +173,25 @@ class BufferModel(RuleBasedStateMachine):
             self.queue.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    @rule(size=SIZES)
-    def append(self, size: int) -> None:
-        if size > MAX_BYTES:
+    @rule(spec=SIZES)
+    def append(self, spec: Size) -> None:
+        size = self.size(spec)
+        before = self.q().stats()
+        if size > self.q().max_payload:
             with pytest.raises(PayloadTooLargeError):
                 self.q().append(lambda s: payload_for(s, size))
+            assert self.q().stats() == before
             return
         seq = self.q().append(lambda s: payload_for(s, size))
-        assert [seq] == self.model_append([size])
+        assert seq == self.last_seq + 1
+        self.model_append({seq: payload_for(seq, size)})
+        self.settle(before, self.clock.now, bytes_may_evict=True)
         self.handed([seq])
 
-    @rule(sizes=st.lists(SIZES, max_size=6), fail_at=st.none() | st.integers(0, 5))
-    def append_many(self, sizes: list[int], fail_at: int | None) -> None:
+    @rule(specs=st.lists(SIZES, max_size=8), fail_at=st.none() | st.integers(0, 7))
+    def append_many(self, specs: list[Size], fail_at: int | None) -> None:
+        sizes = [self.size(spec) for spec in specs]
+
         def maker(i: int, size: int):  # type: ignore[no-untyped-def]
             def make(seq: int) -> bytes:
                 if i == fail_at:
@@ -154,14 +204,18 @@ class BufferModel(RuleBasedStateMachine):
         failures = [
             EncoderError if i == fail_at else PayloadTooLargeError
             for i, size in enumerate(sizes)
-            if i == fail_at or size > MAX_BYTES
+            if i == fail_at or size > self.q().max_payload
         ]
+        before = self.q().stats()
         if failures:  # the first payload that fails decides; nothing is stored
             with pytest.raises(failures[0]):
                 self.q().append_many(makers)
+            assert self.q().stats() == before
         elif sizes:
             seqs = self.q().append_many(makers)
-            assert seqs == self.model_append(sizes)
+            assert seqs == list(range(self.last_seq + 1, self.last_seq + 1 + len(sizes)))
+            self.model_append({s: payload_for(s, n) for s, n in zip(seqs, sizes, strict=True)})
+            self.settle(before, self.clock.now, bytes_may_evict=True)
             self.handed(seqs)
         else:
             assert self.q().append_many(makers) == []
@@ -182,10 +236,12 @@ class BufferModel(RuleBasedStateMachine):
         """PUBACKs for some of what was taken, some of it evicted meanwhile."""
         acked = data.draw(st.lists(st.sampled_from(sorted(self.taken)), unique=True))
         expected = len(set(acked) & self.model.keys())
+        before = self.q().stats()
         assert self.q().ack(acked) == expected
         for seq in acked:
             self.model.pop(seq, None)
         self.taken -= set(acked)
+        self.settle(before, None, bytes_may_evict=False)
 
     @rule()
     def nack(self) -> None:
@@ -193,7 +249,7 @@ class BufferModel(RuleBasedStateMachine):
         self.cursor = 0
 
     # Time moves in steps of 10 s against a 100 s bound, so entries exactly at the bound
-    # are common.
+    # are common; and by a year both ways, as NTP steps the clock of a Pi without an RTC.
 
     @rule(tens=st.integers(0, 12))
     def time_passes(self, tens: int) -> None:
@@ -204,12 +260,34 @@ class BufferModel(RuleBasedStateMachine):
         """NTP corrects the wall clock: later entries can be older than earlier ones."""
         self.clock.now -= 10 * tens
 
+    @rule(years=st.sampled_from([-1, 1]))
+    def clock_jumps_a_year(self, years: int) -> None:
+        self.clock.now += years * YEAR
+
+    @rule(data=st.data(), delta=st.sampled_from([-YEAR, -30.0, 30.0, YEAR]))
+    def shift_created_at(self, data: st.DataObject, delta: float) -> None:
+        """The gateway saw the clock step: entries of this boot get the step added."""
+        after = data.draw(st.sampled_from([0, *self.model, self.last_seq]))
+        before = self.q().stats()
+        shifted = [seq for seq in self.model if seq > after]
+        assert self.q().shift_created_at(after, delta) == len(shifted)
+        for seq in shifted:
+            created_at, payload = self.model[seq]
+            self.model[seq] = (created_at + delta, payload)
+        self.settle(before, None, bytes_may_evict=True)  # rewritten rows may need room
+
     @rule(tens=st.none() | st.integers(-5, 25))
     def evict_older_than(self, tens: int | None) -> None:
         now = self.clock.now if tens is None else self.clock.now + 10 * tens
-        expected = self.model_evict(now - MAX_AGE)
+        before = self.q().stats()
+        expected = len(self.model)
         got = self.q().evict_older_than() if tens is None else self.q().evict_older_than(now)
-        assert got == expected
+        self.settle(before, now, bytes_may_evict=False)
+        assert got == expected - len(self.model)
+
+    @rule()
+    def sync(self) -> None:
+        self.q().sync()
 
     @rule()
     def restart(self) -> None:
@@ -221,7 +299,7 @@ class BufferModel(RuleBasedStateMachine):
     def crash(self) -> None:
         witness = sqlite3.connect(self.path)  # keeps the WAL as a killed process leaves it
         try:
-            witness.execute("SELECT count(*) FROM batches").fetchone()
+            witness.execute("SELECT count(*) FROM batches").fetchall()  # no read left open
             abandon(self.q())
             self.open()
         finally:
@@ -256,9 +334,17 @@ class BufferModel(RuleBasedStateMachine):
             oldest,
             self.last_seq,
         )
-        assert stats.bytes <= MAX_BYTES
         assert [stats.evicted_batches, stats.evicted_bytes] == self.evicted
         assert [stats.evicted_by_age_batches, stats.evicted_by_age_bytes] == self.evicted_by_age
+        age = stats.oldest_age(self.clock.now)
+        assert age is None or age >= 0
+
+    @invariant()
+    def the_files_fit_in_max_bytes(self) -> None:
+        if self.queue is None:
+            return
+        assert footprint(self.path) <= MAX_BYTES
+        assert self.queue.stats().disk_bytes == footprint(self.path)
 
 
 CI = settings(

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from buffer import DurableQueue, Entry
+from buffer import DurableQueue, Entry, NotABufferError
 from buffer.salvage import DamagedFile
 from tests.buffer.helpers import payload_for as sized_payload
 from tests.buffer.helpers import read_all, run_python
@@ -261,29 +261,43 @@ def test_a_zero_length_file_is_just_a_new_buffer_whose_seqs_continue_after_the_s
     assert not list(path.parent.glob("*.corrupt-*"))
 
 
-def test_garbage_file_is_kept_aside_and_a_fresh_queue_starts(
+def test_a_garbage_file_with_our_seq_file_beside_it_is_kept_aside_and_a_fresh_queue_starts(
     path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     garbage = os.urandom(8192)
     path.parent.mkdir(parents=True)
     path.write_bytes(garbage)
+    Path(f"{path}.seq").write_text("41\n")  # what makes it ours: a buffer whose header died
 
     with (
         caplog.at_level(logging.ERROR, logger="buffer"),
-        DurableQueue(path, max_bytes=1000) as queue,
+        DurableQueue(path, max_bytes=10**6) as queue,
     ):
         assert queue.recovered_from is not None
         assert queue.stats().batches == 0
         seq = queue.append(payload_for)
-        assert [e.seq for e in queue.read()] == [seq]
+        assert [e.seq for e in queue.read()] == [seq] == [42]
 
     kept = Path(queue.recovered_from)
     assert kept.name.startswith("queue.db.corrupt-")
     assert kept.read_bytes() == garbage, "the damaged file must be kept byte for byte"
+    assert kept.stat().st_mode & 0o777 == 0o600
     message = only_error_line(caplog)
     assert str(kept) in message
-    assert "not a database" in message
+    assert "no SQLite header" in message
     assert "salvaged 0 batches" in message
+
+
+def test_a_garbage_file_without_our_seq_file_is_refused_and_left_untouched(path: Path) -> None:
+    garbage = os.urandom(8192)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(garbage)
+
+    with pytest.raises(NotABufferError, match="no SQLite header"):
+        DurableQueue(path, max_bytes=10**6)
+
+    assert path.read_bytes() == garbage
+    assert [p.name for p in path.parent.iterdir()] == ["queue.db"], "nothing created beside it"
 
 
 def test_seqs_after_quarantine_continue_above_the_last_seq_of_the_lost_file(path: Path) -> None:
@@ -359,7 +373,7 @@ def test_the_page_reader_sees_exactly_what_sqlite_sees_in_a_sound_file(
 ) -> None:
     """Appends, acks and evictions, read while the WAL holds uncheckpointed commits."""
     rng = random.Random(seed)
-    with DurableQueue(path, max_bytes=150_000) as queue:
+    with DurableQueue(path, max_bytes=600_000) as queue:
         for _ in range(500):
             queue.append(lambda s: sized_payload(s, rng.choice(SIZES)))
             if rng.random() < 0.2:
