@@ -630,7 +630,11 @@ class MqttUplink:
         failures = 0
         while not self._stop.is_set():
             attempt_started = time.monotonic()
-            end, up_for = await self._attempt()
+            try:
+                end, up_for = await self._attempt()
+            except Exception as err:  # a bug must not end the uplink: say it, try again
+                log.exception("uplink attempt failed unexpectedly; trying again")
+                end, up_for = SessionEnd("internal", f"internal error: {_describe(err)}"), None
             if end.kind == "stopped" or self._stop.is_set():
                 break
             if up_for is not None and up_for >= STABLE_SESSION:
