@@ -1312,7 +1312,7 @@ class DurableQueue:
                 raise
             except Exception as err:  # whatever else the file makes us trip over
                 reason = f"{type(err).__name__}: {err}"
-                if not ours:
+                if not (ours or _pages_look_like_a_buffer(self._path)):
                     raise _not_ours(self._path, reason) from err
                 raise _CorruptDatabaseError(reason) from err
             return self._open_checked_file()
@@ -1735,14 +1735,18 @@ def _check_existing_file(path: str, has_seq: bool) -> None:
     holds something that is not recognisably a buffer, NewerFormatError for a buffer of a
     newer format, and a BufferError for a file the machine does not let us read.
 
-    A buffer is recognised by its ``<path>.seq`` side file (``has_seq``) or, for a
-    readable SQLite database, by its ``batches`` and ``meta`` tables. Runs on a
-    read-only connection so that nothing is written to (or checkpointed into) a file
-    that is about to be kept aside as evidence, or that is not ours.
+    A buffer is recognised by its ``<path>.seq`` side file (``has_seq``); a readable
+    SQLite database by its ``batches`` and ``meta`` tables; a damaged SQLite file by
+    rows of our shape on its pages. Runs on a read-only connection so that nothing is
+    written to (or checkpointed into) a file that is about to be kept aside as
+    evidence, or that is not ours.
     """
+    header = b""
 
     def damaged(reason: str) -> Exception:
-        return _CorruptDatabaseError(reason) if has_seq else _not_ours(path, reason)
+        if has_seq or (header == _SQLITE_MAGIC and _pages_look_like_a_buffer(path)):
+            return _CorruptDatabaseError(reason)
+        return _not_ours(path, reason)
 
     damaged_wal = wal_damage(path + "-wal")
     try:
@@ -2021,11 +2025,27 @@ def _refuse_what_is_not_ours(path: str, has_seq: bool) -> None:
         finally:
             conn.close()
     except sqlite3.Error as err:
+        if _pages_look_like_a_buffer(path):
+            return  # a damaged buffer: salvaged under the process lock
         raise _not_ours(path, f"an SQLite file whose schema cannot be read: {err}") from err
     if {"batches", "meta"} <= tables or (version == 0 and not tables):
         return
     described = f" and tables {', '.join(sorted(tables))}" if tables else ""
     raise _not_ours(path, f"an SQLite database with format version {version}{described}")
+
+
+def _pages_look_like_a_buffer(path: str) -> bool:
+    """Is a damaged SQLite file with no ``<path>.seq`` beside it a buffer after all? Its
+    pages, read one by one as the salvage does, hold a row with the exact shape of a
+    batch (NULL, a number, an integer n, a blob of n bytes) or a ``meta`` row with one
+    of our keys."""
+    try:
+        with DamagedFile(path) as pages:
+            for _ in pages.batches():
+                return True
+            return bool(pages.meta)
+    except Exception:  # unreadable in any way: no evidence
+        return False
 
 
 def _make_directory(path: str) -> None:

@@ -141,6 +141,39 @@ def test_a_buffer_whose_seq_file_was_lost_is_still_recognised_by_its_tables(path
         assert queue.append(payload_for) == seqs[-1] + 1
 
 
+def test_a_damaged_buffer_whose_seq_file_was_lost_is_recognised_by_its_rows_and_salvaged(
+    path: Path,
+) -> None:
+    with DurableQueue(path, max_bytes=MB) as queue:
+        seqs = [queue.append(lambda s: payload_for(s, 3_000)) for _ in range(40)]
+    Path(f"{path}.seq").unlink()
+    with path.open("r+b") as f:  # cut short: SQLite cannot read even the schema
+        f.truncate(path.stat().st_size // 2)
+
+    with DurableQueue(path, max_bytes=MB) as queue:
+        assert queue.recovered_from is not None
+        kept = [e.seq for e in read_all(queue)]
+    assert kept and set(kept) <= set(seqs)
+
+
+def test_a_damaged_database_of_another_program_is_refused_and_left_untouched(
+    path: Path,
+) -> None:
+    path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE readings (device TEXT, value REAL)")
+    conn.executemany("INSERT INTO readings VALUES (?, ?)", [("pump", i / 3) for i in range(5000)])
+    conn.commit()
+    conn.close()
+    with path.open("r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+    before = listing(path.parent)
+
+    with pytest.raises(NotABufferError, match="not a buffer of this gateway"):
+        DurableQueue(path, max_bytes=MB)
+    assert listing(path.parent) == before
+
+
 # -- files are private ----------------------------------------------------------------------
 
 
