@@ -231,7 +231,7 @@ class EvictionEpisode:
 
 @dataclass(frozen=True, slots=True)
 class BufferStats:
-    """A snapshot of the queue, taken after its last write.
+    """A snapshot of the queue: taken after its last write, ``disk_bytes`` when asked.
 
     ``oldest_created_at`` is the stamp of the lowest stored seq. It can be later than
     the caller's clock (a clock that was ahead when it was stamped, or that stepped
@@ -422,30 +422,52 @@ class _Loss:
 
 @dataclass(slots=True)
 class _Tx:
-    """The state of one write transaction: its stats, what it evicted, and how many more
-    WAL frames its evictions may write."""
+    """The state of one write transaction: the counters as it changes them, what it
+    evicted, and how many more WAL frames its evictions may write. ``stats`` is the
+    snapshot it started from until ``finish`` makes the new one."""
 
     conn: sqlite3.Connection
     budget: _Budget
     stats: BufferStats
     frames_left: int
-    page_limit: int = 0
+    file_pages: int  # page_count, and pages in use (page_count - freelist_count), as of
+    used_pages: int  # the start or of the last measure (see ``counted``)
+    page_limit: int = 0  # the file may not grow past this (the budget, or its size if larger)
+    batches: int = 0
+    payload_bytes: int = 0
+    last_seq: int = 0
+    counted: bool = True  # file_pages and used_pages are up to date
+    front_changed: bool = False  # the lowest seq changed: oldest_created_at is read again
     loss: _Loss = dataclasses.field(default_factory=_Loss)
-    used_pages: int = 0
     age_hint: float | None = None  # set when this transaction walked the age prefix
+    age_done: bool = False  # ... and walked all of it
     done: bool = False  # the transaction did all it was asked (else: evictions only)
     shifted: int = 0  # rows shift_created_at rewrote
     deleting: bool = False  # the fixed frames of a deletion are accounted for
 
-    def pages(self) -> tuple[int, int]:
-        """(page_count, freelist_count) as this transaction sees them."""
-        count = int(self.conn.execute("PRAGMA page_count").fetchone()[0])
+    def __post_init__(self) -> None:
+        self.page_limit = max(self.budget.data_pages, self.file_pages)
+        self.batches, self.payload_bytes = self.stats.batches, self.stats.bytes
+        self.last_seq = self.stats.last_seq
+
+    def measure(self) -> None:
+        """Read page_count and freelist_count as this transaction sees them."""
+        self.file_pages = int(self.conn.execute("PRAGMA page_count").fetchone()[0])
         free = int(self.conn.execute("PRAGMA freelist_count").fetchone()[0])
-        return count, free
+        self.used_pages, self.counted = self.file_pages - free, True
 
     def free_pages(self) -> int:
-        count, free = self.pages()
-        return self.budget.data_pages - (count - free)
+        if not self.counted:
+            self.measure()
+        return self.budget.data_pages - self.used_pages
+
+    def over_budget(self) -> int:
+        """Pages by which the (measured) file exceeds its budget; <= 0 if it fits."""
+        return max(self.used_pages - self.budget.data_pages, self.file_pages - self.page_limit)
+
+    def changed(self, *, front: bool) -> None:
+        self.counted = False
+        self.front_changed = self.front_changed or front
 
     def affordable(self, runs: int, rows: int, freed_pages: int) -> bool:
         fixed = 0 if self.deleting else _TXN_FIXED_FRAMES
@@ -462,12 +484,13 @@ class _Tx:
         self.conn.execute("DELETE FROM batches WHERE seq <= ?", (rows[-1][0],))
         for (seq, created_at, size), by_age in zip(rows, ages, strict=True):
             self.loss.add(seq, created_at, size, by_age=by_age)
-        gone = sum(size for _, _, size in rows)
-        self.stats = dataclasses.replace(
-            self.stats,
-            batches=self.stats.batches - len(rows),
-            bytes=self.stats.bytes - gone,
-        )
+        self.deleted(len(rows), sum(size for _, _, size in rows))
+
+    def deleted(self, count: int, size: int) -> None:
+        """Note rows deleted (evicted here, or acked by the caller)."""
+        self.batches -= count
+        self.payload_bytes -= size
+        self.changed(front=True)
 
     def drop_unstored(self, seq: int, created_at: float, size: int) -> None:
         """Count a member of a group that never fitted as evicted (by the byte bound)."""
@@ -506,6 +529,7 @@ class _Tx:
             hint = min(hint, *(c for _, c, _ in rows[expired:]))
         self.delete_prefix(rows[:expired], [True] * expired)
         self.age_hint = hint if complete else -math.inf
+        self.age_done = complete
         return complete
 
     def evict_pages(self, pages: float) -> bool:
@@ -531,7 +555,7 @@ class _Tx:
     def make_room(self, pages: int) -> bool:
         """Evict until ``pages`` more pages fit in the data budget; False when the frame
         allowance ran out first (what was evicted stays evicted)."""
-        while self.stats.batches and (short := pages - self.free_pages()) > 0:
+        while self.batches and (short := pages - self.free_pages()) > 0:
             if not self.evict_pages(short):
                 return False
         return True
@@ -548,14 +572,15 @@ class _Tx:
                 "INSERT INTO batches (seq, created_at, size, payload) VALUES (?, ?, ?, ?)",
                 [(seq, created_at, len(p), p) for seq, created_at, p in rows],
             )
-            count, free = self.pages()
-            over = max(count - free - self.budget.data_pages, count - self.page_limit)
+            self.measure()
+            over = self.over_budget()
             if over <= 0:
                 self.conn.execute("RELEASE fit")
                 break
             self.conn.execute("ROLLBACK TO fit")
             self.conn.execute("RELEASE fit")
-            if self.stats.batches:
+            self.counted = False
+            if self.batches:
                 if not self.evict_pages(over):
                     return False
             elif len(rows) > 1:  # nothing older left: the group's first member goes, unstored
@@ -563,39 +588,46 @@ class _Tx:
                 self.drop_unstored(seq, created_at, len(payload))
             else:  # max_payload fits in an empty queue: only a bug gets here
                 raise BufferError(f"an entry of {len(rows[0][2])} bytes does not fit")
-        self.stats = dataclasses.replace(
-            self.stats,
-            batches=self.stats.batches + len(rows),
-            bytes=self.stats.bytes + sum(len(p) for _, _, p in rows),
-            last_seq=max(self.stats.last_seq, rows[-1][0]),
-        )
+        self.front_changed = self.front_changed or not self.batches
+        self.batches += len(rows)
+        self.payload_bytes += sum(len(p) for _, _, p in rows)
+        self.last_seq = max(self.last_seq, rows[-1][0])
         return True
 
     def finish(self) -> None:
-        """Write the counters of what was evicted; note the pages now used."""
-        if self.loss.batches:
-            loss = self.loss
-            self.stats = dataclasses.replace(
-                self.stats,
-                evicted_batches=self.stats.evicted_batches + loss.batches,
-                evicted_bytes=self.stats.evicted_bytes + loss.bytes,
-                evicted_by_age_batches=self.stats.evicted_by_age_batches + loss.by_age_batches,
-                evicted_by_age_bytes=self.stats.evicted_by_age_bytes + loss.by_age_bytes,
-                last_seq=max(self.stats.last_seq, loss.last_seq),
-            )
+        """Write the counters of what was evicted; make the new snapshot."""
+        loss, old = self.loss, self.stats
+        last_seq = max(self.last_seq, loss.last_seq)
+        evicted = (
+            old.evicted_batches + loss.batches,
+            old.evicted_bytes + loss.bytes,
+            old.evicted_by_age_batches + loss.by_age_batches,
+            old.evicted_by_age_bytes + loss.by_age_bytes,
+        )
+        if loss.batches:
             _write_meta(
                 self.conn,
-                last_seq=self.stats.last_seq,
-                evicted_batches=self.stats.evicted_batches,
-                evicted_bytes=self.stats.evicted_bytes,
-                evicted_by_age_batches=self.stats.evicted_by_age_batches,
-                evicted_by_age_bytes=self.stats.evicted_by_age_bytes,
+                last_seq=last_seq,
+                evicted_batches=evicted[0],
+                evicted_bytes=evicted[1],
+                evicted_by_age_batches=evicted[2],
+                evicted_by_age_bytes=evicted[3],
             )
+        if not self.counted:
+            self.measure()
         self.stats = dataclasses.replace(
-            self.stats, oldest_created_at=_oldest_created_at(self.conn)
+            old,
+            batches=self.batches,
+            bytes=self.payload_bytes,
+            oldest_created_at=(
+                _oldest_created_at(self.conn) if self.front_changed else old.oldest_created_at
+            ),
+            last_seq=last_seq,
+            evicted_batches=evicted[0],
+            evicted_bytes=evicted[1],
+            evicted_by_age_batches=evicted[2],
+            evicted_by_age_bytes=evicted[3],
         )
-        count, free = self.pages()
-        self.used_pages = count - free
 
 
 class DurableQueue:
@@ -649,6 +681,8 @@ class DurableQueue:
         if not self._path.strip():
             raise BufferError("the buffer path is empty: set [buffer] path to a file name")
         self._seq_path = self._path + ".seq"
+        self._files = tuple(Path(self._path + s) for s in _SIDE_SUFFIXES)
+        self._side_bytes = 0  # .lock and .seq: the sizes we wrote
         self._max_bytes = max_bytes
         self._max_age = max_age
         self._synchronous: Synchronous = synchronous
@@ -657,7 +691,7 @@ class DurableQueue:
         self._conn: sqlite3.Connection | None = None
         self._seq_ceiling = 0
         self._budget = _Budget.of(max_bytes, _PAGE_SIZE)  # until the file's page size is known
-        self._used_pages = 0
+        self._file_pages = self._used_pages = 0  # as of the last commit
         self._episode: EvictionEpisode | None = None
         self._episode_room = 0  # free pages that end an episode (see _maybe_end_episode)
         self._episode_gap = 0.0  # the largest gap in created_at the age bound left behind
@@ -673,6 +707,7 @@ class DurableQueue:
         _refuse_what_is_not_ours(self._path, self._has_seq_file())
         _make_directory(self._path)
         self._lock_fd = _acquire_process_lock(self._path)
+        self._side_bytes = len(f"{os.getpid()}\n")
         try:
             self._conn, self._stats = self._open_database()
             try:
@@ -864,8 +899,15 @@ class DurableQueue:
             self._unsynced = False
 
     def stats(self) -> BufferStats:
-        """The snapshot taken after the last write: no I/O, no lock; safe from any thread."""
-        return self._stats
+        """The snapshot taken after the last write, with ``disk_bytes`` measured now.
+
+        No lock and no SQLite: safe from any thread (the health reporter calls it on the
+        event loop). ``disk_bytes`` costs three ``stat`` calls (file metadata, in memory
+        for files in use); 0 once the queue is closed.
+        """
+        if self._conn is None:
+            return self._stats
+        return dataclasses.replace(self._stats, disk_bytes=self._disk_bytes())
 
     def close(self) -> None:
         """Checkpoint, close the database and release the process lock. Idempotent."""
@@ -917,17 +959,20 @@ class DurableQueue:
         sizes = [len(p) for _, _, p in rows]
         keep = _members_that_fit(budget, sizes)
         unstored, rows = rows[:keep], rows[keep:]
+        # The age bound applies once per call, to the entries as they were before it
+        # (then the byte bound): entries a byte eviction exposes wait for the next check.
+        age_due = self._age_due(now)
         chunk: list[tuple[int, float, bytes]] = []
         overflow = cells = 0
         for row in rows:
             row_overflow, row_cells = budget.insert_parts(len(row[2]))
             frames = budget.frames_of(overflow + row_overflow, cells + row_cells)
             if chunk and frames > budget.txn_frames - _MIN_EVICT_FRAMES:
-                self._store_chunk(conn, chunk, now, unstored)
+                age_due = self._store_chunk(conn, chunk, now, unstored, age_due)
                 chunk, unstored, overflow, cells = [], [], 0, 0
             chunk.append(row)
             overflow, cells = overflow + row_overflow, cells + row_cells
-        self._store_chunk(conn, chunk, now, unstored)
+        self._store_chunk(conn, chunk, now, unstored, age_due)
         if self._max_age is not None:
             self._age_hint = min(self._age_hint, now)
         self._after_write(now)
@@ -938,15 +983,17 @@ class DurableQueue:
         chunk: list[tuple[int, float, bytes]],
         now: float,
         unstored: list[tuple[int, float, bytes]],
-    ) -> None:
+        age_due: bool,
+    ) -> bool:
         """One transaction (more if evicting needs more WAL than one can write): evict
-        what the bounds require, insert the chunk, count everything."""
+        what the bounds require, insert the chunk, count everything. Returns whether the
+        age bound still has to be applied (its walk was cut short)."""
         budget = self._budget
         frames = budget.insert_frames(len(p) for _, _, p in chunk)
         evict_older = bool(unstored)  # a member did not fit: everything older goes too
         generous = frames + _MIN_EVICT_FRAMES > budget.headroom
         while True:
-            cutoff = self._age_cutoff(now) if self._age_due(now) else None
+            cutoff = self._age_cutoff(now) if age_due else None
             allowance = (budget.txn_frames if generous else budget.headroom) - frames
             if generous:
                 self._checkpoint(conn)
@@ -955,12 +1002,13 @@ class DurableQueue:
             )
             tx = self._commit(conn, work)
             self._apply(tx, now)
+            age_due = age_due and not tx.age_done
             if tx.done:
                 if tx.loss.batches:  # the next append of this size must fit without evicting
                     sizes = [len(p) for _, _, p in chunk]
                     room = max(budget.data_pages_for(sizes), 2 * budget.data_pages_for(sizes[-1:]))
                     self._episode_room = max(self._episode_room, room)
-                return
+                return age_due
             unstored, generous = [], True
 
     def _evict_and_insert(
@@ -978,9 +1026,9 @@ class DurableQueue:
             tx.drop_unstored(seq, created_at, len(payload))
         ready = cutoff is None or tx.evict_expired(cutoff, now)  # age first, then bytes
         if ready and evict_older:
-            while tx.stats.batches and tx.evict_pages(math.inf):
+            while tx.batches and tx.evict_pages(math.inf):
                 pass
-            ready = not tx.stats.batches
+            ready = not tx.batches
         if ready:
             tx.done = tx.insert(list(chunk))
         tx.finish()
@@ -989,14 +1037,14 @@ class DurableQueue:
     # -- evicting, acking, shifting --------------------------------------------------------
 
     def _new_tx(self, conn: sqlite3.Connection, allowance: int) -> _Tx:
-        tx = _Tx(conn, self._budget, self._stats, allowance)
-        tx.page_limit = max(self._budget.data_pages, tx.pages()[0])
-        return tx
+        # Nothing but this connection writes the file: the pages counted at the end of
+        # the last transaction are the pages at the start of this one.
+        return _Tx(conn, self._budget, self._stats, allowance, self._file_pages, self._used_pages)
 
     def _apply(self, tx: _Tx, now: float | None) -> None:
         """Take over the outcome of a committed transaction."""
         self._stats = tx.stats
-        self._used_pages = tx.used_pages
+        self._file_pages, self._used_pages = tx.file_pages, tx.used_pages
         at = self._clock() if now is None else now
         if tx.loss.batches > tx.loss.by_age_batches:  # the byte bound moved the front
             self._reset_age_hint(at)
@@ -1113,10 +1161,8 @@ class DurableQueue:
                 count += found
                 freed += size
         if count:
-            _write_meta(conn, last_seq=tx.stats.last_seq)
-            tx.stats = dataclasses.replace(
-                tx.stats, batches=tx.stats.batches - count, bytes=tx.stats.bytes - freed
-            )
+            _write_meta(conn, last_seq=tx.last_seq)
+            tx.deleted(count, freed)
         tx.finish()
         return tx
 
@@ -1174,8 +1220,9 @@ class DurableQueue:
                 "INSERT INTO batches (seq, created_at, size, payload) VALUES (?, ?, ?, ?)", rows
             )
             tx.shifted = len(rows)
-        count, free = tx.pages()
-        if max(count - free - self._budget.data_pages, count - tx.page_limit) > 0:
+        tx.changed(front=True)
+        tx.measure()
+        if tx.over_budget() > 0:
             raise BufferError(  # rows freed their pages first: only a bug gets here
                 f"buffer {self._path}: shifting created_at would grow the file past max_bytes"
             )
@@ -1264,21 +1311,18 @@ class DurableQueue:
         self._stats = dataclasses.replace(self._stats, eviction=self._episode)
 
     def _after_write(self, now: float) -> None:
-        """Refresh the snapshot: the episode, and the bytes of every file on disk."""
+        """Refresh the snapshot's episode (ended, perhaps, by this write)."""
         self._maybe_end_episode(now)
-        self._stats = dataclasses.replace(
-            self._stats, disk_bytes=self._disk_bytes(), eviction=self._episode
-        )
+        if self._stats.eviction is not self._episode:
+            self._stats = dataclasses.replace(self._stats, eviction=self._episode)
 
     def _disk_bytes(self) -> int:
-        total = 0
-        for name in (
-            *(self._path + s for s in _SIDE_SUFFIXES),
-            self._path + ".lock",
-            self._seq_path,
-        ):
+        """Bytes of every file of the buffer: three stat calls (the database, -wal and
+        -shm); the lock and .seq files are written only by us, their sizes remembered."""
+        total = self._side_bytes
+        for file in self._files:
             with contextlib.suppress(OSError):
-                total += Path(name).stat().st_size
+                total += file.stat().st_size
         return total
 
     def _skip_seqs_a_power_cut_may_have_lost(self, conn: sqlite3.Connection) -> BufferStats:
@@ -1351,7 +1395,7 @@ class DurableQueue:
                     conn.execute("PRAGMA page_count").fetchone()[0],
                     conn.execute("PRAGMA freelist_count").fetchone()[0],
                 )
-                self._used_pages = int(count) - int(free)
+                self._file_pages, self._used_pages = int(count), int(count) - int(free)
         except OSError as err:
             conn.close()
             raise _environment_error(self._path, err, "open") from err
@@ -1563,6 +1607,7 @@ class DurableQueue:
                 os.close(fd)
             Path(tmp).replace(self._seq_path)
             _fsync_dir(self._seq_path)
+            self._side_bytes = len(f"{os.getpid()}\n") + len(data)
         except OSError as err:
             with contextlib.suppress(OSError):
                 Path(tmp).unlink()
