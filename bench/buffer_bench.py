@@ -156,6 +156,7 @@ def bench_salvage(sound: Path, damaged: Path, table: Table, keep: float = 0.7) -
     with sound.open("rb") as src, damaged.open("wb") as dst:
         shutil.copyfileobj(src, dst)
         dst.truncate(int(sound.stat().st_size * keep))
+    shutil.copyfile(f"{sound}.seq", f"{damaged}.seq")  # a buffer's side file: it is ours
     logging.disable(logging.ERROR)  # the one ERROR line is expected
     try:
         start = time.perf_counter()
@@ -175,13 +176,51 @@ def bench_salvage(sound: Path, damaged: Path, table: Table, keep: float = 0.7) -
 
 
 def bench_at_cap(root: Path, table: Table) -> None:
-    cap_batches = 2000
-    queue = DurableQueue(root / "cap" / "queue.db", max_bytes=cap_batches * PAYLOAD_BYTES)
+    """Every append evicts: the files are at max_bytes (about 2,000 batches' worth)."""
+    max_bytes = 2000 * PAYLOAD_BYTES
+    path = root / "cap" / "queue.db"
+    queue = DurableQueue(path, max_bytes=max_bytes)
     try:
-        fill(queue, cap_batches)
-        seconds, lat, amp = timed(TIMED_APPENDS, lambda: queue.append(make_payload))
-        evicted = queue.stats().evicted_batches
-        table.add(f"append at byte cap, {evicted:,} evicted", TIMED_APPENDS, seconds, lat, amp)
+        while queue.stats().evicted_batches == 0:
+            queue.append(make_payload)
+        peak = 0
+
+        def append_and_measure() -> None:
+            nonlocal peak
+            queue.append(make_payload)
+            peak = max(peak, queue.stats().disk_bytes)
+
+        seconds, lat, amp = timed(TIMED_APPENDS, append_and_measure)
+        stats = queue.stats()
+        table.add(
+            f"append at byte cap, {stats.evicted_batches:,} evicted",
+            TIMED_APPENDS,
+            seconds,
+            lat,
+            amp,
+        )
+        table.add_text(
+            f"  files at the cap: {stats.batches:,} batches, peak {peak / max_bytes:.1%} of max_bytes",
+            f"{peak:,} B",
+        )
+    finally:
+        queue.close()
+
+
+def bench_small_cap(root: Path, table: Table) -> None:
+    """The field case of issue 8: max_bytes = 1 MB, appends without acks."""
+    max_bytes = 1_000_000
+    path = root / "small" / "queue.db"
+    queue = DurableQueue(path, max_bytes=max_bytes)
+    try:
+        peak = 0
+        for _ in range(TIMED_APPENDS):
+            queue.append(make_payload)
+            peak = max(peak, queue.stats().disk_bytes)
+        table.add_text(
+            f"files at max_bytes 1 MB after {TIMED_APPENDS:,} appends: peak on disk",
+            f"{peak:,} B",
+        )
     finally:
         queue.close()
 
@@ -251,6 +290,7 @@ def main() -> None:
         bench_commit_modes(root, table, per_reading)
         bench_backlogs(root, backlogs, table)
         bench_at_cap(root, table)
+        bench_small_cap(root, table)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     table.print()
