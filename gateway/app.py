@@ -6,6 +6,20 @@ the buffer, the uplink says goodbye (retained 'offline') and disconnects, the
 buffer closes. Readings not yet in a batch when the process is SIGKILLed are the
 only ones that can be lost: at most `batch.max_age` worth (docs/durability in
 buffer/DESIGN.md).
+
+Reload (SIGHUP, `systemctl reload`): the file is validated first; a config with
+problems is refused, logged, and the running one carries on. A good one is switched
+in without losing the open batch or the buffer: drivers are replaced, processing
+and alarm state is kept for points whose rules did not change, batch settings apply
+at once, [mqtt] changes reconnect the uplink.
+
+Nothing a device sends, and no disk trouble, ends the process: values the wire
+cannot carry are replaced (no value, quality invalid_value), a batch that still
+cannot be encoded is set aside (counted, logged once, kept in
+`<buffer>.set-aside.jsonl`), a full disk keeps data in memory (bounded) and
+retries, also at start-up. Start-up fails only for reasons a fresh start cannot
+fix (a buffer path that is not ours, a read-only directory): `StartupError`, one
+sentence, exit code 3.
 """
 
 from __future__ import annotations
@@ -13,23 +27,32 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from buffer import BufferError, DurableQueue, ForeignFileError, PayloadTooLargeError
-from drivers.base import Driver
+from buffer import (
+    BufferError,
+    BufferInUseError,
+    DurableQueue,
+    NewerFormatError,
+    PayloadTooLargeError,
+)
+from drivers.base import DeviceHealth, Driver
 from gateway import __version__
 from gateway.build import build_drivers
+from gateway.clock import Clock, ClockWatch, SystemClock, format_span
+from gateway.errors import ConfigError, StartupError
 from gateway.model import Reading
 from gateway.pipeline.alarms import AlarmEvent
-from gateway.pipeline.batcher import Batcher
-from gateway.pipeline.processing import compile_processing
-from gateway.settings import LoadedConfig
+from gateway.pipeline.batcher import Batcher, SealedBatch
+from gateway.pipeline.processing import Processing, compile_processing
+from gateway.settings import LoadedConfig, load_config
 from gateway.store import Store
 from gateway.tasks import cancel_and_wait
 from gateway.uplink.mqtt import MqttUplink
@@ -45,20 +68,24 @@ DRIVER_RESTART_SECONDS = 5.0
 # beyond this the oldest are dropped, counted, and reported.
 MAX_PENDING = 200_000
 ALARM_BUFFER_BYTES = 16_000_000  # alarm events are small: this holds >50,000 of them
+SYNC_INTERVAL = 1.0  # sync = "normal": the WAL is fsynced this often
+AGE_CHECK_INTERVAL = 10.0  # the age bound is applied this often, appends or not
+REOPEN_INTERVAL = 5.0  # a buffer that could not be opened (full disk) is retried this often
+SET_ASIDE_MAX_BYTES = 10_000_000  # the set-aside file stops growing here (still counted)
 
 
 def open_queue(path: Path, **options: Any) -> DurableQueue:
-    """Open a durable queue. A file that is sound but not ours (a newer format after a
-    downgrade, another program's database) is moved aside, never a reason not to start:
-    the gateway must keep collecting. Damaged files are salvaged by the buffer itself;
-    a buffer in use by another process is still refused (two writers)."""
+    """Open a durable queue. A buffer written by a newer gateway (ours, but a format this
+    one cannot read) is moved aside and a fresh one started: the gateway must keep
+    collecting. Damaged buffers are salvaged by the buffer itself. Anything not ours at
+    the path, or a buffer in use by another process, is refused (BufferError)."""
     try:
         return DurableQueue(path, **options)
-    except ForeignFileError as err:
+    except NewerFormatError as err:
         aside = path.with_name(f"{path.name}.refused-{int(time.time())}")
         for suffix in ("", "-wal", "-shm"):
             source = Path(f"{path}{suffix}")
-            if source.exists():
+            if source.is_file():
                 source.rename(Path(f"{aside}{suffix}"))
         log.critical(
             "%s; moved it aside as %s (its contents are kept there, not sent) and started "
@@ -89,14 +116,83 @@ async def _supervise(driver: Driver) -> None:
             await asyncio.sleep(DRIVER_RESTART_SECONDS)
 
 
+class _Unencodable(Exception):
+    """A batch that the wire encoder refused (a bug: values are checked before)."""
+
+
 class Gateway:
-    def __init__(self, loaded: LoadedConfig) -> None:
+    def __init__(self, loaded: LoadedConfig, *, clock: Clock | None = None) -> None:
         self.loaded = loaded
         self.config = loaded.config
         self.gateway_id = self.config.gateway.id
         self.boot_id = secrets.token_hex(8)
-        self.started_at = time.time()
+        self.clock: Clock = clock or SystemClock(trust=self._trust_clock(loaded))
+        self.started = self.clock.monotonic()
         self.stop_requested = asyncio.Event()
+        self.reload_requested = asyncio.Event()
+        self.reloads_applied = 0
+        self.reloads_refused = 0
+        self.reload_error: str | None = None
+        self.batches_set_aside = 0
+        self.readings_set_aside = 0
+        self._invalid_logged: set[tuple[str, str]] = set()
+        self._driver_tasks: list[asyncio.Task[None]] = []
+        self._tg: asyncio.TaskGroup | None = None
+
+    @staticmethod
+    def _trust_clock(loaded: LoadedConfig) -> bool:
+        return getattr(loaded.config.gateway, "clock_sync", "kernel") == "assume"
+
+    # --- parts --------------------------------------------------------------------------
+
+    def _build_processing(self, loaded: LoadedConfig, previous: Processing | None) -> Processing:
+        return compile_processing(
+            loaded.config,
+            self.batcher.add,
+            self._alarm_events.put_nowait,
+            on_invalid=self._invalid_value,
+            clock_ms=lambda: int(self.clock.monotonic() * 1000),
+            previous=previous,
+        )
+
+    def _open_stores(self) -> None:
+        buffer = self.config.buffer
+        self.store = Store(
+            partial(
+                open_queue,
+                buffer.path,
+                max_bytes=buffer.max_bytes,
+                max_age=buffer.max_age,
+                synchronous=buffer.sync,
+                clock=self.clock.time,
+            ),
+            "data",
+        )
+        self.alarm_store = Store(
+            partial(
+                open_queue,
+                alarm_buffer_path(buffer.path),
+                max_bytes=ALARM_BUFFER_BYTES,
+                clock=self.clock.time,
+            ),
+            "alarm",
+        )
+        try:
+            for store in (self.store, self.alarm_store):
+                if not store.open():
+                    log.error(
+                        "cannot open the %s buffer: %s; readings are kept in memory (up to "
+                        "%d) and the buffer is opened as soon as there is room",
+                        store.name,
+                        store.open_error,
+                        MAX_PENDING,
+                    )
+        except BufferInUseError as err:
+            raise StartupError(f"{err}; is another gateway running on this buffer?") from err
+        except BufferError as err:
+            raise StartupError(str(err)) from err
+
+    # --- running ------------------------------------------------------------------------
 
     async def run(self) -> None:
         cfg = self.config
@@ -106,44 +202,43 @@ class Gateway:
             self._write_batches,
             max_pending=MAX_PENDING,
             commit_interval=cfg.buffer.commit_interval,
+            clock=self.clock.monotonic,
         )
         self._alarm_events: asyncio.Queue[AlarmEvent] = asyncio.Queue()
-        self.processing = compile_processing(cfg, self.batcher.add, self._alarm_events.put_nowait)
+        self.processing = self._build_processing(self.loaded, None)
         self.drivers = build_drivers(cfg, self.processing.add)
-        queue = open_queue(
-            cfg.buffer.path,
-            max_bytes=cfg.buffer.max_bytes,
-            max_age=cfg.buffer.max_age,
-            synchronous=cfg.buffer.sync,
-        )
-        self.store = store = Store(queue)
-        self.alarm_store = alarm_store = Store(
-            open_queue(alarm_buffer_path(cfg.buffer.path), max_bytes=ALARM_BUFFER_BYTES)
-        )
+        self._open_stores()
+        store, alarm_store = self.store, self.alarm_store
         try:
-            self._log_start(queue)
+            self._log_start()
+            for warning in getattr(self.loaded, "warnings", ()):
+                log.warning("config %s: %s", self.loaded.source, warning)
             self.uplink = MqttUplink(
                 cfg.mqtt,
                 Topics(cfg.mqtt.topic_prefix, self.gateway_id),
                 store,
                 alarm_store=alarm_store,
-                identity={
-                    "gateway_id": self.gateway_id,
-                    "boot_id": self.boot_id,
-                    "version": __version__,
-                    "config_hash": self.loaded.config_hash,
-                },
+                identity=self._identity(),
                 health=self.health,
             )
+            self.clock_watch = ClockWatch(self.clock, self._clock_stepped, self.batcher.mark_clock)
+            self.batcher.mark_clock(self.clock_watch.synchronised)
             async with asyncio.TaskGroup() as tg:
+                self._tg = tg
                 uplink_task = tg.create_task(self.uplink.run(), name="uplink")
                 batcher_task = tg.create_task(self.batcher.run(), name="batcher")
                 alarm_task = tg.create_task(self._write_alarms(), name="alarms")
-                driver_tasks = [tg.create_task(_supervise(d), name=d.name) for d in self.drivers]
+                helpers = [
+                    tg.create_task(self._maintain_buffers(), name="buffer-timers"),
+                    tg.create_task(self.clock_watch.run(), name="clock"),
+                    tg.create_task(self._reload_on_request(), name="reload"),
+                ]
+                self._start_drivers()
                 await self.stop_requested.wait()
                 log.info("stopping: polling ends, the open batch goes to the buffer")
-                await cancel_and_wait(driver_tasks)
-                self.processing.flush(time.time_ns() // 1_000_000)
+                await cancel_and_wait(helpers)
+                await cancel_and_wait(self._driver_tasks)
+                self.processing.flush(int(self.clock.time() * 1000))
                 await self.batcher.close(batcher_task)
                 await self._alarm_events.join()  # every alarm event is on disk
                 await cancel_and_wait([alarm_task])
@@ -155,10 +250,149 @@ class Gateway:
                     log.warning("the broker did not answer in time; leaving without a goodbye")
                     await cancel_and_wait([uplink_task])
         finally:
+            self._tg = None
             store.close()
             alarm_store.close()
-        stats = queue.stats()
+        stats = store.stats
         log.info("stopped; %d batch(es) remain on disk for the next start", stats.batches)
+
+    def _start_drivers(self) -> None:
+        assert self._tg is not None
+        self._driver_tasks = [
+            self._tg.create_task(_supervise(d), name=d.name) for d in self.drivers
+        ]
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    def request_reload(self) -> None:
+        self.reload_requested.set()
+
+    def _identity(self) -> dict[str, Any]:
+        return {
+            "gateway_id": self.gateway_id,
+            "boot_id": self.boot_id,
+            "version": __version__,
+            "config_hash": self.loaded.config_hash,
+        }
+
+    # --- reload ---------------------------------------------------------------------------
+
+    async def _reload_on_request(self) -> None:
+        while True:
+            await self.reload_requested.wait()
+            self.reload_requested.clear()
+            await self.reload()
+
+    async def reload(self, source: str | Path | None = None) -> bool:
+        """Validate the config file and switch to it; False (logged) when it is refused."""
+        path = source if source is not None else self.loaded.source
+        try:
+            loaded = await asyncio.to_thread(load_config, path)
+        except ConfigError as err:
+            return self._reload_refused(f"{err}")
+        if loaded.config.buffer.path != self.config.buffer.path:
+            return self._reload_refused(
+                f"{path}: buffer.path changes from {self.config.buffer.path} to "
+                f"{loaded.config.buffer.path}; moving the buffer needs a restart"
+            )
+        processing = self._build_processing(loaded, self.processing)
+        try:
+            drivers = build_drivers(loaded.config, processing.add)
+        except ValueError as err:  # the planner refuses what the models let through
+            return self._reload_refused(f"{path}: {err}")
+        await self._switch(loaded, processing, drivers)
+        return True
+
+    def _reload_refused(self, why: str) -> bool:
+        self.reloads_refused += 1
+        self.reload_error = why
+        log.error("reload refused, the running config (%s) stays: %s", self.loaded.config_hash, why)
+        return False
+
+    async def _switch(
+        self, loaded: LoadedConfig, processing: Processing, drivers: list[Driver]
+    ) -> None:
+        old = self.loaded
+        cfg = loaded.config
+        await cancel_and_wait(self._driver_tasks)
+        # Aggregation windows of points whose processing changed or went away close now.
+        kept = set(map(id, processing.processors.values()))
+        closing = [p for p in self.processing.processors.values() if id(p) not in kept]
+        self.processing.flush(int(self.clock.time() * 1000), only=closing)
+        self.processing = processing
+        self.drivers = drivers
+        self.loaded, self.config = loaded, cfg
+        self.batcher.max_readings = cfg.batch.max_readings
+        self.batcher.max_age = cfg.batch.max_age
+        self.batcher.commit_interval = cfg.buffer.commit_interval
+        logging.getLogger().setLevel(cfg.gateway.log_level.upper())
+        if cfg.gateway.id != self.gateway_id or cfg.mqtt != old.config.mqtt:
+            self.gateway_id = cfg.gateway.id
+            self.uplink.reconfigure(
+                cfg.mqtt, Topics(cfg.mqtt.topic_prefix, self.gateway_id), self._identity()
+            )
+        else:
+            self.uplink.identity = self._identity()
+        if cfg.buffer != old.config.buffer:
+            log.warning("[buffer] settings other than the path take effect at the next restart")
+        self._invalid_logged.clear()
+        self._start_drivers()
+        self.reloads_applied += 1
+        self.reload_error = None
+        log.info(
+            "reloaded the config from %s: %s -> %s, %d device(s)",
+            loaded.source,
+            old.config_hash,
+            loaded.config_hash,
+            len(cfg.devices),
+        )
+
+    # --- timers ----------------------------------------------------------------------------
+
+    async def _maintain_buffers(self) -> None:
+        """Open a buffer that could not be opened; fsync on a timer with sync = "normal";
+        apply the age bound on a timer (a gateway whose devices are all dead appends
+        nothing, and its backlog must still age out)."""
+        buffer = self.config.buffer
+        last_age_check = last_reopen = self.clock.monotonic()
+        while True:
+            await asyncio.sleep(SYNC_INTERVAL)
+            now = self.clock.monotonic()
+            try:
+                if now - last_reopen >= REOPEN_INTERVAL:
+                    last_reopen = now
+                    for store in (self.store, self.alarm_store):
+                        if store.queue is None and await store.reopen():
+                            log.info("the %s buffer is open now", store.name)
+                if buffer.sync == "normal":
+                    await self.store.sync()
+                    await self.alarm_store.sync()
+                if buffer.max_age is not None and now - last_age_check >= AGE_CHECK_INTERVAL:
+                    last_age_check = now
+                    await self.store.evict_older_than()
+            except (BufferError, OSError, sqlite3.Error) as err:
+                log.debug("buffer timer: %s", err)  # the writers log disk trouble once
+
+    async def _clock_stepped(self, delta: float) -> None:
+        """Readings taken before the step are marked; what this boot stored before it is
+        re-dated so that the age bound judges true ages."""
+        self.batcher.mark_clock(False)
+        for store in (self.store, self.alarm_store):
+            try:
+                shifted = await store.shift_created_at(delta)
+            except (BufferError, OSError, sqlite3.Error) as err:
+                log.error("could not re-date the %s buffer after the step: %s", store.name, err)
+                continue
+            if shifted:
+                log.info(
+                    "re-dated %d batch(es) of the %s buffer by %s",
+                    shifted,
+                    store.name,
+                    format_span(abs(delta)),
+                )
+
+    # --- writing ----------------------------------------------------------------------------
 
     async def _write_alarms(self) -> None:
         """Persist alarm events, one by one, as soon as they happen (the alarm lane)."""
@@ -182,8 +416,8 @@ class Gateway:
         envelope = {"gateway_id": self.gateway_id, "boot_id": self.boot_id, "seq": seq, **doc}
         return json.dumps(envelope, separators=(",", ":")).encode()
 
-    def _log_start(self, queue: DurableQueue) -> None:
-        stats = queue.stats()
+    def _log_start(self) -> None:
+        stats = self.store.stats
         log.info(
             "gateway %r starting (boot %s, config %s): buffer %s holds %d batch(es), next seq %d",
             self.gateway_id,
@@ -193,7 +427,8 @@ class Gateway:
             stats.batches,
             stats.last_seq + 1,
         )
-        if queue.recovered_from:
+        queue = self.store.queue
+        if queue is not None and queue.recovered_from:
             log.error(
                 "the buffer file was damaged: %d batch(es) salvaged, %d unreadable; the damaged "
                 "file is kept aside as %s (see buffer/DESIGN.md)",
@@ -202,24 +437,26 @@ class Gateway:
                 queue.recovered_from,
             )
 
-    async def _write_batches(self, batches: list[list[Reading]]) -> None:
+    async def _write_batches(self, batches: list[SealedBatch]) -> None:
         """Persist closed batches in one commit; never drop them for a transient disk error."""
         try:
             await self._retry_on_disk_errors(
                 lambda: self.store.append_many([self._encoder(b) for b in batches]),
                 f"{len(batches)} batch(es)",
             )
-        except PayloadTooLargeError:
-            for batch in batches:  # find the one too large, split it
+        except (PayloadTooLargeError, _Unencodable):
+            for batch in batches:  # find the one at fault
                 await self._write_batch(batch)
 
-    async def _write_batch(self, readings: list[Reading]) -> None:
+    async def _write_batch(self, readings: SealedBatch) -> None:
         """Persist one batch, halving it until it fits the buffer's byte bound."""
         try:
             await self._retry_on_disk_errors(
                 lambda: self.store.append(self._encoder(readings)),
                 f"a batch of {len(readings)} readings",
             )
+        except _Unencodable as err:
+            self._set_aside(readings, err)
         except PayloadTooLargeError:
             if len(readings) == 1:
                 log.error(
@@ -229,8 +466,9 @@ class Gateway:
                 )
                 return
             half = len(readings) // 2
-            await self._write_batch(readings[:half])
-            await self._write_batch(readings[half:])
+            synced = readings.clock_synced
+            await self._write_batch(SealedBatch(readings[:half], clock_synced=synced))
+            await self._write_batch(SealedBatch(readings[half:], clock_synced=synced))
 
     @staticmethod
     async def _retry_on_disk_errors(write: Callable[[], Awaitable[object]], what: str) -> None:
@@ -240,7 +478,7 @@ class Gateway:
         while True:
             try:
                 await write()
-            except PayloadTooLargeError:
+            except (PayloadTooLargeError, _Unencodable):
                 raise
             except (BufferError, OSError, sqlite3.Error) as err:
                 if not failing:
@@ -252,33 +490,113 @@ class Gateway:
                     failing = True
                 await asyncio.sleep(WRITE_RETRY_SECONDS)
                 continue
+            except Exception:  # a bug: say so once, keep the data, keep trying
+                if not failing:
+                    log.exception("writing %s to the buffer failed unexpectedly; retrying", what)
+                    failing = True
+                await asyncio.sleep(WRITE_RETRY_SECONDS)
+                continue
             if failing:
                 log.info("the buffer accepts writes again")
             return
 
-    def _encoder(self, readings: list[Reading]) -> Callable[[int], bytes]:
+    def _encoder(self, readings: SealedBatch) -> Callable[[int], bytes]:
         return partial(self._encode, readings=readings)
 
-    def _encode(self, seq: int, *, readings: list[Reading]) -> bytes:
-        return encode_batch(self.gateway_id, self.boot_id, seq, readings)
+    def _encode(self, seq: int, *, readings: SealedBatch) -> bytes:
+        try:
+            return encode_batch(
+                self.gateway_id,
+                self.boot_id,
+                seq,
+                readings,
+                clock_synced=readings.clock_synced,
+            )
+        except Exception as err:  # the encoder is total for what the pipeline makes
+            raise _Unencodable(f"{type(err).__name__}: {err}") from err
+
+    def _set_aside(self, readings: Sequence[Reading], err: Exception) -> None:
+        """A batch that cannot be encoded is kept in a side file for people, not lost
+        silently, and never stops the pipeline."""
+        self.batches_set_aside += 1
+        self.readings_set_aside += len(readings)
+        path = self.config.buffer.path.with_name(f"{self.config.buffer.path.name}.set-aside.jsonl")
+        record = {
+            "ts": round(self.clock.time(), 3),
+            "reason": str(err),
+            "readings": [[r.device, r.point, r.ts_ms, repr(r.value), r.quality] for r in readings],
+        }
+        kept = False
+        try:
+            if not path.exists() or path.stat().st_size < SET_ASIDE_MAX_BYTES:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                with os.fdopen(fd, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+                kept = True
+        except OSError:
+            pass
+        if self.batches_set_aside == 1:
+            log.error(
+                "a batch of %d readings cannot be encoded (%s); set aside%s and counted on the "
+                "health topic (a bug: please report it with that file)",
+                len(readings),
+                err,
+                f" in {path}" if kept else "",
+            )
+
+    def _invalid_value(self, reading: Reading, problem: str) -> None:
+        health = self._device_health(reading.device)
+        if health is not None:
+            health.invalid_values += 1
+        key = (reading.device, reading.point)
+        if key not in self._invalid_logged:
+            self._invalid_logged.add(key)
+            log.warning(
+                "device %r point %r sent an unusable value (%s): it is sent as no value with "
+                "quality invalid_value; counting further ones quietly",
+                reading.device,
+                reading.point,
+                problem,
+            )
+
+    def _device_health(self, name: str) -> DeviceHealth | None:
+        for driver in self.drivers:
+            for health in driver.health():
+                if health.name == name:
+                    return health
+        return None
+
+    # --- health ----------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
         stats = self.store.stats
-        now = time.time()
+        now = self.clock.time()
+        oldest = stats.oldest_created_at
         return {
             "gateway_id": self.gateway_id,
             "boot_id": self.boot_id,
             "version": __version__,
             "config_hash": self.loaded.config_hash,
             "ts": round(now, 3),
-            "uptime_s": round(now - self.started_at, 1),
+            "uptime_s": round(self.clock.monotonic() - self.started, 1),
+            "clock": {
+                "synchronised": self.clock_watch.synchronised,
+                "steps": self.clock_watch.steps,
+                "last_step_s": (
+                    None
+                    if self.clock_watch.last_step is None
+                    else round(self.clock_watch.last_step, 1)
+                ),
+            },
             "buffer": {
+                "open": self.store.queue is not None,
+                "open_error": self.store.open_error,
                 "batches": stats.batches,
                 "bytes": stats.bytes,
+                "disk_bytes": getattr(stats, "disk_bytes", None),
                 "max_bytes": self.config.buffer.max_bytes,
-                "oldest_unsent_age_s": (
-                    round(now - stats.oldest_created_at, 1) if stats.oldest_created_at else None
-                ),
+                # Never negative: a clock stepped back leaves stamps in the "future".
+                "oldest_unsent_age_s": None if oldest is None else round(max(0.0, now - oldest), 1),
                 "last_seq": stats.last_seq,
                 "evicted_batches": stats.evicted_batches,
                 "evicted_bytes": stats.evicted_bytes,
@@ -299,6 +617,13 @@ class Gateway:
                 "readings_pending": self.batcher.pending,
                 "batches_written": self.batcher.batches_written,
                 "readings_dropped": self.batcher.readings_dropped,
+                "batches_set_aside": self.batches_set_aside,
+                "readings_set_aside": self.readings_set_aside,
+            },
+            "reloads": {
+                "applied": self.reloads_applied,
+                "refused": self.reloads_refused,
+                "last_error": self.reload_error,
             },
             "devices": [d.as_dict() for e in self.drivers for d in e.health()],
         }

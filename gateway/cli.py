@@ -170,7 +170,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from gateway.errors import ConfigError
+    from gateway.errors import ConfigError, StartupError
     from gateway.settings import load_config
 
     try:
@@ -178,6 +178,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return EXIT_CONFIG
+    os.umask(0o077)  # the buffer holds the city's data: files we create are ours alone
     setup_logging(args.log_level or loaded.config.gateway.log_level)
     from gateway.app import Gateway
 
@@ -185,13 +186,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         gateway = Gateway(loaded)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, gateway.stop_requested.set)
+            loop.add_signal_handler(sig, gateway.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, gateway.request_reload)  # systemctl reload
         await gateway.run()
 
+    log = logging.getLogger("gateway")
     try:
         asyncio.run(_main())
-    except Exception as err:  # a start-up failure: say what, not a traceback
-        logging.getLogger("gateway").critical("gateway stopped: %s", err, exc_info=err)
+    except StartupError as err:  # the environment, not a bug: one sentence
+        log.critical("cannot start: %s", err)
+        return EXIT_ENVIRONMENT
+    except Exception as err:  # a bug: the traceback is for the report
+        log.critical("gateway stopped by an unexpected error: %s", err, exc_info=err)
         return EXIT_FAILURE
     return EXIT_OK
 

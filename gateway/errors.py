@@ -15,3 +15,8 @@ class ConfigError(GatewayError):
         self.problems = problems
         listing = "\n".join(f"  {p}" for p in problems)
         super().__init__(f"{source}: {len(problems)} problem(s) in the configuration:\n{listing}")
+
+
+class StartupError(GatewayError):
+    """The gateway cannot start here, for a reason a restart will not fix (a buffer path
+    that is not ours, a read-only directory): one sentence, exit code 3."""

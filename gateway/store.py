@@ -3,6 +3,12 @@
 `buffer.DurableQueue` is synchronous and does its own fsyncs; the event loop must
 never wait on the disk, so every call runs on one dedicated worker thread (the
 buffer's threading contract). `appended` wakes the uplink when new batches land.
+
+A store may start closed: when the disk is full at start-up the gateway does not
+refuse to start; it keeps collecting in memory (bounded by the batcher) and opens
+the buffer as soon as there is room (`reopen`, on a timer). Until then appends
+raise `BufferUnavailableError` (a BufferError: the writer keeps the data and
+retries) and reads wait.
 """
 
 from __future__ import annotations
@@ -12,43 +18,135 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from buffer import BufferStats, DurableQueue, Entry
+from buffer import BufferError, BufferStats, DiskFullError, DurableQueue, Entry
 
 T = TypeVar("T")
 
+_EMPTY = BufferStats(
+    batches=0,
+    bytes=0,
+    oldest_created_at=None,
+    last_seq=0,
+    evicted_batches=0,
+    evicted_bytes=0,
+)
+
+
+class BufferUnavailableError(BufferError):
+    """The buffer could not be opened (a full disk); data stays in memory meanwhile."""
+
 
 class Store:
-    def __init__(self, queue: DurableQueue) -> None:
-        self.queue = queue
-        self.appended = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
-        self._stats = queue.stats()
+    """One durable queue on its worker thread: give it an open queue, or a way to open
+    one (`open` / `reopen` then open it, and may find the disk full)."""
 
-    async def _call(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+    def __init__(
+        self, source: DurableQueue | Callable[[], DurableQueue], name: str = "data"
+    ) -> None:
+        self.name = name
+        self.queue: DurableQueue | None = None
+        self.appended = asyncio.Event()
+        self.ready = asyncio.Event()  # set once the queue is open
+        self.open_error: str | None = None  # why it is not open, while it is not
+        self.opened_seq = 0  # the last seq on disk when the queue was opened (this boot)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"buffer-{name}")
+        self._stats = _EMPTY
+        if isinstance(source, DurableQueue):
+            self._opener: Callable[[], DurableQueue] = lambda: source
+            self._opened(source)
+        else:
+            self._opener = source
+
+    # --- opening ---------------------------------------------------------------------
+
+    def open(self) -> bool:
+        """Open the queue now (at start-up). False when the disk is full: the store stays
+        closed and `reopen` tries again later. Any other BufferError is raised."""
+        try:
+            queue = self._opener()
+        except DiskFullError as err:
+            self.open_error = str(err)
+            return False
+        self._opened(queue)
+        return True
+
+    async def reopen(self) -> bool:
+        """Try to open a store that could not be opened; True once it is open."""
+        if self.queue is not None:
+            return True
+        try:
+            queue = await asyncio.get_running_loop().run_in_executor(self._executor, self._opener)
+        except BufferError as err:
+            self.open_error = str(err)
+            return False
+        self._opened(queue)
+        return True
+
+    def _opened(self, queue: DurableQueue) -> None:
+        self.queue = queue
+        self.open_error = None
+        self._stats = queue.stats()
+        self.opened_seq = self._stats.last_seq
+        self.ready.set()
+        if self._stats.batches:
+            self.appended.set()
+
+    # --- calls on the worker thread -----------------------------------------------------
+
+    def _queue(self) -> DurableQueue:
+        if self.queue is None:
+            raise BufferUnavailableError(
+                f"the {self.name} buffer is not open ({self.open_error or 'not opened yet'})"
+            )
+        return self.queue
+
+    async def _call(self, fn: Callable[[DurableQueue], T]) -> T:
+        queue = self._queue()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, queue)
 
     async def append(self, make_payload: Callable[[int], bytes]) -> int:
-        seq, self._stats = await self._call(
-            lambda: (self.queue.append(make_payload), self.queue.stats())
-        )
+        seq, self._stats = await self._call(lambda q: (q.append(make_payload), q.stats()))
         self.appended.set()
         return seq
 
     async def append_many(self, make_payloads: list[Callable[[int], bytes]]) -> list[int]:
         """Several entries in one transaction: one fsync for all of them."""
-        seqs, self._stats = await self._call(
-            lambda: (self.queue.append_many(make_payloads), self.queue.stats())
-        )
+        seqs, self._stats = await self._call(lambda q: (q.append_many(make_payloads), q.stats()))
         self.appended.set()
         return seqs
 
     async def read(self, after_seq: int, limit: int) -> list[Entry]:
-        return await self._call(lambda: self.queue.read(after_seq, limit))
+        await self.ready.wait()
+        return await self._call(lambda q: q.read(after_seq, limit))
 
     async def ack(self, seqs: Iterable[int]) -> int:
         seqs = list(seqs)
-        deleted, self._stats = await self._call(lambda: (self.queue.ack(seqs), self.queue.stats()))
+        if self.queue is None or not seqs:
+            return 0
+        deleted, self._stats = await self._call(lambda q: (q.ack(seqs), q.stats()))
         return deleted
+
+    async def sync(self) -> None:
+        """Make every commit so far survive a power cut (sync = "normal": on a timer)."""
+        if self.queue is not None:
+            await self._call(lambda q: q.sync())
+
+    async def evict_older_than(self) -> int:
+        """Apply the age bound now (on a timer, so a silent gateway ages out too)."""
+        if self.queue is None:
+            return 0
+        evicted, self._stats = await self._call(lambda q: (q.evict_older_than(), q.stats()))
+        return evicted
+
+    async def shift_created_at(self, delta: float) -> int:
+        """The wall clock stepped by `delta` seconds: re-date what this boot stored before."""
+        if self.queue is None:
+            return 0
+        after = self.opened_seq
+        shifted, self._stats = await self._call(
+            lambda q: (q.shift_created_at(after, delta), q.stats())
+        )
+        return shifted
 
     @property
     def stats(self) -> BufferStats:
@@ -57,4 +155,5 @@ class Store:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
-        self.queue.close()
+        if self.queue is not None:
+            self.queue.close()

@@ -1,4 +1,6 @@
-"""The gateway never refuses to start because of what it finds at its buffer path."""
+"""What the gateway finds at its buffer path: a buffer written by a newer gateway is
+moved aside (it is ours) and a fresh one started; anything that is not ours is
+refused and left untouched, never moved (it could be another program's data)."""
 
 from __future__ import annotations
 
@@ -7,29 +9,34 @@ from pathlib import Path
 
 import pytest
 
-from buffer import BufferInUseError, DurableQueue
+from buffer import BufferInUseError, DurableQueue, NotABufferError
 from gateway.app import open_queue
 
 
-def test_a_database_that_is_not_a_buffer_is_moved_aside_and_a_fresh_buffer_starts(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_database_that_is_not_a_buffer_is_refused_and_left_untouched(tmp_path: Path) -> None:
     path = tmp_path / "buffer.db"
     with sqlite3.connect(path) as other:
         other.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
         other.execute("INSERT INTO invoices VALUES (1, 99.5)")
     other.close()
-    queue = open_queue(path, max_bytes=1_000_000)
-    try:
-        assert queue.append(lambda seq: b"reading") == 1
-    finally:
-        queue.close()
-    aside = [p for p in tmp_path.glob("buffer.db.refused-*") if p.name[-1].isdigit()]
-    assert len(aside) == 1
-    with sqlite3.connect(aside[0]) as kept:
-        assert kept.execute("SELECT total FROM invoices").fetchone() == (99.5,)
-    kept.close()
-    assert "not a buffer" in caplog.text and "moved it aside" in caplog.text
+    before = path.read_bytes()
+    with pytest.raises(NotABufferError, match="not a buffer"):
+        open_queue(path, max_bytes=1_000_000)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["buffer.db"]
+
+
+def test_a_directory_at_the_buffer_path_is_refused_and_nothing_in_it_moves(
+    tmp_path: Path,
+) -> None:
+    """Seen: a buffer path naming a directory renamed it, and everything in it, aside."""
+    path = tmp_path / "buffer.db"
+    path.mkdir()
+    (path / "another-gateways-buffer.db").write_bytes(b"precious")
+    with pytest.raises(NotABufferError):
+        open_queue(path, max_bytes=1_000_000)
+    assert (path / "another-gateways-buffer.db").read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["buffer.db"]
 
 
 def test_a_buffer_from_a_newer_gateway_is_kept_aside_not_destroyed(tmp_path: Path) -> None:
