@@ -115,6 +115,7 @@ _MAX_INT64: Final = 2**63 - 1
 _SALVAGE_SUFFIX: Final = ".salvage"
 _COMPACT_SUFFIX: Final = ".compact"
 _SIDE_SUFFIXES: Final = ("", "-wal", "-shm")
+_OUR_TABLES: Final = frozenset({"batches", "meta"})  # how a buffer without its .seq is known
 _PRIVATE: Final = 0o600
 # SQLite result codes that say something about the machine, not about the file: a file
 # that fails to open with one of these is refused, never quarantined.
@@ -1768,6 +1769,12 @@ def _user_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {
+        str(name) for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
+
+
 def _not_ours(path: str, what: str) -> NotABufferError:
     return NotABufferError(
         f"{path} is not a buffer of this gateway ({what}; no {path}.seq beside it): refusing"
@@ -1818,11 +1825,8 @@ def _check_existing_file(path: str, has_seq: bool) -> None:
         conn.text_factory = _lenient_text
         try:
             version = _user_version(conn)
-            tables = {
-                str(name)
-                for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            }
-            ours = has_seq or {"batches", "meta"} <= tables
+            tables = _tables(conn)
+            ours = has_seq or tables >= _OUR_TABLES
             what = f"an SQLite database with format version {version}" + (
                 f" and tables {', '.join(sorted(tables))}" if tables else ""
             )
@@ -2063,17 +2067,14 @@ def _refuse_what_is_not_ours(path: str, has_seq: bool) -> None:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None)
         try:
             version = _user_version(conn)
-            tables = {
-                str(name)
-                for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            }
+            tables = _tables(conn)
         finally:
             conn.close()
     except sqlite3.Error as err:
         if _pages_look_like_a_buffer(path):
             return  # a damaged buffer: salvaged under the process lock
         raise _not_ours(path, f"an SQLite file whose schema cannot be read: {err}") from err
-    if {"batches", "meta"} <= tables or (version == 0 and not tables):
+    if tables >= _OUR_TABLES or (version == 0 and not tables):
         return
     described = f" and tables {', '.join(sorted(tables))}" if tables else ""
     raise _not_ours(path, f"an SQLite database with format version {version}{described}")
