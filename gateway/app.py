@@ -40,6 +40,7 @@ from buffer import (
     BufferError,
     BufferInUseError,
     DurableQueue,
+    EvictionEpisode,
     NewerFormatError,
     PayloadTooLargeError,
 )
@@ -69,7 +70,7 @@ DRIVER_RESTART_SECONDS = 5.0
 MAX_PENDING = 200_000
 ALARM_BUFFER_BYTES = 16_000_000  # alarm events are small: this holds >50,000 of them
 SYNC_INTERVAL = 1.0  # sync = "normal": the WAL is fsynced this often
-AGE_CHECK_INTERVAL = 10.0  # the age bound is applied this often, appends or not
+AGE_CHECK_INTERVAL = 1.0  # the age bound applies this often, appends or not (free if none expired)
 REOPEN_INTERVAL = 5.0  # a buffer that could not be opened (full disk) is retried this often
 SET_ASIDE_MAX_BYTES = 10_000_000  # the set-aside file stops growing here (still counted)
 
@@ -114,6 +115,24 @@ async def _supervise(driver: Driver) -> None:
                 DRIVER_RESTART_SECONDS,
             )
             await asyncio.sleep(DRIVER_RESTART_SECONDS)
+
+
+def _episode(episode: EvictionEpisode | None) -> dict[str, Any] | None:
+    """The current (or last) eviction episode, for the health topic."""
+    if episode is None:
+        return None
+    return {
+        "cause": episode.cause,
+        "active": episode.active,
+        "started_at": round(episode.started_at, 3),
+        "ended_at": None if episode.ended_at is None else round(episode.ended_at, 3),
+        "first_seq": episode.first_seq,
+        "last_seq": episode.last_seq,
+        "batches": episode.batches,
+        "bytes": episode.bytes,
+        "oldest_created_at": round(episode.oldest_created_at, 3),
+        "newest_created_at": round(episode.newest_created_at, 3),
+    }
 
 
 class _Unencodable(Exception):
@@ -439,6 +458,9 @@ class Gateway:
 
     async def _write_batches(self, batches: list[SealedBatch]) -> None:
         """Persist closed batches in one commit; never drop them for a transient disk error."""
+        # A clock step is handled before anything stamped after it is stored: otherwise
+        # the re-dating of this boot's batches would shift those twice.
+        await self.clock_watch.check()
         try:
             await self._retry_on_disk_errors(
                 lambda: self.store.append_many([self._encoder(b) for b in batches]),
@@ -460,7 +482,8 @@ class Gateway:
         except PayloadTooLargeError:
             if len(readings) == 1:
                 log.error(
-                    "a single reading of %s/%s is larger than the whole buffer; dropped",
+                    "a single reading of %s/%s is larger than the buffer takes in one batch "
+                    "(see [buffer] max_bytes); dropped",
                     readings[0].device,
                     readings[0].point,
                 )
@@ -571,7 +594,7 @@ class Gateway:
     def health(self) -> dict[str, Any]:
         stats = self.store.stats
         now = self.clock.time()
-        oldest = stats.oldest_created_at
+        oldest = stats.oldest_age(now)  # never negative, whatever the clock did
         return {
             "gateway_id": self.gateway_id,
             "boot_id": self.boot_id,
@@ -593,10 +616,9 @@ class Gateway:
                 "open_error": self.store.open_error,
                 "batches": stats.batches,
                 "bytes": stats.bytes,
-                "disk_bytes": getattr(stats, "disk_bytes", None),
+                "disk_bytes": stats.disk_bytes,
                 "max_bytes": self.config.buffer.max_bytes,
-                # Never negative: a clock stepped back leaves stamps in the "future".
-                "oldest_unsent_age_s": None if oldest is None else round(max(0.0, now - oldest), 1),
+                "oldest_unsent_age_s": None if oldest is None else round(oldest, 1),
                 "last_seq": stats.last_seq,
                 "evicted_batches": stats.evicted_batches,
                 "evicted_bytes": stats.evicted_bytes,
@@ -604,6 +626,7 @@ class Gateway:
                 "recovered_from": stats.recovered_from,
                 "salvaged_batches": stats.salvaged_batches,
                 "unreadable_batches": stats.unreadable_batches,
+                "eviction": _episode(stats.eviction),
             },
             "uplink": self.uplink.health(),
             "alarms": {

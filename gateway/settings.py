@@ -117,7 +117,10 @@ class BufferConfig(StrictModel):
         "last commits; a crash cannot)",
     )
     max_bytes: Size = Field(
-        256_000_000, ge=1_000_000, description="byte bound (at least 1MB); oldest evicted first"
+        256_000_000,
+        ge=1_000_000,
+        description="bound on the buffer's whole footprint on disk (database, WAL, index, "
+        "side files; at least 1MB); the oldest batches are evicted first",
     )
 
     @field_validator("path", mode="before")
