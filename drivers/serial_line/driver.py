@@ -296,6 +296,9 @@ class SerialLineDriver:
         )
         forbid_other_openers(self._serial.fileno())
         self.framer.reset()
+        # A streaming instrument is caught mid-frame when the port opens (pyserial
+        # flushes what had arrived): the first thing framed is a fragment, not noise.
+        self._resync = self.command is None
         self._paused = False
         asyncio.get_running_loop().add_reader(self._serial.fileno(), self._on_readable)
 
@@ -393,7 +396,7 @@ class SerialLineDriver:
     def consume(self, data: bytes) -> None:
         """Bytes from the line: frames are queued for parsing, discards are counted."""
         for event in self.framer.feed(data):
-            if self._resync:  # the remnant of a frame cut by shedding: counted as shed
+            if self._resync:  # the remnant of a frame cut by shedding or by opening the port
                 self._resync = False
                 continue
             if isinstance(event, Discard):

@@ -27,7 +27,7 @@ import contextlib
 import os
 import struct
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 Fault = Literal[
     "wrong_length",
@@ -41,18 +41,7 @@ Fault = Literal[
     "exception",
     "silent",
 ]
-FAULTS: tuple[Fault, ...] = (
-    "wrong_length",
-    "lying_byte_count",
-    "short_data",
-    "wrong_function",
-    "wrong_transaction",
-    "wrong_unit",
-    "undecodable",
-    "garbage",
-    "exception",
-    "silent",
-)
+FAULTS: tuple[Fault, ...] = get_args(Fault)
 _MBAP = struct.Struct(">HHHB")  # transaction, protocol, length, unit
 
 

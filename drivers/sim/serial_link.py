@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import os
 import termios
+import threading
+import time
 import tty
 
 
@@ -27,15 +29,16 @@ class PtyPort:
         os.set_blocking(self.master, False)
         # Keeping our slave fd open keeps the line up while the program reopens it.
 
-    def write(self, data: bytes) -> None:
-        """Write all of data towards the program (blocks briefly if its buffer is full)."""
+    def write(self, data: bytes, *, stop: threading.Event | None = None) -> None:
+        """Write all of data towards the program, waiting while its buffer is full (from a
+        thread: a flood); `stop` ends the wait early, the rest unwritten."""
         view = memoryview(data)
         while view:
             try:
                 written = os.write(self.master, view)
             except BlockingIOError:
-                import time
-
+                if stop is not None and stop.is_set():
+                    return
                 time.sleep(0.001)
                 continue
             view = view[written:]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import subprocess
 import sys
 import threading
@@ -135,11 +134,10 @@ class Flooder:
         chunk = self.line * 200
         while not self._stop.is_set():
             try:
-                self.sent += os.write(self.port.master, chunk)
-            except BlockingIOError:
-                time.sleep(0.0005)
+                self.port.write(chunk, stop=self._stop)  # waits while the pty is full
             except OSError:
                 return
+            self.sent += len(chunk)
 
     def __enter__(self) -> Flooder:
         self._thread.start()
