@@ -68,10 +68,11 @@ DENIED_RETRY = (2.0, 60.0)
 # After another client took our session: 30-60 s, then 60-120 s, ... up to 2.5-5 min.
 TAKEOVER_BACKOFF = (60.0, 300.0)
 TAKEOVER_QUIET = 600.0  # a session that lasts this long (seconds) ends a takeover episode
-# A broker that closes our connection without a word, sooner than SUSPECT_SESSION
-# seconds after accepting it, SUSPECT_DROPS times in a row (accepting every reconnect
-# at once), is handing our session to another client: mosquitto 2.0 and every MQTT
-# 3.1.1 broker do that without sending "Session taken over".
+# A broker that closes our connection without a word SUSPECT_DROPS times in a row, each
+# time sooner than SUSPECT_SESSION seconds after accepting it, and accepts the quick
+# reconnect that follows each drop, is handing our session to another client:
+# mosquitto 2.0 and every MQTT 3.1.1 broker do that without sending "Session taken
+# over". A broker that went away refuses the quick reconnect, which breaks the chain.
 SUSPECT_SESSION = 15.0
 SUSPECT_DROPS = 3
 SESSION_TAKEN_OVER = 0x8E
@@ -588,7 +589,8 @@ class MqttUplink:
         self._answered_upto = 0  # the highest number whose PUBACK came
         self._link = "connecting"  # connecting (never connected yet), online, offline, stopped
         self._down_announced = False  # a warning said we are down; say when we are back
-        self._short_drops = 0  # sessions in a row the broker closed early without a word
+        self._short_drops = 0  # silent drops in a row, each followed by an instant re-accept
+        self._drop_probe = False  # the next attempt is the quick one after a silent drop
         self._session_refused = False  # a publish was refused in the current session
         self._takeover: _Takeover | None = None
         self._last_loss: str | None = None  # the reason of the last loss logged
@@ -669,6 +671,9 @@ class MqttUplink:
             self._connect_failed(end)
             return end, None
         connected_at = time.monotonic()
+        # Accepted at once after a silent drop: the broker never went away.
+        self._short_drops = self._short_drops + 1 if self._drop_probe else 0
+        self._drop_probe = False
         leaves: list[BaseException] = []
         try:
             await self._session(client)
@@ -714,7 +719,7 @@ class MqttUplink:
 
     def _connect_failed(self, end: SessionEnd) -> None:
         self.last_error, self.last_reason_code = end.reason, end.code
-        self._short_drops = 0
+        self._short_drops, self._drop_probe = 0, False  # the broker is not simply there
         if self._down_announced or self._takeover is not None:
             log.debug("connect attempt failed: %s", end.reason)
             return
@@ -733,17 +738,18 @@ class MqttUplink:
         if up_for is None:  # a failed connect: logged already
             return normal
         self.last_error, self.last_reason_code = end.reason, end.code
-        if end.kind == "closed" and not self._session_refused and up_for < SUSPECT_SESSION:
-            self._short_drops += 1
-        elif end.kind != "closed":
+        silent = end.kind == "closed" and not self._session_refused
+        if not silent or up_for >= SUSPECT_SESSION:
             self._short_drops = 0
-        takeover = end.kind == "takeover" or (
-            end.kind == "closed"
-            and not self._session_refused
-            and (self._takeover is not None or self._short_drops >= SUSPECT_DROPS)
-        )
-        if takeover:
+        if end.kind == "takeover" or (
+            silent and (self._takeover is not None or self._short_drops >= SUSPECT_DROPS - 1)
+        ):
             return self._taken_over(end)
+        if silent:
+            # Come back quickly once: a broker that is still there accepts at once (a
+            # takeover, counted above), one that went away refuses (the chain breaks).
+            self._drop_probe = True
+            normal = capped_backoff(1, self.config.reconnect_min, self.config.reconnect_max)
         if end.kind == "closed" and self._session_refused and self.denials:
             # Some brokers (mosquitto 2.0 with max_queued_messages 0) hang up after a
             # refusal; the denial has been logged and explains it.
@@ -789,8 +795,9 @@ class MqttUplink:
             )
         else:
             what = (
-                f"the broker closed our connection {self._short_drops} times in a row just after "
-                "accepting it, without saying why: that is how it hands our session to another "
+                f"the broker closed our connection {self._short_drops + 1} times in a row soon "
+                "after accepting it, without saying why, and accepted us again at once each "
+                "time: that is how it hands our session to another "
                 f"client with the same client id '{self.client_id}': {who}"
             )
         self.last_error = what
