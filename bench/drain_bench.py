@@ -31,8 +31,8 @@ import paho.mqtt.client as paho
 from buffer import DurableQueue
 from drivers.modbus.decode import DataType, Table
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
+from gateway.core.model import Reading
 from gateway.devtools.broker import Mosquitto
-from gateway.model import Reading
 from gateway.wire import decode_batch, encode_batch
 
 REPO = Path(__file__).resolve().parents[1]

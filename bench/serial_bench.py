@@ -27,7 +27,7 @@ from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
 from drivers.sim.serial_line import gas_detector_line
 from drivers.sim.serial_link import NullModem, PtyPort
 from gateway.build import build_drivers
-from gateway.model import Reading
+from gateway.core.model import Reading
 from gateway.settings import SerialLineDeviceConfig, parse_config
 from gateway.tasks import cancel_and_wait
 

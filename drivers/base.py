@@ -8,13 +8,12 @@ a device that fails is marked offline, logged once, retried with back-off.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from gateway.model import Reading
+from gateway.core.model import Reading
 
 ReadingSink = Callable[[Sequence[Reading]], None]
 
@@ -126,10 +125,3 @@ class Driver(Protocol):
 
     def health(self) -> list[DeviceHealth]:
         """Current per-device state and counters."""
-
-
-def backoff_delay(failures: int, base: float, maximum: float) -> float:
-    """Jittered exponential back-off: base * 2^(failures-1), capped, +/-20 % jitter."""
-    exponent = min(max(0, failures - 1), 30)  # capped: days of failures must not overflow
-    delay: float = min(maximum, base * 2.0**exponent)
-    return delay * random.uniform(0.8, 1.2)

@@ -47,9 +47,10 @@ from buffer import (
 from drivers.base import DeviceHealth, Driver
 from gateway import __version__
 from gateway.build import build_drivers
-from gateway.clock import Clock, ClockWatch, SystemClock, format_span
+from gateway.clock import ClockWatch, format_span
+from gateway.core.clock import Clock, SystemClock
+from gateway.core.model import Reading
 from gateway.errors import ConfigError, StartupError
-from gateway.model import Reading
 from gateway.pipeline.alarms import AlarmEvent
 from gateway.pipeline.batcher import Batcher, SealedBatch
 from gateway.pipeline.processing import Processing, compile_processing

@@ -20,7 +20,7 @@ from drivers.modbus.driver import (
 )
 from drivers.modbus.plan import PointSpec, ReadRequest, plan_reads
 from drivers.serial_line.driver import SerialLineDriver
-from gateway.config_types import Loc
+from gateway.core.config_types import Loc
 from gateway.settings import (
     GatewayConfig,
     ModbusConfig,

@@ -10,7 +10,7 @@ or 1970) and NTP steps the clock later, by days or years. So:
   what it stamped before the step (the buffer's age bound must not evict a fresh
   backlog because the clock jumped a year ahead) and marks the readings taken before
   it as unsynchronised;
-- `SystemClock.synchronised` asks the kernel whether NTP (systemd-timesyncd, chrony,
+- `gateway.core.clock.SystemClock.synchronised` asks the kernel whether NTP (systemd-timesyncd, chrony,
   ntpd) has disciplined the clock (`adjtimex`: not TIME_ERROR); readings taken while it
   is not are marked on the wire (docs/wire-format.md, envelope key `tu`).
 
@@ -20,90 +20,16 @@ Tests inject a `Clock` whose wall time they step by a year either way.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+
+from gateway.core.clock import Clock
 
 log = logging.getLogger("gateway.clock")
 
 STEP_THRESHOLD = 2.0  # seconds; NTP slews smaller corrections, it steps larger ones
 CHECK_INTERVAL = 1.0  # seconds between looks at the clocks
 SYNC_CHECK_INTERVAL = 10.0  # seconds between questions to the kernel about NTP
-
-
-class Clock(Protocol):
-    def time(self) -> float:
-        """Wall-clock time, seconds since the epoch (may step)."""
-
-    def monotonic(self) -> float:
-        """Seconds on a clock that never steps."""
-
-    def synchronised(self) -> bool:
-        """Whether the wall clock is known to be right (NTP has set it)."""
-
-
-class SystemClock:
-    """The machine's clocks. `trust=True` ([gateway] clock_sync = "assume") reports
-    the wall clock as synchronised whatever the kernel says (an RTC without NTP)."""
-
-    def __init__(self, *, trust: bool = False) -> None:
-        self._trust = trust
-
-    def time(self) -> float:
-        return time.time()
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def synchronised(self) -> bool:
-        return self._trust or kernel_clock_synchronised() is not False
-
-
-class _Timex(ctypes.Structure):
-    """struct timex of <sys/timex.h> (Linux), enough of it for adjtimex(2) to fill."""
-
-    _fields_ = [
-        ("modes", ctypes.c_uint),
-        ("offset", ctypes.c_long),
-        ("freq", ctypes.c_long),
-        ("maxerror", ctypes.c_long),
-        ("esterror", ctypes.c_long),
-        ("status", ctypes.c_int),
-        ("constant", ctypes.c_long),
-        ("precision", ctypes.c_long),
-        ("tolerance", ctypes.c_long),
-        ("time_sec", ctypes.c_long),
-        ("time_usec", ctypes.c_long),
-        ("tick", ctypes.c_long),
-        ("ppsfreq", ctypes.c_long),
-        ("jitter", ctypes.c_long),
-        ("shift", ctypes.c_int),
-        ("stabil", ctypes.c_long),
-        ("jitcnt", ctypes.c_long),
-        ("calcnt", ctypes.c_long),
-        ("errcnt", ctypes.c_long),
-        ("stbcnt", ctypes.c_long),
-        ("tai", ctypes.c_int),
-        ("padding", ctypes.c_int * 11),
-    ]
-
-
-_TIME_ERROR = 5  # adjtimex: "clock not synchronized"
-
-
-def kernel_clock_synchronised() -> bool | None:
-    """What the kernel says about NTP synchronisation; None when it cannot be asked."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        timex = _Timex()  # modes = 0: read only
-        state = libc.adjtimex(ctypes.byref(timex))
-    except (OSError, AttributeError):
-        return None
-    if state < 0:
-        return None
-    return bool(state != _TIME_ERROR)
 
 
 OnStep = Callable[[float], Awaitable[None]]

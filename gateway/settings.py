@@ -45,7 +45,7 @@ from pydantic import (
 
 from drivers.modbus.decode import ByteOrder, DataType, Table, register_count
 from drivers.serial_port import line_rate
-from gateway.config_types import (
+from gateway.core.config_types import (
     PROBLEM,
     Bool,
     Duration,

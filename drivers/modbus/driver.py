@@ -21,11 +21,12 @@ from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, ModbusBaseClient
 from pymodbus.exceptions import ModbusException
 
-from drivers.base import DeviceHealth, ReadingSink, backoff_delay
+from drivers.base import DeviceHealth, ReadingSink
 from drivers.modbus.decode import Table, Value
 from drivers.modbus.diagnose import describe_tcp_answer
 from drivers.modbus.plan import ReadRequest, decode_response, plan_reads
-from gateway.model import Quality, Reading
+from gateway.core.backoff import backoff_delay
+from gateway.core.model import Quality, Reading
 
 log = logging.getLogger("drivers.modbus")
 

@@ -26,12 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import serial
 
-from drivers.base import DeviceHealth, ReadingSink, backoff_delay
+from drivers.base import DeviceHealth, ReadingSink
 from drivers.serial_line.build import build_framer, build_parser
 from drivers.serial_line.framing import Discard, Frame, Framer
 from drivers.serial_line.parsers import Field, ParseError, Parser
 from drivers.serial_port import forbid_other_openers, line_rate, open_error
-from gateway.model import Quality, Reading, Value
+from gateway.core.backoff import backoff_delay
+from gateway.core.model import Quality, Reading, Value
 
 if TYPE_CHECKING:
     from gateway.settings import SerialLineDeviceConfig

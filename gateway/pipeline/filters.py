@@ -82,7 +82,7 @@ from dataclasses import dataclass
 from math import isfinite
 from typing import Final, Literal
 
-from gateway.model import Quality, Reading, Value
+from gateway.core.model import Quality, Reading, Value
 
 __all__ = [
     "AGGREGATE_FUNCTIONS",

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, FilePath, model_validator
 
-from gateway.config_types import Duration, StrictModel
+from gateway.core.config_types import Duration, StrictModel
 
 
 class TlsConfig(StrictModel):

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from gateway.clock import ClockWatch, format_span
-from gateway.model import Reading
+from gateway.core.model import Reading
 from gateway.pipeline.alarms import AlarmEvent, ThresholdAlarm
 from gateway.pipeline.batcher import Batcher, SealedBatch
 from gateway.pipeline.filters import PointProcessor, ProcessingSpec

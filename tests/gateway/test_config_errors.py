@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.config_types import MAX_SIZE, host_problem, parse_duration, parse_size
+from gateway.core.config_types import MAX_SIZE, host_problem, parse_duration, parse_size
 from gateway.errors import ConfigError
 from gateway.settings import parse_config
 

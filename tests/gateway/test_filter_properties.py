@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from gateway.model import Quality, Reading
+from gateway.core.model import Quality, Reading
 from gateway.pipeline.filters import (
     AGGREGATE_FUNCTIONS,
     PLAUSIBLE_MAGNITUDE,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.model import Quality, Reading
+from gateway.core.model import Quality, Reading
 from gateway.pipeline.filters import (
     STEP_CONFIRMATIONS,
     PointProcessor,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config_types import parse_duration, parse_size
+from gateway.core.config_types import parse_duration, parse_size
 from gateway.errors import ConfigError
 from gateway.settings import json_schema, load_config, parse_config
 

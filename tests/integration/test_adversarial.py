@@ -20,8 +20,8 @@ from drivers.modbus.decode import Table
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
 from drivers.sim.modbus_faults import FAULTS, FaultyModbusTcpServer
 from drivers.sim.serial_link import PtyPort
+from gateway.core.model import Quality
 from gateway.devtools.broker import Mosquitto
-from gateway.model import Quality
 
 PERIOD = 0.5  # the healthy device's poll interval, seconds
 MALFORMED = [f for f in FAULTS if f not in ("exception", "silent")]

@@ -17,8 +17,8 @@ from rig import GatewayProcess, Subscriber, TcpProxy, modbus_device
 
 from drivers.modbus.decode import Table
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
+from gateway.core.model import Quality
 from gateway.devtools.broker import Mosquitto
-from gateway.model import Quality
 
 POINT = '{ name = "polls", address = 0, type = "uint32" }'
 

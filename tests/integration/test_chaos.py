@@ -30,8 +30,8 @@ from rig import GatewayProcess, Subscriber, TcpProxy, gateway_config, modbus_dev
 
 from drivers.modbus.decode import DataType, Table
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
+from gateway.core.model import Quality
 from gateway.devtools.broker import Mosquitto
-from gateway.model import Quality
 
 POINTS = """
   { name = "polls", address = 0, type = "uint32" },

@@ -11,8 +11,8 @@ from drivers.modbus.decode import DataType, Table
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
 from drivers.sim.serial_line import LineInstrument, gas_detector_line
 from drivers.sim.serial_link import NullModem
+from gateway.core.model import Quality
 from gateway.devtools.broker import Mosquitto
-from gateway.model import Quality
 
 RTU_POINTS = '{ name = "polls", address = 0, type = "uint32" }, { name = "level", address = 2, type = "float32", byte_order = "CDAB" }'
 

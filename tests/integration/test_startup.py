@@ -19,8 +19,8 @@ from rig import REPO, Subscriber, gateway_config, modbus_device
 
 from drivers.modbus.decode import Table
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
+from gateway.core.model import Quality
 from gateway.devtools.broker import Mosquitto
-from gateway.model import Quality
 
 POINT = '{ name = "n", address = 0, type = "uint32" }'
 IS_ROOT = os.geteuid() == 0

@@ -10,8 +10,8 @@ from rig import Subscriber, gateway_config, modbus_device
 from buffer import DurableQueue
 from drivers.modbus.decode import DataType, Table
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
+from gateway.core.model import Reading
 from gateway.devtools.broker import Mosquitto
-from gateway.model import Reading
 from gateway.wire import decode_batch, encode_batch
 
 

@@ -12,7 +12,7 @@ from drivers.modbus.decode import ByteOrder, DataType, Table
 from drivers.modbus.driver import ModbusEndpoint
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice, free_tcp_port
 from gateway.build import build_drivers
-from gateway.model import Quality, Reading
+from gateway.core.model import Quality, Reading
 from gateway.settings import parse_config
 from gateway.tasks import cancel_and_wait
 

@@ -17,7 +17,7 @@ from drivers.sim.serial_line import (
     gas_detector_line,
     nmea_gga,
 )
-from gateway.model import Quality, Reading
+from gateway.core.model import Quality, Reading
 from gateway.settings import parse_config
 from gateway.tasks import cancel_and_wait
 
