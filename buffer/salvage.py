@@ -35,29 +35,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, NamedTuple, Self
 
+from buffer.schema import FRAME_HEADER, META_KEYS, PAGE_SIZE, SQLITE_MAGIC, WAL_HEADER
+
 __all__ = ["DamagedFile", "wal_damage"]
 
-_SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 _WAL_MAGIC: Final = 0x377F0682  # | 1: checksums are big-endian words
 _WAL_VERSION: Final = 3007000
-_WAL_HEADER: Final = 32
-_FRAME_HEADER: Final = 24
-_DEFAULT_PAGE_SIZE: Final = 4096  # what SQLite (and so every buffer file) uses by default
 
 _TABLE_LEAF: Final = 0x0D
 _INDEX_LEAF: Final = 0x0A
 _U32: Final = struct.Struct(">I")
 _U16: Final = struct.Struct(">H")
 _F64: Final = struct.Struct(">d")
-_META_KEYS: Final = frozenset(
-    {
-        "last_seq",
-        "evicted_batches",
-        "evicted_bytes",
-        "evicted_by_age_batches",
-        "evicted_by_age_bytes",
-    }
-)
 
 Batch = tuple[int, float, bytes]
 """(seq, created_at, payload) of one readable row."""
@@ -79,10 +68,10 @@ def wal_damage(wal_path: str) -> str | None:
     if fd is None:
         return None
     try:
-        header = _pread(fd, _WAL_HEADER, 0)
+        header = _pread(fd, WAL_HEADER, 0)
     finally:
         os.close(fd)
-    if len(header) < _WAL_HEADER or _wal_header(header) is not None:
+    if len(header) < WAL_HEADER or _wal_header(header) is not None:
         return None
     return "the -wal file has no valid WAL header: the commits in it are unreadable"
 
@@ -102,10 +91,10 @@ class DamagedFile:
         self._wal = _open_or_none(path + "-wal")
         try:
             header = _pread(self._db, 100, 0)
-            sound_header = header[:16] == _SQLITE_MAGIC
+            sound_header = header[:16] == SQLITE_MAGIC
             db_page_size = _page_size(header) if sound_header else None
             self._wal_pages, wal_page_size = self._read_wal(db_page_size)
-            self.page_size: int = db_page_size or wal_page_size or _DEFAULT_PAGE_SIZE
+            self.page_size: int = db_page_size or wal_page_size or PAGE_SIZE
             reserved = header[20] if sound_header else 0
             self._usable = self.page_size - reserved
             db_size = os.fstat(self._db).st_size if self._db is not None else 0
@@ -148,23 +137,23 @@ class DamagedFile:
 
     def _read_wal(self, page_size: int | None) -> tuple[dict[int, int], int | None]:
         """Page number -> offset of its newest committed, checksummed frame in the WAL."""
-        header = _wal_header(_pread(self._wal, _WAL_HEADER, 0))
+        header = _wal_header(_pread(self._wal, WAL_HEADER, 0))
         if header is None or page_size not in (None, header.page_size):
             return {}, None
         committed: dict[int, int] = {}
         pending: dict[int, int] = {}
         sums = header.sums
-        frame_size = _FRAME_HEADER + header.page_size
-        offset = _WAL_HEADER
+        frame_size = FRAME_HEADER + header.page_size
+        offset = WAL_HEADER
         while len(frame := _pread(self._wal, frame_size, offset)) == frame_size:
             number, commit, salt1, salt2, sum1, sum2 = struct.unpack(">6I", frame[:24])
             if (salt1, salt2) != header.salts:
                 break  # a frame of an older generation of the WAL: the log ends here
             sums = _wal_checksum(frame[:8], sums, header.order)
-            sums = _wal_checksum(frame[_FRAME_HEADER:], sums, header.order)
+            sums = _wal_checksum(frame[FRAME_HEADER:], sums, header.order)
             if sums != (sum1, sum2):
                 break  # torn or damaged: SQLite stops at the same frame
-            pending[number] = offset + _FRAME_HEADER
+            pending[number] = offset + FRAME_HEADER
             if commit:
                 committed.update(pending)
                 pending.clear()
@@ -174,7 +163,7 @@ class DamagedFile:
     def _freelist(self) -> set[int]:
         """Pages on the freelist, as far as page 1 and the trunk pages can be read."""
         first = self.page(1)
-        if first is None or first[:16] != _SQLITE_MAGIC:
+        if first is None or first[:16] != SQLITE_MAGIC:
             return set()
         trunk, total = _U32.unpack_from(first, 32)[0], _U32.unpack_from(first, 36)[0]
         free: set[int] = set()
@@ -277,7 +266,7 @@ class DamagedFile:
                 value = _integer(types[1], record, key_end)
             except (IndexError, ValueError):
                 continue
-            if key in _META_KEYS:
+            if key in META_KEYS:
                 self.meta[key] = max(value, self.meta.get(key, value))
 
 
@@ -399,7 +388,7 @@ def _valid_page_size(size: int) -> bool:
 
 def _wal_header(header: bytes) -> _WalHeader | None:
     """The WAL header's fields if its magic, version, page size and checksum are right."""
-    if len(header) < _WAL_HEADER:
+    if len(header) < WAL_HEADER:
         return None
     magic, version, page_size, _, salt1, salt2, sum1, sum2 = struct.unpack(">8I", header)
     if magic & ~1 != _WAL_MAGIC or version != _WAL_VERSION or not _valid_page_size(page_size):

@@ -321,7 +321,7 @@ def test_an_error_while_salvaging_still_starts_an_empty_queue_and_keeps_the_file
     def broken(path: str) -> DamagedFile:
         raise MemoryError("no memory for the salvage")
 
-    monkeypatch.setattr("buffer.queue.DamagedFile", broken)
+    monkeypatch.setattr("buffer.recovery.DamagedFile", broken)
     with (
         caplog.at_level(logging.ERROR, logger="buffer"),
         DurableQueue(path, max_bytes=10**8) as queue,
