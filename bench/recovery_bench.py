@@ -27,9 +27,7 @@ import asyncio
 import contextlib
 import platform
 import signal
-import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -41,88 +39,40 @@ from pathlib import Path
 import paho.mqtt.client as paho
 
 from drivers.modbus.decode import Table
-from drivers.sim.modbus import ModbusSimServer, SimulatedDevice, free_tcp_port
+from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
 from gateway.devtools.broker import Mosquitto
 from gateway.wire import decode_batch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from rig import TcpProxy  # noqa: E402 - the test rig's link that fails on cue
 
 
-class Link:
-    """A TCP relay that fails on cue: `blackhole()`, `cut()` (reset and refuse), `heal()`."""
+class Link(TcpProxy):
+    """The test rig's link (`blackhole()`, `restore()`, `reset()`) on a port that stays the
+    same, plus `cut()`: every connection reset and nothing listening, so connects are
+    refused; `heal()` listens and carries traffic again."""
 
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_tcp_port()
-        self.mode = "pass"
-        self.connections = 0
-        self._server: asyncio.Server | None = None
-        self._transports: list[asyncio.BaseTransport] = []
-
-    async def listen(self) -> None:
+    async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-            await self._relay(reader, writer)
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self._transports.append(writer.transport)
-        if self.mode == "blackhole":
-            while await reader.read(65536):
-                pass
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            _reset(writer.transport)
-            return
-        self._transports.append(up_writer.transport)
-        await asyncio.gather(
-            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
-        )
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                if self.mode == "blackhole":
-                    continue  # swallowed: the peer never hears of it
-                writer.write(data)
-                await writer.drain()
-        finally:
-            writer.close()
-
-    def blackhole(self) -> None:
-        self.mode = "blackhole"
+        # A relay still open when the bench exits is cancelled; ending it quietly keeps
+        # asyncio (3.11) from printing the cancellation as an error.
+        with contextlib.suppress(asyncio.CancelledError):
+            await super()._handle(reader, writer)
 
     async def cut(self) -> None:
-        """Reset every connection and stop listening: connects are refused."""
-        self.mode = "cut"
+        self.reset()
         if self._server is not None:
             self._server.close()
             self._server = None
-        for transport in self._transports:
-            _reset(transport)
-        self._transports.clear()
 
     async def heal(self) -> None:
-        if self.mode == "cut":
-            await self.listen()
-        self.mode = "pass"
-
-    async def close(self) -> None:
-        await self.cut()
-
-
-def _reset(transport: asyncio.BaseTransport) -> None:
-    if transport.is_closing():
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:  # SO_LINGER 0: close() sends a RST, as a dropped link does
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
+        if self._server is None:
+            await self.start()
+        self.restore()
 
 
 class Centre:
@@ -235,7 +185,7 @@ async def main(args: argparse.Namespace) -> None:
         broker = Mosquitto(workdir / "broker")
         broker.start()
         link = Link(broker.port)
-        await link.listen()
+        await link.start()
         device = SimulatedDevice(unit=1)
         device.add_read_counter(Table.HOLDING, 0)
         log = (workdir / "gateway.log").open("wb")
@@ -272,7 +222,7 @@ async def main(args: argparse.Namespace) -> None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
             centre.close()
-            await link.close()
+            await link.stop()
             broker.stop()
             log.close()
             if args.keep_log:

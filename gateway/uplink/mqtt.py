@@ -348,37 +348,43 @@ class _Client(aiomqtt.Client):
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         def read() -> None:
-            try:
-                while True:
-                    client.loop_read()
-                    # An SSL socket may hold decoded bytes that select() does not see.
-                    pending = getattr(client.socket(), "pending", None)
-                    if pending is None or pending() <= 0:
-                        break
-            except Exception as exc:
-                if not self._disconnected.done():
-                    self._disconnected.set_exception(exc)
+            while True:
+                client.loop_read()
+                # An SSL socket may hold decoded bytes that select() does not see.
+                pending = getattr(client.socket(), "pending", None)
+                if pending is None or pending() <= 0:
+                    return
 
-        def register() -> None:
-            current = client.socket()
-            if current is not None and current is sock and current.fileno() >= 0:
-                self._loop.add_reader(current.fileno(), read)
-                self._misc_task = self._loop.create_task(self._misc_loop())
-
-        self._loop.call_soon_threadsafe(register)
+        self._register(client, sock, self._loop.add_reader, read, with_misc_task=True)
 
     def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        def write() -> None:
+        self._register(client, sock, self._loop.add_writer, client.loop_write)
+
+    def _register(
+        self,
+        client: paho.Client,
+        sock: Any,
+        add: Callable[..., None],
+        step: Callable[[], object],
+        *,
+        with_misc_task: bool = False,
+    ) -> None:
+        """Watch paho's socket for `step` (a read or a write), once the loop gets to it and
+        only if the socket is still paho's; an error in `step` ends the connection."""
+
+        def on_ready() -> None:
             try:
-                client.loop_write()
-            except Exception as exc:
+                step()
+            except Exception as exc:  # a broken socket, or paho choking on a packet
                 if not self._disconnected.done():
                     self._disconnected.set_exception(exc)
 
         def register() -> None:
             current = client.socket()
             if current is not None and current is sock and current.fileno() >= 0:
-                self._loop.add_writer(current.fileno(), write)
+                add(current.fileno(), on_ready)
+                if with_misc_task:
+                    self._misc_task = self._loop.create_task(self._misc_loop())
 
         self._loop.call_soon_threadsafe(register)
 

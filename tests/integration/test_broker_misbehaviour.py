@@ -1,4 +1,5 @@
-"""Nothing a broker does ends the uplink or prints a traceback.
+"""Nothing a broker does ends the uplink or prints a traceback; and what each MQTT
+version lets the uplink know.
 
 mosquitto behaves; to see the uplink meet a broker that refuses, hangs up, says
 "Session taken over" (mosquitto 2.0.11 never sends it) or sends bytes that are
@@ -17,7 +18,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from rig import TcpProxy
+from rig import Subscriber, TcpProxy
 
 from buffer import DurableQueue
 from gateway.devtools.broker import Mosquitto
@@ -282,3 +283,37 @@ async def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> Non
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s: {what}")
         await asyncio.sleep(0.05)
+
+
+# --- which MQTT version, against a real mosquitto -------------------------------------
+
+DENY_DATA = "topic read #\ntopic write city/+/status\ntopic write city/+/health\n"
+
+
+@pytest.mark.parametrize(("protocol", "mark"), [("5", "(p5,"), ("3.1.1", "(p2,")])
+async def test_the_uplink_speaks_the_configured_mqtt_version_and_delivers(
+    tmp_path: Path, broker: Mosquitto, subscriber: Subscriber, protocol: str, mark: str
+) -> None:
+    async with uplink_running(tmp_path, broker.port, protocol=protocol) as uplink:
+        await _wait(lambda: len(subscriber.on("/data/history")) == 3, 10, "the three batches")
+        assert uplink.health()["protocol"] == protocol
+    assert f"as edge-gateway-gw-1 {mark}" in broker.log.read_text()
+
+
+async def test_under_mqtt_3_1_1_a_denied_publish_looks_stored_which_is_why_5_is_the_default(
+    tmp_path: Path,
+) -> None:
+    broker = Mosquitto(
+        tmp_path / "broker", acl=DENY_DATA, extra_config="max_queued_messages 1000\n"
+    )
+    broker.start()
+    sub = Subscriber(broker)
+    try:
+        async with uplink_running(tmp_path, broker.port, protocol="3.1.1") as uplink:
+            await _wait(lambda: uplink.store.stats.batches == 0, 10, "the batches 'acknowledged'")
+            assert uplink.state == "online" and uplink.health()["denied"] == []
+        await asyncio.sleep(0.5)
+        assert sub.data_messages() == []  # deleted from disk, and the centre has none
+    finally:
+        sub.close()
+        broker.kill()
