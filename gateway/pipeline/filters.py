@@ -1,6 +1,7 @@
 """Per-point processing: range check, spike, smoothing, deadband/heartbeat, aggregation (pure).
 
-A :class:`ProcessingSpec` is validated when it is built (start-up); a
+A :class:`ProcessingSpec` (gateway/core/processing.py) is validated when it is built
+(start-up); a
 :class:`PointProcessor` runs it on the readings of one point, one at a time,
 and returns what goes on (0, 1 or, when a window closes, several readings).
 Points whose spec does nothing (:func:`is_passthrough`) need no processor.
@@ -64,12 +65,8 @@ Readings that skip a stage: non-GOOD readings and non-numbers skip 1-3 (a value
 of ``None`` comes with COMM_ERROR or DEVICE_OFFLINE from a driver and passes
 1-4 unchanged).
 
-A spec is rejected (:class:`ValueError`) for: non-finite numbers, ``range_low``
-not below ``range_high``, a ``spike_max_rate`` not above 0, negative deadbands,
-both deadband kinds, a heartbeat without a deadband (without one every reading
-is sent), a deadband with aggregation (it would bias min/max/mean/count),
-``smoothing_samples < 1``, non-positive durations, and unknown or repeated
-aggregate functions.
+A spec's own rules (what combinations are refused) are in gateway/core/processing.py,
+with the spec and the `process = { ... }` config model it is compiled from.
 
 Cost: plain attributes, no allocation per reading beyond the output reading and
 its list; a reading the stages leave untouched is passed on as the same object.
@@ -78,14 +75,12 @@ its list; a reading the stages leave untouched is passed on as the same object.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
-from math import isfinite
-from typing import Final, Literal
+from typing import Final
 
 from gateway.core.model import Quality, Reading, Value
+from gateway.core.processing import ProcessingSpec, spec_problem
 
 __all__ = [
-    "AGGREGATE_FUNCTIONS",
     "PLAUSIBLE_MAGNITUDE",
     "STEP_CONFIRMATIONS",
     "PointProcessor",
@@ -99,79 +94,10 @@ STEP_CONFIRMATIONS: Final = 3
 PLAUSIBLE_MAGNITUDE: Final = 1e300
 """A number beyond plus or minus this is out of range, limits or not (see stage 1)."""
 
-AGGREGATE_FUNCTIONS: Final = ("min", "max", "mean", "count", "last")
-"""The functions a window can report, in their default order."""
-
 _GOOD: Final = int(Quality.GOOD)
 _OUT_OF_RANGE: Final = int(Quality.OUT_OF_RANGE)
 _SPIKE: Final = int(Quality.SPIKE)
 _NOTHING_EMITTED: Final = -1  # a quality no reading has: the next reading is the first
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessingSpec:
-    """What to do with the readings of one point; see the module docstring.
-
-    Raises :class:`ValueError` on construction when the combination makes no sense.
-    """
-
-    range_low: float | None = None
-    range_high: float | None = None
-    spike_max_rate: float | None = None
-    spike_action: Literal["flag", "drop"] = "flag"
-    smoothing: Literal["mean", "median"] | None = None
-    smoothing_samples: int = 5
-    deadband: float | None = None
-    deadband_percent: float | None = None
-    heartbeat_ms: int | None = None
-    aggregate_ms: int | None = None
-    aggregate: tuple[str, ...] = AGGREGATE_FUNCTIONS
-
-    def __post_init__(self) -> None:
-        problem = _problem(self)
-        if problem is not None:
-            raise ValueError(f"processing: {problem}")
-
-
-def _problem(spec: ProcessingSpec) -> str | None:
-    for name in ("range_low", "range_high", "spike_max_rate", "deadband", "deadband_percent"):
-        number = getattr(spec, name)
-        if number is not None and not isfinite(number):
-            return f"{name} must be a finite number, got {number}"
-    low, high = spec.range_low, spec.range_high
-    if low is not None and high is not None and not low < high:
-        return f"range_low {low} must be below range_high {high}"
-    if spec.spike_max_rate is not None and spec.spike_max_rate <= 0:
-        return f"spike_max_rate must be above 0 units per second, got {spec.spike_max_rate}"
-    if spec.spike_action not in ("flag", "drop"):
-        return f"spike_action must be 'flag' or 'drop', got {spec.spike_action!r}"
-    if spec.smoothing not in (None, "mean", "median"):
-        return f"smoothing must be 'mean' or 'median', got {spec.smoothing!r}"
-    if spec.smoothing_samples < 1:
-        return f"smoothing_samples must be at least 1, got {spec.smoothing_samples}"
-    for name in ("deadband", "deadband_percent"):
-        number = getattr(spec, name)
-        if number is not None and number < 0:
-            return f"{name} must not be negative, got {number}"
-    has_deadband = spec.deadband is not None or spec.deadband_percent is not None
-    if spec.deadband is not None and spec.deadband_percent is not None:
-        return "set deadband or deadband_percent, not both"
-    for name in ("heartbeat_ms", "aggregate_ms"):
-        ms = getattr(spec, name)
-        if ms is not None and ms <= 0:
-            return f"{name} must be above 0, got {ms}"
-    if spec.heartbeat_ms is not None and not has_deadband:
-        return "heartbeat_ms goes with a deadband (without one every reading is sent)"
-    if spec.aggregate_ms is not None and has_deadband:
-        return "a deadband cannot feed an aggregation (it would bias min, max, mean and count)"
-    if not spec.aggregate:
-        return "aggregate needs at least one function"
-    unknown = [fn for fn in spec.aggregate if fn not in AGGREGATE_FUNCTIONS]
-    if unknown:
-        return f"unknown aggregate function(s) {unknown}; known: {list(AGGREGATE_FUNCTIONS)}"
-    if len(set(spec.aggregate)) != len(spec.aggregate):
-        return f"aggregate lists a function twice: {list(spec.aggregate)}"
-    return None
 
 
 def is_passthrough(spec: ProcessingSpec) -> bool:
@@ -239,7 +165,7 @@ class PointProcessor:
     )
 
     def __init__(self, spec: ProcessingSpec) -> None:
-        problem = _problem(spec)  # a spec is checked when built; this catches a forged one
+        problem = spec_problem(spec)  # a spec is checked when built; this catches a forged one
         if problem is not None:
             raise ValueError(f"processing: {problem}")
         self.spec = spec

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 
 from drivers.base import ReadingSink
 from gateway.core.model import Reading, all_usable, invalid_reading, value_problem
+from gateway.core.processing import milliseconds
 from gateway.pipeline.alarms import AlarmEvent, RateOfRiseAlarm, ThresholdAlarm
 from gateway.pipeline.filters import PointProcessor, is_passthrough
 from gateway.settings import GatewayConfig, ThresholdAlarmConfig
@@ -176,8 +177,8 @@ def compile_processing(
                 high=a.high,
                 low=a.low,
                 hysteresis=a.hysteresis,
-                on_delay_ms=_ms(a.on_delay) or 0,
-                off_delay_ms=_ms(a.off_delay) or 0,
+                on_delay_ms=milliseconds(a.on_delay) or 0,
+                off_delay_ms=milliseconds(a.off_delay) or 0,
                 severity=a.severity,
                 unit=units.get(key),
             )
@@ -187,9 +188,9 @@ def compile_processing(
                 a.device,
                 a.point,
                 max_rise=a.max_rise,
-                per_ms=_ms(a.per) or 1,
-                on_delay_ms=_ms(a.on_delay) or 0,
-                off_delay_ms=_ms(a.off_delay) or 0,
+                per_ms=milliseconds(a.per) or 1,
+                on_delay_ms=milliseconds(a.on_delay) or 0,
+                off_delay_ms=milliseconds(a.off_delay) or 0,
                 severity=a.severity,
                 unit=units.get(key),
             )
@@ -219,7 +220,3 @@ _RULE_FIELDS = (
     "max_rise",
     "per_ms",
 )
-
-
-def _ms(seconds: float | None) -> int | None:
-    return None if seconds is None else round(seconds * 1000)

@@ -13,12 +13,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from gateway.core.model import Quality, Reading
-from gateway.pipeline.filters import (
-    AGGREGATE_FUNCTIONS,
-    PLAUSIBLE_MAGNITUDE,
-    PointProcessor,
-    ProcessingSpec,
-)
+from gateway.core.processing import AGGREGATE_FUNCTIONS, ProcessingSpec
+from gateway.pipeline.filters import PLAUSIBLE_MAGNITUDE, PointProcessor
 
 finite = st.floats(-PLAUSIBLE_MAGNITUDE, PLAUSIBLE_MAGNITUDE)
 # values that sit on and around a deadband often, plus the odd wild one

@@ -8,12 +8,8 @@ from typing import Any
 import pytest
 
 from gateway.core.model import Quality, Reading
-from gateway.pipeline.filters import (
-    STEP_CONFIRMATIONS,
-    PointProcessor,
-    ProcessingSpec,
-    is_passthrough,
-)
+from gateway.core.processing import ProcessingSpec
+from gateway.pipeline.filters import STEP_CONFIRMATIONS, PointProcessor, is_passthrough
 
 G, OOR, SPIKE = Quality.GOOD, Quality.OUT_OF_RANGE, Quality.SPIKE
 COMM, CHECKSUM = Quality.COMM_ERROR, Quality.BAD_CHECKSUM
