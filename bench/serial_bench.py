@@ -22,13 +22,14 @@ import asyncio
 import time
 
 from drivers.modbus.decode import Table
-from drivers.serial_line.driver import SerialLineDriver
+from drivers.serial_line.build import build_driver
+from drivers.serial_line.config import SerialLineDeviceConfig
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
 from drivers.sim.serial_line import gas_detector_line
 from drivers.sim.serial_link import NullModem, PtyPort
 from gateway.build import build_drivers
 from gateway.core.model import Reading
-from gateway.settings import SerialLineDeviceConfig, parse_config
+from gateway.settings import parse_config
 from gateway.tasks import cancel_and_wait
 
 SECONDS = 8.0
@@ -93,7 +94,7 @@ points = [{{ name = "ch4" }}, {{ name = "h2s", type = "int" }}, {{ name = "n", t
     device = cfg.devices[0]
     assert isinstance(device, SerialLineDeviceConfig)
     readings: list[Reading] = []
-    driver = SerialLineDriver.from_config(device, readings.extend)
+    driver = build_driver(device, readings.extend)
     task = asyncio.create_task(driver.run())
     await asyncio.sleep(0.2)
     chunk = b"".join(gas_detector_line(n) for n in range(1, 201))

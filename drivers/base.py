@@ -1,21 +1,36 @@
-"""What every driver offers the gateway, and the per-device health it keeps.
+"""What every driver offers the gateway, and what every protocol plugin is made of.
 
 A driver polls or listens to field devices and hands readings to a sink (the
 batcher's `add`). It runs until cancelled and never raises for device trouble:
-a device that fails is marked offline, logged once, retried with back-off.
+a device that fails is marked offline, logged once, retried with back-off. It says
+what it will do before it runs (`plan()`: the lines `edge-gateway validate` prints,
+requests and line time) and how its devices are doing while it runs (`health()`).
+
+A protocol is a `DriverPlugin`: its device config models, its build step (configs to
+drivers) and its checks across devices. drivers/registry.py lists the plugins; the
+gateway knows protocols only through them (drivers/README.md: adding a protocol).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
+from pydantic import BaseModel
+
+from gateway.core.config_types import Loc
 from gateway.core.model import Reading
+from gateway.core.processing import ProcessingConfig
 
 ReadingSink = Callable[[Sequence[Reading]], None]
+
+
+def discard(readings: Sequence[Reading]) -> None:
+    """The sink of drivers that are built only to be asked for their plan, never run."""
 
 
 DeviceState = Literal["unknown", "online", "degraded", "offline"]
@@ -115,6 +130,48 @@ class DeviceHealth:
         }
 
 
+# --- what a driver will do ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePlan:
+    """What one device's driver will do, as `edge-gateway validate` reports it."""
+
+    name: str
+    summary: str  # the line validate prints: 'pump: 6 point(s) in 4 request(s) every 1s (...)'
+    points: int
+    requests: int  # requests sent per poll cycle (0 for an instrument that talks on its own)
+    line_time: float | None = None  # seconds on a serial bus one poll takes (see BusEstimate)
+
+
+@dataclass(frozen=True, slots=True)
+class BusEstimate:
+    """The line time a serial bus (several slaves on one port) needs, with every request
+    answered at once and no retries: a lower bound.
+
+    `line_time` is what the bus needs per `cycle`, the shortest poll interval on it
+    (slaves polled less often count in proportion); above `cycle`, polls fall behind."""
+
+    port: str
+    baudrate: int
+    devices: tuple[str, ...]
+    cycle: float
+    line_time: float
+
+    @property
+    def load(self) -> float:
+        """The share of the line's time the polls need (above 1: more than there is)."""
+        return self.line_time / self.cycle
+
+
+@dataclass(frozen=True, slots=True)
+class DriverPlan:
+    """What one driver (one line: a connection or a port) will do."""
+
+    devices: tuple[DevicePlan, ...]
+    bus: BusEstimate | None = None  # for a driver that shares a serial bus among slaves
+
+
 class Driver(Protocol):
     """A running connection to one or more field devices."""
 
@@ -125,3 +182,124 @@ class Driver(Protocol):
 
     def health(self) -> list[DeviceHealth]:
         """Current per-device state and counters."""
+
+    def plan(self) -> DriverPlan:
+        """What it will poll, compiled at start-up (`validate` prints it)."""
+
+
+# --- what a protocol is -------------------------------------------------------------------------
+
+Problem = tuple[Loc, str]
+"""A problem or warning: the key path in the file (('devices', 3, 'unit')) and the reason."""
+
+
+class PointSettings(Protocol):
+    """What the gateway reads of any protocol's point config (processing, alarms)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def unit(self) -> str | None: ...
+
+    @property
+    def process(self) -> ProcessingConfig | None: ...
+
+
+class DeviceSettings(Protocol):
+    """What the gateway reads of any protocol's device config (cross-checks, processing)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def protocol(self) -> str: ...
+
+    @property
+    def points(self) -> Sequence[PointSettings]: ...
+
+    @property
+    def line(self) -> str:
+        """The port or host:port the device is reached through (devices on one line share
+        it: only devices of one protocol of a plugin with `shares_lines` may)."""
+
+
+D = TypeVar("D", bound=DeviceSettings)
+Indexed = Sequence[tuple[int, D]]
+"""Devices of one plugin, each with its index in the file's [[devices]]."""
+
+
+def no_problems(devices: Indexed[Any]) -> list[Problem]:
+    return []
+
+
+@dataclass(frozen=True)
+class DriverPlugin(Generic[D]):
+    """One protocol (one folder under drivers/): all the gateway needs to know of it.
+
+    `configs` are the device config models, one per `protocol = "..."` value (a
+    `Literal` field named `protocol`); the gateway's [[devices]] list is the union of
+    every plugin's models. `build` turns the valid configs of its devices into
+    drivers, once, at start-up. `check` and `warn` look across its devices (each with
+    its index in [[devices]]) for problems and for what is valid but probably not
+    meant; what concerns one device alone belongs in its model's validators.
+    """
+
+    name: str  # the folder: 'modbus'
+    title: str  # in sentences: 'Modbus'
+    configs: tuple[type[BaseModel], ...]
+    build: Callable[[Sequence[D], ReadingSink], Sequence[Driver]]
+    check: Callable[[Indexed[D]], list[Problem]] = no_problems
+    warn: Callable[[Indexed[D]], list[Problem]] = no_problems
+    shares_lines: bool = False  # devices of one protocol may share a port or host:port
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        """The `protocol` values of its devices, from its config models."""
+        return tuple(
+            tag
+            for model in self.configs
+            for tag in typing.get_args(model.model_fields["protocol"].annotation)
+        )
+
+
+# --- warnings several protocols give -----------------------------------------------------------
+
+
+class Polled(Protocol):
+    """A device config that waits `timeout` for each answer, every `poll_interval`."""
+
+    @property
+    def timeout(self) -> float: ...
+
+    @property
+    def poll_interval(self) -> float: ...
+
+    @property
+    def model_fields_set(self) -> set[str]: ...
+
+
+def late_poll_warnings(devices: Sequence[tuple[int, Polled]]) -> list[Problem]:
+    """A warning for each device whose `timeout` is not shorter than its `poll_interval`
+    (when either is set: the defaults are the same and fine)."""
+    found: list[Problem] = []
+    for i, dev in devices:
+        chosen = bool({"timeout", "poll_interval"} & dev.model_fields_set)
+        if chosen and dev.timeout >= dev.poll_interval:
+            found.append(
+                (
+                    ("devices", i, "timeout"),
+                    f"{seconds_text(dev.timeout)} is not shorter than poll_interval "
+                    f"{seconds_text(dev.poll_interval)}: a device that does not answer makes "
+                    "polls late (and on a shared line, its neighbours' polls too); make "
+                    "timeout shorter than poll_interval",
+                )
+            )
+    return found
+
+
+def seconds_text(seconds: float) -> str:
+    """A duration as a technician writes it: '300ms', '1.5s'."""
+    if seconds < 1:
+        return f"{seconds * 1000:.3g}ms"
+    return f"{seconds:.3g}s"

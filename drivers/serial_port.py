@@ -1,4 +1,6 @@
-"""Serial ports: line rates, and why a port cannot be opened, in words a technician acts on.
+"""Serial ports: their line settings in the config, line rates, and why a port cannot be
+opened, in words a technician acts on. Shared by every protocol that runs on a serial
+line (Modbus RTU, serial line instruments).
 
 Every driver opens its port exclusively (pyserial's `exclusive=True`, an advisory
 `flock`, plus `TIOCEXCL`, which makes further opens fail for everyone but root), so
@@ -14,7 +16,57 @@ import errno
 import fcntl
 import os
 import termios
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from drivers.base import Problem
+from gateway.core.config_types import Int, StrictModel, WholeNumber, path_text_problem
+
+
+class SerialPortConfig(StrictModel):
+    """Line settings of a serial port (RS-485 / RS-232)."""
+
+    port: str = Field(description="serial device, e.g. /dev/ttyUSB0 or /dev/ttyAMA0")
+    baudrate: Int = Field(9600, ge=50, le=4_000_000)
+    bytesize: Annotated[Literal[7, 8], WholeNumber] = 8
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Annotated[Literal[1, 2], WholeNumber] = 1
+
+    @field_validator("port")
+    @classmethod
+    def _port_names_a_device(cls, port: str) -> str:
+        problem = path_text_problem(port)
+        if problem is not None:
+            raise ValueError(f"{problem}; name the serial device, e.g. /dev/ttyUSB0")
+        return port
+
+    @property
+    def line(self) -> str:
+        return self.port
+
+
+def absent_port_warnings(devices: Sequence[tuple[int, SerialPortConfig]]) -> list[Problem]:
+    """A warning for each serial port that is not there now (once per port)."""
+    found: list[Problem] = []
+    seen: set[str] = set()
+    for i, dev in devices:
+        if dev.port in seen:
+            continue
+        seen.add(dev.port)
+        try:
+            Path(dev.port).stat()
+        except (OSError, ValueError):  # an unreadable parent counts as absent: the run will say
+            found.append(
+                (
+                    ("devices", i, "port"),
+                    f"{dev.port} does not exist now: is the adapter plugged in? "
+                    "(the gateway keeps trying to open it)",
+                )
+            )
+    return found
 
 
 def bits_per_character(bytesize: int, parity: str, stopbits: float) -> float:

@@ -2,20 +2,28 @@
 
 Unknown keys are errors; durations carry units ("500ms", "5s", "2m"); sizes carry
 units ("64MB"); numbers, booleans and text are never converted into each other
-(gateway/config_types.py). `load_config` returns a validated `GatewayConfig` with
+(gateway/core/config_types.py). `load_config` returns a validated `GatewayConfig` with
 its warnings, or raises `ConfigError` listing every problem as
 `key.path[index]: reason`, in this order:
 
 1. names used twice (device names, point names of a device, alarm names), found on
    the TOML document itself, so that they are named even when the rest is broken;
 2. the problems of single keys and sections (types, ranges, coherence);
-3. the cross-checks between sections (alarms naming real points, devices sharing a
-   line agreeing on it), run on every device and alarm that is valid on its own.
+3. the cross-checks between sections (alarms naming real points, a port carrying one
+   protocol, and each protocol's own checks across its devices: slaves sharing a bus
+   agreeing on it), run on every device and alarm that is valid on its own.
 
-Warnings are for configs that are valid but probably not what was meant (a timeout
-as long as the poll interval, a datasheet register number, a serial port that is not
-there, an RS-485 bus with more traffic than line time, a password anyone can read);
-each is `key.path: message`, in `LoadedConfig.warnings`.
+The device sections belong to the protocols: each `drivers/<protocol>/config.py` has
+its models, and [[devices]] is the union of those of every plugin in
+drivers/registry.py. This module owns the other sections ([gateway], [buffer],
+[batch], [[alarms]]; [mqtt] is gateway/uplink/config.py), loading, the checks between
+sections and the wording of every problem.
+
+Warnings are for configs that are valid but probably not what was meant (each
+protocol's: a timeout as long as the poll interval, a datasheet register number, a
+serial port that is not there, an RS-485 bus with more traffic than line time; and
+a password anyone can read); each is `key.path: message`, in `LoadedConfig.warnings`,
+in the order of the devices.
 
 The JSON Schema in `config/edge-gateway.schema.json` is generated from these models
 (`edge-gateway schema`); a test fails when it is stale.
@@ -23,17 +31,19 @@ The JSON Schema in `config/edge-gateway.schema.json` is generated from these mod
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import operator
 import re
 import stat
 import sys
 import tomllib
+import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -43,29 +53,25 @@ from pydantic import (
     model_validator,
 )
 
-from drivers.modbus.decode import ByteOrder, DataType, Table, register_count
-from drivers.serial_port import line_rate
+from drivers.base import DeviceSettings, Problem
+from drivers.registry import PLUGINS, by_plugin, plugin_of
 from gateway.core.config_types import (
     PROBLEM,
-    Bool,
     Duration,
     DurationOrZero,
     Float,
-    Host,
     Int,
     Loc,
     Name,
     Problems,
     Size,
     StrictModel,
-    WholeNumber,
     input_problem,
     name_problem,
     path_text_problem,
     shown,
 )
 from gateway.errors import ConfigError
-from gateway.pipeline.filters import ProcessingSpec
 from gateway.uplink.config import MqttConfig
 
 # --- sections ----------------------------------------------------------------------------
@@ -158,454 +164,17 @@ class BatchConfig(StrictModel):
     )
 
 
-AggregateFunction = Literal["min", "max", "mean", "count", "last"]
-AGGREGATE_FUNCTIONS: tuple[AggregateFunction, ...] = ("min", "max", "mean", "count", "last")
-
-
-def _ms(seconds: float | None) -> int | None:
-    return None if seconds is None else round(seconds * 1000)
-
-
-class ProcessingConfig(StrictModel):
-    """Local processing of one point (gateway/pipeline/filters.py has the exact rules)."""
-
-    min: Float | None = Field(None, description="plausible range: below is flagged out_of_range")
-    max: Float | None = Field(None, description="plausible range: above is flagged out_of_range")
-    spike_max_rate: Float | None = Field(
-        None, gt=0, description="units per second; faster changes are spikes"
-    )
-    spike_action: Literal["flag", "drop"] = "flag"
-    smoothing: Literal["mean", "median"] | None = None
-    smoothing_samples: Int = Field(5, ge=1, le=1000)
-    deadband: Float | None = Field(None, ge=0, description="send only changes larger than this")
-    deadband_percent: Float | None = Field(None, ge=0, le=1000)
-    heartbeat: Duration | None = Field(
-        None, description="with a deadband: resend at least this often"
-    )
-    aggregate: Duration | None = Field(None, description="send min/max/mean/count/last per window")
-    aggregate_functions: list[AggregateFunction] = Field(
-        default_factory=lambda: list(AGGREGATE_FUNCTIONS), min_length=1
-    )
-
-    @model_validator(mode="after")
-    def _coherent(self) -> ProcessingConfig:
-        problems = Problems()
-        if self.min is not None and self.max is not None and self.min >= self.max:
-            problems.add(("max",), f"min {self.min:g} must be below max {self.max:g}")
-        if self.deadband is not None and self.deadband_percent is not None:
-            problems.add(("deadband_percent",), "set deadband or deadband_percent, not both")
-        if self.heartbeat is not None and self.deadband is None and self.deadband_percent is None:
-            problems.add(
-                ("heartbeat",), "heartbeat goes with a deadband (without one every value is sent)"
-            )
-        if not problems.found:
-            try:
-                self.spec()  # the processor's own checks, e.g. no deadband before an aggregation
-            except ValueError as err:
-                problems.add((), str(err))
-        problems.raise_any(self)
-        return self
-
-    def spec(self) -> ProcessingSpec:
-        """The compiled form the pipeline runs (gateway/pipeline/filters.py)."""
-        return ProcessingSpec(
-            range_low=self.min,
-            range_high=self.max,
-            spike_max_rate=self.spike_max_rate,
-            spike_action=self.spike_action,
-            smoothing=self.smoothing,
-            smoothing_samples=self.smoothing_samples,
-            deadband=self.deadband,
-            deadband_percent=self.deadband_percent,
-            heartbeat_ms=_ms(self.heartbeat),
-            aggregate_ms=_ms(self.aggregate),
-            aggregate=tuple(self.aggregate_functions),
-        )
-
-
-# Datasheets number registers from 1 with the table in the first digit: 1xxxx discrete
-# inputs, 3xxxx input registers, 4xxxx holding registers (6-digit forms for the whole
-# 16-bit range: 1xxxxx, 3xxxxx, 4xxxxx). Coils (0xxxx) cannot be told apart.
-_DATASHEET_TABLES = {1: Table.DISCRETE_INPUT, 3: Table.INPUT, 4: Table.HOLDING}
-
-
-def datasheet_address(address: int) -> tuple[Table, int, str] | None:
-    """(table, 0-based address, notation) when `address` reads like a datasheet's number."""
-    for base, digits in ((100_000, "6-digit"), (10_000, "5-digit")):
-        table = _DATASHEET_TABLES.get(address // base)
-        offset = address % base
-        limit = 65536 if base == 100_000 else 9999
-        if table is not None and 1 <= offset <= limit:
-            return table, offset - 1, digits
-    return None
-
-
-class ModbusPointConfig(StrictModel):
-    name: Name
-    table: Table = Table.HOLDING
-    address: Int = Field(ge=0, le=65535)
-    type: DataType = DataType.UINT16
-    byte_order: ByteOrder | None = Field(None, description="defaults to the device's byte_order")
-    bit: Int | None = Field(None, ge=0, le=15, description="bit index for type 'bit'")
-    length: Int | None = Field(None, ge=1, le=125, description="registers for type 'string'")
-    scale: Float = 1.0
-    offset: Float = 0.0
-    unit: str | None = Field(None, description="engineering unit, for people (e.g. 'bar')")
-    process: ProcessingConfig | None = None
-
-    @field_validator("address", mode="before")
-    @classmethod
-    def _datasheet_notation(cls, value: object) -> object:
-        if isinstance(value, int) and not isinstance(value, bool) and value > 65535:
-            notation = datasheet_address(value)
-            if notation is not None:
-                table, address, digits = notation
-                raise ValueError(
-                    f"{value} is above 65535; it looks like register {value} of a datasheet "
-                    f"({digits} notation); addresses here are 0-based: "
-                    f'table = "{table}", address = {address}'
-                )
-        return value
-
-    @model_validator(mode="after")
-    def _type_fits_table(self) -> ModbusPointConfig:
-        problems = Problems()
-        bit_table = self.table in (Table.COIL, Table.DISCRETE_INPUT)
-        if bit_table and self.type is not DataType.BOOL:
-            problems.add(
-                (),
-                f"type '{self.type}' cannot be read from table '{self.table}': coils and "
-                "discrete inputs hold single bits, use type 'bool'",
-            )
-        if not bit_table and self.type is DataType.BOOL:
-            problems.add(
-                (),
-                f"type 'bool' reads coils and discrete inputs; for one bit of a "
-                f"{self.table} register use type 'bit' with bit = 0..15",
-            )
-        if (self.type is DataType.BIT) != (self.bit is not None):
-            problems.add((), "type 'bit' needs bit = 0..15, and bit is only for type 'bit'")
-        if (self.type is DataType.STRING) != (self.length is not None):
-            problems.add((), "type 'string' needs length (in registers), and only strings take it")
-        elif not bit_table:
-            last = self.address + register_count(self.type, self.length) - 1
-            if last > 65535:
-                problems.add((), f"the point runs past address 65535 (ends at {last})")
-        problems.raise_any(self)
-        return self
-
-
-class _ModbusDeviceConfig(StrictModel):
-    """What every Modbus device has, whatever the transport."""
-
-    name: Name
-    unit: Int = Field(1, ge=0, le=255, description="Modbus unit id (slave id)")
-    poll_interval: Duration = 1.0
-    timeout: Duration = 1.0
-    retries: Int = Field(1, ge=0, le=10, description="extra attempts of a failed request per cycle")
-    backoff_max: Duration = Field(
-        60.0, description="longest wait between attempts to an offline device"
-    )
-    byte_order: ByteOrder = ByteOrder.ABCD
-    max_gap: Int = Field(8, ge=0, le=124, description="unused registers a request may read across")
-    max_gap_bits: Int = Field(
-        64, ge=0, le=1999, description="unused coils/inputs a request may read across"
-    )
-    points: list[ModbusPointConfig] = Field(min_length=1)
-
-
-class ModbusTcpDeviceConfig(_ModbusDeviceConfig):
-    protocol: Literal["modbus_tcp"]
-    host: Host = Field(description="host name or IP address (the port goes in `port`)")
-    port: Int = Field(502, ge=1, le=65535)
-
-
-def _serial_unit(unit: int) -> int:
-    if unit == 0:
-        raise ValueError(
-            "unit 0 is the broadcast address on a serial bus: no slave answers a read sent "
-            "to it; use the slave's own id (1-247)"
-        )
-    return unit
-
-
-SerialUnit = Annotated[
-    Int,
-    Field(ge=0, le=255, description="Modbus unit id (slave id), 1-247 on a serial bus"),
-    AfterValidator(_serial_unit),
-]
-
-
-class ModbusRtuOverTcpDeviceConfig(_ModbusDeviceConfig):
-    """Modbus RTU frames carried over TCP by a serial device server."""
-
-    protocol: Literal["modbus_rtu_over_tcp"]
-    host: Host = Field(description="host name or IP address (the port goes in `port`)")
-    port: Int = Field(4001, ge=1, le=65535)
-    unit: SerialUnit = 1
-
-
-class SerialPortConfig(StrictModel):
-    """Line settings of a serial port (RS-485 / RS-232)."""
-
-    port: str = Field(description="serial device, e.g. /dev/ttyUSB0 or /dev/ttyAMA0")
-    baudrate: Int = Field(9600, ge=50, le=4_000_000)
-    bytesize: Annotated[Literal[7, 8], WholeNumber] = 8
-    parity: Literal["N", "E", "O"] = "N"
-    stopbits: Annotated[Literal[1, 2], WholeNumber] = 1
-
-    @field_validator("port")
-    @classmethod
-    def _port_names_a_device(cls, port: str) -> str:
-        problem = path_text_problem(port)
-        if problem is not None:
-            raise ValueError(f"{problem}; name the serial device, e.g. /dev/ttyUSB0")
-        return port
-
-    def line_settings(self) -> tuple[int, int, str, int]:
-        return (self.baudrate, self.bytesize, self.parity, self.stopbits)
-
-    @property
-    def character_time(self) -> float:
-        """Seconds one byte takes on the wire."""
-        return 1 / line_rate(self.baudrate, self.bytesize, self.parity, self.stopbits)
-
-
-class ModbusRtuDeviceConfig(_ModbusDeviceConfig, SerialPortConfig):
-    """A Modbus RTU slave on a serial bus; slaves on the same port share the bus."""
-
-    protocol: Literal["modbus_rtu"]
-    unit: SerialUnit = 1
-    inter_frame_delay: DurationOrZero | None = Field(
-        None, description="silence between requests; default 3.5 character times (min 1.75ms)"
-    )
-
-
-# --- serial line instruments ---------------------------------------------------------------
-
-
-def _hex_bytes(value: str | None, key: str) -> bytes | None:
-    if value is None:
-        return None
-    try:
-        data = bytes.fromhex(value)
-    except ValueError:
-        raise ValueError(f"{key} {shown(value)} is not hex bytes, e.g. 'AA55'") from None
-    if not data:
-        raise ValueError(f"{key} must not be empty")
-    return data
-
-
-def _text_bytes(value: str, key: str) -> bytes:
-    try:
-        return value.encode("latin-1")
-    except UnicodeEncodeError:
-        raise ValueError(f"{key} must be bytes 0-255 (use \\xNN escapes or a *_hex key)") from None
-
-
-class DelimiterFramingConfig(StrictModel):
-    """Frames end with a delimiter (lines); optionally start with a marker ('$' for NMEA)."""
-
-    kind: Literal["delimiter"]
-    delimiter: str = Field("\r\n", min_length=1, description='TOML escapes: "\\r\\n"')
-    start: str | None = Field(None, min_length=1, description="a frame begins with this")
-    max_length: Int = Field(1024, ge=2, le=65536)
-
-
-class FixedFramingConfig(StrictModel):
-    """Frames of a fixed number of bytes, optionally beginning with sync bytes."""
-
-    kind: Literal["fixed"]
-    length: Int = Field(ge=1, le=65536)
-    sync_hex: str | None = Field(None, description="e.g. 'AA55'")
-
-
-class LengthFieldFramingConfig(StrictModel):
-    """start bytes, a length field, the payload (and checksum, end bytes)."""
-
-    kind: Literal["length_field"]
-    start_hex: str = Field(description="e.g. 'AA55'")
-    length_offset: Int = Field(ge=0, le=64, description="bytes from the frame start")
-    length_size: Annotated[Literal[1, 2], WholeNumber] = 1
-    byteorder: Literal["big", "little"] = "big"
-    length_adjust: Int = Field(
-        0, ge=-64, le=64, description="bytes the length field does not count (checksum, end)"
-    )
-    end_hex: str | None = None
-    max_length: Int = Field(1024, ge=2, le=65536)
-
-
-class RegexParserConfig(StrictModel):
-    kind: Literal["regex"]
-    pattern: str = Field(description="named groups become fields, e.g. 'CH4=(?P<ch4>[-\\d.]+)'")
-    encoding: str = "ascii"
-
-
-class DelimitedParserConfig(StrictModel):
-    kind: Literal["delimited"]
-    fields: list[str] = Field(min_length=1, description="field names in order; '' skips one")
-    separator: str = Field(",", min_length=1)
-    encoding: str = "ascii"
-
-
-NmeaIndex = Annotated[Int, Field(ge=0, le=255)]
-
-
-class NmeaParserConfig(StrictModel):
-    kind: Literal["nmea"]
-    sentence: str | None = Field(
-        None,
-        description="e.g. 'GGA' (any talker); others are skipped. Required with fields or "
-        "coordinates: field numbers mean something else in each sentence type",
-    )
-    fields: dict[str, NmeaIndex] = Field(default_factory=dict, description="name -> comma index")
-    coordinates: dict[str, tuple[NmeaIndex, NmeaIndex]] = Field(
-        default_factory=dict, description="name -> [value index, hemisphere index]"
-    )
-    require_checksum: Bool = True
-
-    @model_validator(mode="after")
-    def _sentence_with_fields(self) -> NmeaParserConfig:
-        if self.sentence is None and (self.fields or self.coordinates):
-            keys = " and ".join(k for k in ("fields", "coordinates") if getattr(self, k))
-            problems = Problems()
-            problems.add(
-                ("sentence",),
-                f"required with {keys}: field numbers mean something else in each sentence "
-                "type (GGA field 7 is the number of satellites, RMC field 7 the speed), so "
-                "without it every sentence the receiver sends fills the same points; "
-                'set e.g. sentence = "GGA"',
-            )
-            problems.raise_any(self)
-        return self
-
-
-class BinaryParserConfig(StrictModel):
-    kind: Literal["binary"]
-    layout: str = Field(description="struct layout with byte order, e.g. '>HhI'")
-    fields: list[str] = Field(min_length=1, description="names of the unpacked values; '' skips")
-    offset: Int = Field(0, ge=0, le=65535, description="where the layout starts in the frame")
-    checksum: Literal["crc16_modbus", "crc16_ccitt", "xor8"] | None = None
-    checksum_start: Int = Field(0, ge=0, le=65535, description="first byte the checksum covers")
-
-
-FramingConfig = Annotated[
-    DelimiterFramingConfig | FixedFramingConfig | LengthFieldFramingConfig,
-    Field(discriminator="kind"),
-]
-ParserConfig = Annotated[
-    RegexParserConfig | DelimitedParserConfig | NmeaParserConfig | BinaryParserConfig,
-    Field(discriminator="kind"),
-]
-
-
-class SerialLinePointConfig(StrictModel):
-    name: Name
-    field: str | None = Field(None, description="parser field; defaults to the point name")
-    type: Literal["float", "int", "bool", "string"] = "float"
-    scale: Float = 1.0
-    offset: Float = 0.0
-    unit: str | None = None
-    process: ProcessingConfig | None = None
-
-
-class SerialLineDeviceConfig(SerialPortConfig):
-    """An instrument with its own line protocol (not Modbus)."""
-
-    name: Name
-    protocol: Literal["serial_line"]
-    mode: Literal["streaming", "polled"] = Field(
-        "streaming", description="streaming: it talks on its own; polled: we send poll_command"
-    )
-    poll_command: str | None = Field(None, description="text with TOML escapes, e.g. 'R\\r\\n'")
-    poll_command_hex: str | None = None
-    poll_interval: Duration = 1.0
-    timeout: Duration = Field(1.0, description="polled: wait this long for the reply")
-    stale_after: Duration = Field(
-        10.0, description="streaming: silence this long marks the instrument offline"
-    )
-    backoff_max: Duration = 60.0
-    max_input_rate: Int | None = Field(
-        None,
-        ge=10,
-        le=100_000_000,
-        description="bytes per second accepted from the port; default: twice what the line "
-        "can carry at its baud rate (a real UART never reaches it; a virtual COM port has no "
-        "such limit); the excess is shed and counted",
-    )
-    framing: FramingConfig
-    parser: ParserConfig
-    points: list[SerialLinePointConfig] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _coherent(self) -> SerialLineDeviceConfig:
-        from drivers.serial_line.build import build_framer, build_parser, parser_fields
-
-        problems = Problems()
-        has_command = self.poll_command is not None or self.poll_command_hex is not None
-        if self.mode == "polled" and not has_command:
-            problems.add(("mode",), "mode 'polled' needs poll_command or poll_command_hex")
-        if self.mode == "streaming" and has_command:
-            key = "poll_command" if self.poll_command is not None else "poll_command_hex"
-            problems.add((key,), f"{key} is only for mode 'polled'")
-        if self.poll_command is not None and self.poll_command_hex is not None:
-            problems.add(("poll_command_hex",), "set poll_command or poll_command_hex, not both")
-        try:
-            _hex_bytes(self.poll_command_hex, "poll_command_hex")
-        except ValueError as err:
-            problems.add(("poll_command_hex",), str(err))
-        try:
-            _text_bytes(self.poll_command or "", "poll_command")
-        except ValueError as err:
-            problems.add(("poll_command",), str(err))
-        try:
-            build_framer(self.framing)
-        except ValueError as err:
-            problems.add(("framing",), str(err))
-        try:
-            build_parser(self.parser)
-        except ValueError as err:
-            problems.add(("parser",), str(err))
-        else:
-            produced = parser_fields(self.parser)
-            for j, point in enumerate(self.points):
-                if (point.field or point.name) not in produced:
-                    problems.add(*_unproduced_field(j, point, produced))
-        problems.raise_any(self)
-        return self
-
-    def command_bytes(self) -> bytes | None:
-        if self.poll_command_hex is not None:
-            return _hex_bytes(self.poll_command_hex, "poll_command_hex")
-        if self.poll_command is not None:
-            return _text_bytes(self.poll_command, "poll_command")
-        return None
-
-
-def _unproduced_field(
-    index: int, point: SerialLinePointConfig, produced: Sequence[str]
-) -> tuple[Loc, str]:
-    offer = f"the parser produces {', '.join(map(repr, produced))}"
-    if point.field is not None:
-        return (
-            ("points", index, "field"),
-            f"{shown(point.field)} is not a field of the parser; {offer}",
-        )
-    return (
-        ("points", index, "name"),
-        f"the point reads the field {point.name!r} (its name, as no `field` is set), which "
-        f"the parser does not produce; {offer}: set `field` to one of them",
-    )
-
-
-DeviceConfig = Annotated[
-    ModbusTcpDeviceConfig
-    | ModbusRtuOverTcpDeviceConfig
-    | ModbusRtuDeviceConfig
-    | SerialLineDeviceConfig,
-    Field(discriminator="protocol"),
-]
-ModbusConfig = ModbusTcpDeviceConfig | ModbusRtuOverTcpDeviceConfig | ModbusRtuDeviceConfig
+# --- devices: the union of every protocol's models ---------------------------------------------
+
+_DEVICE_MODELS: tuple[type[BaseModel], ...] = tuple(
+    model for plugin in PLUGINS for model in plugin.configs
+)
+if TYPE_CHECKING:
+    DeviceConfig = DeviceSettings
+else:
+    DeviceConfig = Annotated[
+        functools.reduce(operator.or_, _DEVICE_MODELS), Field(discriminator="protocol")
+    ]
 
 
 Severity = Literal["info", "warning", "critical"]
@@ -750,7 +319,9 @@ def cross_check_problems(
     )
     if unchecked is not None:
         found += _alarms_name_real_points(device_list, alarm_list, unchecked)
-    found += _shared_lines_agree(device_list)
+    clashes, clashing = _one_protocol_per_line(device_list)
+    protocols = by_plugin((i, dev) for i, dev in device_list if i not in clashing)
+    found += _in_device_order(clashes + [p for plugin, own in protocols for p in plugin.check(own)])
     return found
 
 
@@ -789,111 +360,51 @@ def _alarms_name_real_points(
     return found
 
 
-_LINE_SETTINGS = ("baudrate", "bytesize", "parity", "stopbits")
+_SHARERS = " or ".join(plugin.title for plugin in PLUGINS if plugin.shares_lines)
 
 
-def _shared_lines_agree(devices: Sequence[tuple[int, DeviceConfig]]) -> list[tuple[Loc, str]]:
-    """Devices on one serial port or one host:port share a line: they must agree on it,
-    and each Modbus slave on it needs its own unit id."""
-    owners: dict[object, tuple[int, DeviceConfig]] = {}
-    units: dict[tuple[object, int], int] = {}
-    found: list[tuple[Loc, str]] = []
+def _one_protocol_per_line(
+    devices: Sequence[tuple[int, DeviceConfig]],
+) -> tuple[list[Problem], set[int]]:
+    """Devices on one serial port or one host:port share a line: only devices of one
+    protocol whose plugin lets them share may. The problems, and the devices that clash
+    (their protocol's own checks leave them out: the clash is what to fix first)."""
+    owners: dict[str, tuple[int, DeviceConfig]] = {}
+    found: list[Problem] = []
+    clashing: set[int] = set()
     for i, dev in devices:
-        if isinstance(dev, SerialPortConfig):
-            key: object = ("serial", dev.port)
-            where = dev.port
-        else:
-            key = ("tcp", dev.host, dev.port)
-            where = f"{dev.host}:{dev.port}"
-        first, first_dev = owners.setdefault(key, (i, dev))
+        first, first_dev = owners.setdefault(dev.line, (i, dev))
         if first == i:
-            pass
-        elif dev.protocol != first_dev.protocol or dev.protocol == "serial_line":
+            continue
+        if dev.protocol != first_dev.protocol or not plugin_of(dev.protocol).shares_lines:
             found.append(
                 (
                     ("devices", i, "port"),
-                    f"devices[{i}] and devices[{first}] both use {where}: only Modbus devices "
-                    "of one protocol can share a port",
+                    f"devices[{i}] and devices[{first}] both use {dev.line}: only {_SHARERS} "
+                    "devices of one protocol can share a port",
                 )
             )
-            continue
-        elif isinstance(dev, SerialPortConfig):
-            for setting in _LINE_SETTINGS:
-                mine, theirs = getattr(dev, setting), getattr(first_dev, setting)
-                if mine != theirs:
-                    found.append(
-                        (
-                            ("devices", i, setting),
-                            f"devices[{i}] and devices[{first}] share the bus on {where} but "
-                            f"their {setting} differs ({mine} and {theirs}); one bus has one "
-                            "set of line settings",
-                        )
-                    )
-        if not isinstance(dev, SerialLineDeviceConfig):
-            other = units.setdefault((key, dev.unit), i)
-            if other != i:
-                found.append(
-                    (
-                        ("devices", i, "unit"),
-                        f"devices[{i}] and devices[{other}] are both unit {dev.unit} on "
-                        f"{where}: each slave on a line answers to its own unit id",
-                    )
-                )
-    return found
+            clashing.add(i)
+    return found, clashing
+
+
+def _in_device_order(found: list[Problem]) -> list[Problem]:
+    """Problems about devices ordered by device, each device's in the order found."""
+    return sorted(found, key=lambda found: found[0][1] if found[0][:1] == ("devices",) else -1)
 
 
 # --- warnings -------------------------------------------------------------------------------
 
 
-def seconds_text(seconds: float) -> str:
-    """A duration as a technician writes it: '300ms', '1.5s'."""
-    if seconds < 1:
-        return f"{seconds * 1000:.3g}ms"
-    return f"{seconds:.3g}s"
-
-
 def config_warnings(config: GatewayConfig) -> list[str]:
-    """What is valid but probably not what was meant, as 'key.path: message' lines."""
-    from gateway.build import line_time_warnings
-
-    found: list[tuple[Loc, str]] = []
-    ports: set[str] = set()
-    for i, dev in enumerate(config.devices):
-        waits = not isinstance(dev, SerialLineDeviceConfig) or dev.mode == "polled"
-        chosen = bool({"timeout", "poll_interval"} & dev.model_fields_set)  # not both defaults
-        if waits and chosen and dev.timeout >= dev.poll_interval:
-            found.append(
-                (
-                    ("devices", i, "timeout"),
-                    f"{seconds_text(dev.timeout)} is not shorter than poll_interval "
-                    f"{seconds_text(dev.poll_interval)}: a device that does not answer makes "
-                    "polls late (and on a shared line, its neighbours' polls too); make "
-                    "timeout shorter than poll_interval",
-                )
-            )
-        if isinstance(dev, SerialPortConfig) and dev.port not in ports:
-            ports.add(dev.port)
-            if _file_kind(Path(dev.port)) == "missing":
-                found.append(
-                    (
-                        ("devices", i, "port"),
-                        f"{dev.port} does not exist now: is the adapter plugged in? "
-                        "(the gateway keeps trying to open it)",
-                    )
-                )
-        if not isinstance(dev, SerialLineDeviceConfig):
-            for j, point in enumerate(dev.points):
-                notation = datasheet_address(point.address)
-                if notation is not None and notation[0] is point.table:
-                    found.append(
-                        (
-                            ("devices", i, "points", j, "address"),
-                            f"{point.address} looks like register {point.address} of a "
-                            f"datasheet; addresses here are 0-based: {point.table} {notation[1]}",
-                        )
-                    )
-    found += line_time_warnings(config)
-    return [_line(loc, message) for loc, message in found]
+    """What is valid but probably not what was meant, as 'key.path: message' lines, in
+    the order of the devices (each protocol says what it finds questionable)."""
+    found = [
+        warning
+        for plugin, own in by_plugin(enumerate(config.devices))
+        for warning in plugin.warn(own)
+    ]
+    return [_line(loc, message) for loc, message in _in_device_order(found)]
 
 
 def file_warnings(config: GatewayConfig, path: Path, mode: int) -> list[str]:
@@ -1073,10 +584,29 @@ def _line(loc: Loc, reason: str) -> str:
     return f"{_key_path(loc) or '(top level)'}: {reason}"
 
 
-_DEVICE_TAGS = frozenset({"modbus_tcp", "modbus_rtu_over_tcp", "modbus_rtu", "serial_line"})
-_FRAMING_TAGS = frozenset({"delimiter", "fixed", "length_field"})
-_PARSER_TAGS = frozenset({"regex", "delimited", "nmea", "binary"})
-_ALARM_TAGS = frozenset({"threshold", "rate_of_rise"})
+def _tags_of(members: Iterable[type[BaseModel]], key: str) -> frozenset[str]:
+    """The values of the tag `key` of a discriminated union's members."""
+    return frozenset(
+        tag for member in members for tag in typing.get_args(member.model_fields[key].annotation)
+    )
+
+
+def _inner_tags() -> dict[str, frozenset[str]]:
+    """The tags of each discriminated union inside a device ('framing': {'delimiter', ...})."""
+    tags: dict[str, frozenset[str]] = {}
+    for model in _DEVICE_MODELS:
+        for name, info in model.model_fields.items():
+            if isinstance(info.discriminator, str):
+                members = typing.get_args(info.annotation)
+                tags[name] = tags.get(name, frozenset()) | _tags_of(members, info.discriminator)
+    return tags
+
+
+# pydantic names the member of a discriminated union in an error's location
+# (devices[0].serial_line.parser.nmea.fields); the user never wrote those names.
+_DEVICE_TAGS = _tags_of(_DEVICE_MODELS, "protocol")
+_INNER_TAGS = _inner_tags()
+_ALARM_TAGS = _tags_of(typing.get_args(typing.get_args(AlarmConfig)[0]), "kind")
 
 
 def _key_path(loc: Sequence[int | str]) -> str:
@@ -1103,11 +633,10 @@ def _user_loc(loc: Sequence[int | str]) -> Loc:
         tags = {"devices": _DEVICE_TAGS, "alarms": _ALARM_TAGS}.get(str(parts[0]), frozenset())
         if parts[2] in tags:
             drop.add(2)
-            inner = {"framing": _FRAMING_TAGS, "parser": _PARSER_TAGS}
             if (
                 parts[0] == "devices"
                 and len(parts) > 4
-                and parts[4] in inner.get(str(parts[3]), frozenset())
+                and parts[4] in _INNER_TAGS.get(str(parts[3]), frozenset())
             ):
                 drop.add(4)
     return tuple(part for k, part in enumerate(parts) if k not in drop)

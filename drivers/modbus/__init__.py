@@ -1,1 +1,2 @@
-"""Modbus driver: read planning and decoding (pure) and the polling I/O shell."""
+"""Modbus (TCP, RTU, RTU over TCP): config, read planning and decoding (pure), the
+polling I/O shell, and its plugin (README.md has the map)."""

@@ -92,8 +92,8 @@ _BIT_TABLES: Final = frozenset({Table.COIL, Table.DISCRETE_INPUT})
 
 
 def is_bit_table(table: Table) -> bool:
-    """Whether ``table`` holds single bits (coils, discrete inputs) rather than registers."""
-    return table in _BIT_TABLES
+    """Whether ``table`` holds single bits (coils, discrete inputs): ``table.is_bit_table``."""
+    return table.is_bit_table
 
 
 class DataType(StrEnum):

@@ -21,10 +21,12 @@ from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, ModbusBaseClient
 from pymodbus.exceptions import ModbusException
 
-from drivers.base import DeviceHealth, ReadingSink
+from drivers.base import DeviceHealth, DevicePlan, DriverPlan, ReadingSink
 from drivers.modbus.decode import Table, Value
 from drivers.modbus.diagnose import describe_tcp_answer
 from drivers.modbus.plan import ReadRequest, decode_response, plan_reads
+from drivers.modbus.timing import bus_estimate, poll_line_time, rtu_response_bytes
+from drivers.serial_port import line_rate
 from gateway.core.backoff import backoff_delay
 from gateway.core.model import Quality, Reading
 
@@ -82,6 +84,11 @@ class Transport:
             )
         return f"{self.host}:{self.port}"
 
+    @property
+    def character_time(self) -> float:
+        """Seconds one byte takes on a serial line."""
+        return 1 / line_rate(self.baudrate, self.bytesize, self.parity, self.stopbits)
+
     def client(self, timeout: float, trace: Callable[[bool, bytes], bytes]) -> ModbusBaseClient:
         if self.kind == "rtu":
             return AsyncModbusSerialClient(
@@ -106,11 +113,6 @@ class Transport:
             reconnect_delay=0,
             trace_packet=trace,
         )
-
-
-def default_inter_frame_delay(baudrate: int) -> float:
-    """Modbus RTU: 3.5 character times of silence (11 bits each), at least 1.75 ms."""
-    return max(0.00175, 3.5 * 11 / baudrate)
 
 
 class _MalformedAnswer(Exception):
@@ -151,6 +153,36 @@ class ModbusEndpoint:
 
     def health(self) -> list[DeviceHealth]:
         return [d.health for d in self.devices]
+
+    def plan(self) -> DriverPlan:
+        """Each device's read plan; on a serial bus, the line time its polls need."""
+        serial = self.transport.kind == "rtu"
+        devices = []
+        for device in self.devices:
+            points = sum(len(r.points) for r in device.requests)
+            requests = len(device.requests)
+            line_time = (
+                poll_line_time(
+                    device.requests,
+                    self.transport.character_time,
+                    self.transport.inter_frame_delay,
+                )
+                if serial
+                else None
+            )
+            summary = (
+                f"{device.name}: {points} point(s) in {requests} request(s) "
+                f"every {device.interval:g}s ({device.health.address})"
+            )
+            devices.append(DevicePlan(device.name, summary, points, requests, line_time))
+        if not serial:
+            return DriverPlan(tuple(devices))
+        polls = [
+            (plan.name, device.interval, plan.line_time or 0.0)
+            for plan, device in zip(devices, self.devices, strict=True)
+        ]
+        bus = bus_estimate(self.transport.serial_port, self.transport.baudrate, polls)
+        return DriverPlan(tuple(devices), bus)
 
     async def run(self) -> None:
         # Stagger first polls across the shortest period so devices are not hit at once.
@@ -481,12 +513,10 @@ _KEEP_RECEIVED = 512  # bytes of an answer kept to say what was wrong with it
 
 
 def _rtu_response_size(request: ReadRequest, response: object) -> int:
-    """Bytes of the RTU frame answering `request`: id, function, count, data, CRC."""
+    """Bytes of the RTU frame answering `request` (an exception answer has 5)."""
     if getattr(response, "isError", lambda: False)():
         return 5
-    if request.table.is_bit_table:
-        return 5 + (request.count + 7) // 8
-    return 5 + 2 * request.count
+    return rtu_response_bytes(request)
 
 
 _READERS = {

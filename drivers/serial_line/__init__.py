@@ -1,1 +1,2 @@
-"""Serial line driver: checksums, framing and frame parsers (pure) for RS-232/485 instruments."""
+"""Serial line instruments: config, checksums, framing and frame parsers (pure), the
+port I/O shell, and its plugin (README.md has the map)."""

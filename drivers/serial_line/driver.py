@@ -22,20 +22,16 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import serial
 
-from drivers.base import DeviceHealth, ReadingSink
-from drivers.serial_line.build import build_framer, build_parser
+from drivers.base import DeviceHealth, DevicePlan, DriverPlan, ReadingSink
 from drivers.serial_line.framing import Discard, Frame, Framer
 from drivers.serial_line.parsers import Field, ParseError, Parser
 from drivers.serial_port import forbid_other_openers, line_rate, open_error
 from gateway.core.backoff import backoff_delay
 from gateway.core.model import Quality, Reading, Value
-
-if TYPE_CHECKING:
-    from gateway.settings import SerialLineDeviceConfig
 
 log = logging.getLogger("drivers.serial_line")
 
@@ -161,32 +157,12 @@ class SerialLineDriver:
         self._resync = False  # the framer restarted after shedding: its next discard is shed
         self._paused = False
 
-    @classmethod
-    def from_config(cls, cfg: SerialLineDeviceConfig, sink: ReadingSink) -> SerialLineDriver:
-        return cls(
-            cfg.name,
-            {
-                "port": cfg.port,
-                "baudrate": cfg.baudrate,
-                "bytesize": cfg.bytesize,
-                "parity": cfg.parity,
-                "stopbits": cfg.stopbits,
-            },
-            build_framer(cfg.framing),
-            build_parser(cfg.parser),
-            [LinePoint(p.name, p.field or p.name, p.type, p.scale, p.offset) for p in cfg.points],
-            sink,
-            command=cfg.command_bytes(),
-            poll_interval=cfg.poll_interval,
-            timeout=cfg.timeout,
-            stale_after=cfg.stale_after,
-            backoff_max=cfg.backoff_max,
-            max_input_rate=getattr(cfg, "max_input_rate", None),
-        )
-
-    def describe(self) -> str:
-        how = f"polled every {self.poll_interval:g}s" if self.command is not None else "streaming"
-        return f"{self.device}: {len(self.points)} point(s), {how} ({self.device_health.address})"
+    def plan(self) -> DriverPlan:
+        polled = self.command is not None
+        how = f"polled every {self.poll_interval:g}s" if polled else "streaming"
+        address = self.device_health.address
+        summary = f"{self.device}: {len(self.points)} point(s), {how} ({address})"
+        return DriverPlan((DevicePlan(self.device, summary, len(self.points), int(polled)),))
 
     def health(self) -> list[DeviceHealth]:
         return [self.device_health]

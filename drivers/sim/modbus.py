@@ -65,7 +65,7 @@ class SimulatedDevice:
         length: int | None = None,
     ) -> None:
         """Store a value at an address, encoded as a real device would hold it."""
-        if table in (Table.COIL, Table.DISCRETE_INPUT):
+        if table.is_bit_table:
             self.tables[table][address] = int(bool(value))
             return
         words = encode_value(value, dtype, order, length=length)
@@ -146,7 +146,7 @@ class _SimContext(ModbusServerContext):
         if table is None:
             return ExcCodes.ILLEGAL_FUNCTION
         values = device.read(table, address, count)
-        if isinstance(values, ExcCodes) or table not in (Table.COIL, Table.DISCRETE_INPUT):
+        if isinstance(values, ExcCodes) or not table.is_bit_table:
             return values
         return [bool(v) for v in values]
 

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.build import rtu_response_bytes, summarize
+from drivers.modbus.decode import Table
+from drivers.modbus.plan import ReadRequest
+from drivers.modbus.timing import rtu_response_bytes
+from gateway.build import summarize
 from gateway.settings import load_config, parse_config
 
 GATEWAY = '[gateway]\nid = "gw-1"\n'
@@ -165,9 +168,6 @@ def test_slaves_polled_less_often_count_in_proportion_on_a_bus() -> None:
     ("table", "count", "expected"), [("coil", 1, 6), ("coil", 9, 7), ("input", 3, 11)]
 )
 def test_an_rtu_answer_is_sized_by_registers_or_bits(table: str, count: int, expected: int) -> None:
-    from drivers.modbus.decode import Table
-    from drivers.modbus.plan import ReadRequest
-
     assert rtu_response_bytes(ReadRequest(Table(table), 0, count, ())) == expected
     assert expected == 5 + (math.ceil(count / 8) if table == "coil" else 2 * count)
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from drivers.serial_line.build import build_driver
 from drivers.serial_line.driver import SerialLineDriver
 from drivers.sim.serial_line import (
     LineInstrument,
@@ -33,7 +34,7 @@ class Sink(list[Reading]):
 
 def driver_for(device_toml: str, sink: Sink) -> SerialLineDriver:
     cfg = parse_config(f'[gateway]\nid = "t"\n{device_toml}'.encode()).config
-    return SerialLineDriver.from_config(cfg.devices[0], sink)  # type: ignore[arg-type]
+    return build_driver(cfg.devices[0], sink)  # type: ignore[arg-type]
 
 
 GAS = """

@@ -14,6 +14,7 @@ import time
 import pytest
 import serial
 
+from drivers.serial_line.build import build_driver
 from drivers.serial_line.driver import LinePoint, SerialLineDriver
 from drivers.serial_port import open_error
 from drivers.sim.serial_line import LineInstrument
@@ -42,7 +43,7 @@ points = [
 def driver_for(path: str, sink: list[Reading], baud: int = 115200) -> SerialLineDriver:
     text = '[gateway]\nid = "t"\n' + COUNTER.format(path=path, baud=baud)
     device = parse_config(text.encode()).config.devices[0]
-    return SerialLineDriver.from_config(device, sink.extend)  # type: ignore[arg-type]
+    return build_driver(device, sink.extend)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,73 @@
+"""Modbus configs into drivers, once, at start-up: each device's read plan, and one
+`ModbusEndpoint` per line (a TCP host:port or a serial bus), which polls every unit
+configured on it over one connection."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+from drivers.base import DeviceHealth, ReadingSink
+from drivers.modbus.config import ModbusConfig, ModbusRtuDeviceConfig, ModbusRtuOverTcpDeviceConfig
+from drivers.modbus.driver import ModbusDevice, ModbusEndpoint, Transport
+from drivers.modbus.plan import PointSpec, plan_reads
+from drivers.modbus.timing import default_inter_frame_delay
+
+
+def transport_of(dev: ModbusConfig) -> Transport:
+    """How the device's line is reached."""
+    if isinstance(dev, ModbusRtuDeviceConfig):
+        return Transport(
+            "rtu",
+            serial_port=dev.port,
+            baudrate=dev.baudrate,
+            bytesize=dev.bytesize,
+            parity=dev.parity,
+            stopbits=dev.stopbits,
+            inter_frame_delay=(
+                dev.inter_frame_delay
+                if dev.inter_frame_delay is not None
+                else default_inter_frame_delay(dev.baudrate)
+            ),
+        )
+    if isinstance(dev, ModbusRtuOverTcpDeviceConfig):
+        return Transport("rtu_over_tcp", host=dev.host, port=dev.port)
+    return Transport("tcp", host=dev.host, port=dev.port)
+
+
+def compile_device(dev: ModbusConfig, transport: Transport) -> ModbusDevice:
+    """The device's read plan and schedule."""
+    specs = [
+        PointSpec(
+            name=p.name,
+            table=p.table,
+            address=p.address,
+            dtype=p.type,
+            order=p.byte_order or dev.byte_order,
+            bit=p.bit,
+            length=p.length,
+            scale=p.scale,
+            offset=p.offset,
+        )
+        for p in dev.points
+    ]
+    requests = plan_reads(specs, max_gap_registers=dev.max_gap, max_gap_bits=dev.max_gap_bits)
+    return ModbusDevice(
+        name=dev.name,
+        unit=dev.unit,
+        requests=requests,
+        interval=dev.poll_interval,
+        timeout=dev.timeout,
+        retries=dev.retries,
+        backoff_max=dev.backoff_max,
+        health=DeviceHealth(dev.name, f"unit {dev.unit} at {transport}"),
+    )
+
+
+def build(devices: Sequence[ModbusConfig], sink: ReadingSink) -> list[ModbusEndpoint]:
+    """One endpoint per line, in the order the lines first appear; units on a line share it."""
+    lines: dict[Transport, list[ModbusDevice]] = defaultdict(list)
+    for dev in devices:
+        transport = transport_of(dev)
+        lines[transport].append(compile_device(dev, transport))
+    return [ModbusEndpoint(transport, line, sink) for transport, line in lines.items()]
