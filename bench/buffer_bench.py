@@ -4,7 +4,8 @@
     python bench/buffer_bench.py --large    # adds a 100k backlog (~840 MB on disk)
     python bench/buffer_bench.py --dir /mnt/sd/tmp   # measure on the card the gateway uses
 
-Unless a row says otherwise every append is its own durable commit, as in the gateway.
+Unless a row says otherwise every append is its own durable commit, as in the gateway;
+every read checks each payload against its CRC-32.
 "written/payload" is the bytes this process sent to the page cache for writing
 (``/proc/self/io`` write_bytes: counted when a clean page becomes dirty, so ext4's own
 journal is not included) divided by the payload bytes appended: the write amplification
@@ -134,6 +135,16 @@ def bench_backlogs(root: Path, backlogs: list[int], table: Table) -> None:
             reopen_ms = (time.perf_counter() - start) * 1e3
             scenario = f"reopen at backlog {batches:,} ({size_mb:,.0f} MB), {cache} cache"
             table.add_text(scenario, f"{reopen_ms:,.0f} ms")
+
+        read_lat: list[float] = []
+        cursor = 0
+        while cursor < TIMED_APPENDS:  # what the uplink does before it publishes
+            t = time.perf_counter()
+            window = queue.read(after_seq=cursor, limit=ACK_GROUP)
+            read_lat.append(time.perf_counter() - t)
+            cursor = window[-1].seq
+        read = len(read_lat) * ACK_GROUP
+        table.add(f"read, windows of {ACK_GROUP} (read only)", read, sum(read_lat), read_lat, "")
 
         ack_lat: list[float] = []
         acked = 0
