@@ -36,9 +36,5 @@ def test_validate_prints_what_the_case_expects(
 
 
 @pytest.mark.parametrize("plugin", PLUGINS, ids=lambda plugin: plugin.name)
-def test_every_protocol_has_its_folder_with_a_readme_and_test_cases(
-    plugin: DriverPlugin[Any],
-) -> None:
-    folder = DRIVERS / plugin.name
-    assert (folder / "README.md").is_file()
-    assert any(case.parents[1] == folder for case in CASES)
+def test_every_protocol_has_test_cases(plugin: DriverPlugin[Any]) -> None:
+    assert any(case.parents[1] == DRIVERS / plugin.name for case in CASES)
