@@ -64,7 +64,7 @@ from gateway.wire import encode_batch
 log = logging.getLogger("gateway")
 
 WRITE_RETRY_SECONDS = 1.0
-UPLINK_STOP_SECONDS = 10.0  # drain what is on disk, say goodbye; then leave regardless
+UPLINK_STOP_SECONDS = 15.0  # drain (5 s), goodbye (2 s), disconnect (2 s); then leave regardless
 DRIVER_RESTART_SECONDS = 5.0
 # Readings held in memory while the buffer refuses writes (a read-only SD card):
 # beyond this the oldest are dropped, counted, and reported.

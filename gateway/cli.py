@@ -246,7 +246,6 @@ def setup_logging(level: str) -> None:
     )
     # Libraries log every failed attempt; the gateway logs state changes itself.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    logging.getLogger("mqtt").setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ or 1970) and NTP steps the clock later, by days or years. So:
   what it stamped before the step (the buffer's age bound must not evict a fresh
   backlog because the clock jumped a year ahead) and marks the readings taken before
   it as unsynchronised;
-- `gateway.core.clock.SystemClock.synchronised` asks the kernel whether NTP (systemd-timesyncd, chrony,
-  ntpd) has disciplined the clock (`adjtimex`: not TIME_ERROR); readings taken while it
-  is not are marked on the wire (docs/wire-format.md, envelope key `tu`).
+- `gateway.core.clock.SystemClock.synchronised` asks the kernel whether NTP
+  (systemd-timesyncd, chrony, ntpd) has disciplined the clock (`adjtimex`: not
+  TIME_ERROR); readings taken while it is not are marked on the wire
+  (docs/wire-format.md, envelope key `tu`).
 
 Tests inject a `Clock` whose wall time they step by a year either way.
 """

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import ssl
+import unicodedata
 from typing import Annotated, Literal
 
 from pydantic import Field, FilePath, model_validator
 
-from gateway.core.config_types import Duration, StrictModel
+from gateway.core.config_types import (
+    Bool,
+    Duration,
+    Host,
+    Int,
+    Problems,
+    StrictModel,
+    shown,
+)
+
+MAX_MQTT_STRING = 65535  # bytes of UTF-8 in any MQTT string (topic, client id, user name)
+MAX_TOPIC_PREFIX = 1000  # bytes: room left for the gateway id and the topic's tail
+MQTT_311_CLIENT_ID = 23  # characters a 3.1.1 broker must accept; longer may be refused
 
 
 class TlsConfig(StrictModel):
@@ -14,13 +28,45 @@ class TlsConfig(StrictModel):
     ca_file: FilePath = Field(description="CA certificate(s) that signed the broker's certificate")
     cert_file: FilePath | None = Field(None, description="client certificate, for mutual TLS")
     key_file: FilePath | None = Field(None, description="client private key, for mutual TLS")
-    verify_hostname: bool = True
+    verify_hostname: Bool = True
 
     @model_validator(mode="after")
-    def _cert_and_key_together(self) -> TlsConfig:
+    def _usable(self) -> TlsConfig:
+        """The files must be what they claim: a CA file that exists but holds no
+        certificate would otherwise fail at start, with a traceback."""
+        problems = Problems()
         if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together for mutual TLS; set both or none")
+            problems.add(
+                ("cert_file" if self.cert_file is None else "key_file",),
+                "cert_file and key_file go together for mutual TLS; set both or none",
+            )
+        try:
+            context = ssl.create_default_context(cafile=str(self.ca_file))
+        except (ssl.SSLError, OSError, ValueError) as err:
+            problems.add(("ca_file",), f"{self.ca_file} holds no usable CA certificate ({err})")
+        else:
+            if self.cert_file is not None and self.key_file is not None:
+                try:
+                    context.load_cert_chain(str(self.cert_file), str(self.key_file))
+                except (ssl.SSLError, OSError, ValueError) as err:
+                    problems.add(
+                        ("cert_file",),
+                        f"{self.cert_file} and {self.key_file} are not a certificate and its "
+                        f"private key ({err})",
+                    )
+        problems.raise_any(self)
         return self
+
+
+def mqtt_string_problem(text: str, what: str) -> str | None:
+    """Why `text` cannot be sent as an MQTT string (UTF-8, at most 65,535 bytes, no NUL
+    and, as MQTT 5 asks, no control characters), or None."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_MQTT_STRING:
+        return f"{what} of {size} bytes is longer than MQTT allows ({MAX_MQTT_STRING} bytes)"
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in text):
+        return f"{shown(text)}: {what} must not hold control characters (NUL, newline, ...)"
+    return None
 
 
 # The defaults below keep a promise: data flows again within 10 s of the link or the
@@ -36,8 +82,8 @@ DEFAULT_KEEPALIVE = 10.0
 
 
 class MqttConfig(StrictModel):
-    host: str = "127.0.0.1"
-    port: int = Field(1883, ge=1, le=65535)
+    host: Host = "127.0.0.1"
+    port: Annotated[Int, Field(ge=1, le=65535)] = 1883
     protocol: Literal["5", "3.1.1"] = Field(
         "5",
         description="MQTT version: 5 tells a refused publish (PUBACK reason code) from a "
@@ -52,8 +98,12 @@ class MqttConfig(StrictModel):
         description="MQTT keepalive: an idle link is checked this often; the broker "
         "publishes the last will after 1.5x this of silence",
     )
-    topic_prefix: str = Field("city", pattern=r"^[^#+]+$")
-    max_inflight: int = Field(20, ge=1, le=1000, description="QoS 1 publishes awaiting PUBACK")
+    topic_prefix: str = Field(
+        "city", description="first level(s) of every topic: <topic_prefix>/<gateway id>/..."
+    )
+    max_inflight: Annotated[Int, Field(ge=1, le=1000)] = Field(
+        20, description="QoS 1 publishes awaiting PUBACK"
+    )
     publish_timeout: Annotated[Duration, Field(ge=1.0, le=3600.0)] = Field(
         DEFAULT_PUBLISH_TIMEOUT,
         description="publishes in flight and no PUBACK for this long: the link is dead; "
@@ -75,9 +125,43 @@ class MqttConfig(StrictModel):
     health_interval: Annotated[Duration, Field(ge=1.0)] = 30.0
 
     @model_validator(mode="after")
-    def _backoff_order(self) -> MqttConfig:
+    def _deliverable(self) -> MqttConfig:
+        """Everything the broker would refuse (or never deliver) is refused here."""
+        problems = Problems()
         if self.reconnect_min > self.reconnect_max:
-            raise ValueError("reconnect_min must not exceed reconnect_max")
+            problems.add(("reconnect_min",), "reconnect_min must not exceed reconnect_max")
         if self.password is not None and self.username is None:
-            raise ValueError("password is set but username is not")
+            problems.add(("password",), "password is set but username is not")
+        for key in ("client_id", "username", "password"):
+            value = getattr(self, key)
+            if value is not None and (why := mqtt_string_problem(value, key)) is not None:
+                problems.add((key,), why)
+        if self.client_id == "":
+            problems.add(("client_id",), "is empty; leave it out for 'edge-gateway-<gateway id>'")
+        why = topic_prefix_problem(self.topic_prefix)
+        if why is not None:
+            problems.add(("topic_prefix",), why)
+        problems.raise_any(self)
         return self
+
+
+def topic_prefix_problem(prefix: str) -> str | None:
+    """Why topics starting with `prefix` would never be delivered, or None."""
+    if not prefix:
+        return "is empty; topics would start with '/' (the default is 'city')"
+    if prefix.startswith("$"):
+        return (
+            f"{shown(prefix)} starts with '$': brokers keep such topics for themselves "
+            "($SYS) and never deliver them to '#' subscribers"
+        )
+    if "+" in prefix or "#" in prefix:
+        return f"{shown(prefix)} holds a wildcard ('+' or '#'), which no published topic may"
+    why = mqtt_string_problem(prefix, "topic_prefix")
+    if why is not None:
+        return why
+    size = len(prefix.encode("utf-8"))
+    if size > MAX_TOPIC_PREFIX:
+        return f"is {size} bytes long; at most {MAX_TOPIC_PREFIX} (the topic adds more)"
+    if prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
+        return f"{shown(prefix)} makes empty topic levels; write levels like 'city/north'"
+    return None

@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import socket
 import ssl
 import time
@@ -47,6 +46,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from buffer import Entry
+from gateway.core.backoff import backoff_delay
 from gateway.store import Store
 from gateway.uplink.config import MqttConfig
 from gateway.uplink.topics import Topics
@@ -87,16 +87,12 @@ class _ClosedBeforeConnack(aiomqtt.MqttError):
     """The broker (or whatever listens there) ended the connection before accepting it."""
 
 
+class _Reconfigured(Exception):
+    """Raised inside a session to leave it, after saying so, for a new configuration."""
+
+
 class _LinkDead(Exception):
     """Publishes are in flight but no PUBACK came for `publish_timeout`: a silent link."""
-
-
-def capped_backoff(failures: int, base: float, cap: float) -> float:
-    """Exponential back-off with a hard cap: base * 2^(failures-1), at most `cap`, then
-    shortened by up to half at random so that gateways that lost the broker together
-    do not return together. The jitter only shortens: `cap` is never exceeded."""
-    exponent = min(max(0, failures - 1), 30)  # days of failures must not overflow
-    return min(cap, base * 2.0**exponent) * random.uniform(0.5, 1.0)
 
 
 # --- what the broker said, in words --------------------------------------------------
@@ -202,8 +198,8 @@ class Ending:
 @dataclass(frozen=True, slots=True)
 class SessionEnd:
     """Why a session (or a connect attempt) ended. `kind` drives the back-off:
-    connect, stopped, takeover, disconnected, closed, keepalive, protocol, link_dead,
-    internal."""
+    connect, stopped, reconfigured, takeover, disconnected, closed, keepalive, protocol,
+    link_dead, internal."""
 
     kind: str
     reason: str  # a sentence for the log and health's last_error
@@ -587,6 +583,7 @@ class MqttUplink:
         self.client_id = config.client_id or f"edge-gateway-{identity['gateway_id']}"
         self._health = health
         self._stop = asyncio.Event()
+        self._reconfigure = asyncio.Event()  # a new config waits: end the session
         self._tls = _tls_context(config)  # built once: a bad certificate path fails at start
         self._progress = asyncio.Event()  # a publish finished, or a pump ran dry
         self._ack_clock = time.monotonic()  # last PUBACK, or when the window became busy
@@ -663,6 +660,28 @@ class MqttUplink:
         """Say goodbye (retained 'offline' status), close the connection, end `run`."""
         self._stop.set()
 
+    def reconfigure(self, config: MqttConfig, topics: Topics, identity: dict[str, Any]) -> None:
+        """Switch to a new [mqtt] section or gateway id (a config reload). The current
+        session says 'offline' (reason "reconfigured") on its status topic and ends; the
+        next connects at once with the new settings. Nothing on disk is affected."""
+        self._tls = _tls_context(config)
+        self.config = config
+        self.topics = topics
+        self.identity = identity
+        self.client_id = config.client_id or f"edge-gateway-{identity['gateway_id']}"
+        self.data.window = config.max_inflight
+        for lane, topic in zip(
+            self.lanes, self._lane_topics(topics, alarm=len(self.lanes) > 2), strict=True
+        ):
+            lane.topic = topic
+        self.denials.clear()
+        self._side_retry.clear()
+        self._reconfigure.set()
+
+    @staticmethod
+    def _lane_topics(topics: Topics, *, alarm: bool) -> list[str]:
+        return [*([topics.alarm] if alarm else []), topics.data, topics.history]
+
     async def _attempt(self) -> tuple[SessionEnd, float | None]:
         """One connect attempt and, if it succeeds, one session. Never raises for anything
         the broker or the network does; returns why it ended and how long it was up."""
@@ -686,7 +705,8 @@ class MqttUplink:
         except Exception as err:
             leaves = _leaves(err)
         finally:
-            stopping = any(isinstance(e, _Stopping) for e in leaves)
+            # A goodbye was said (stop, new config): a clean DISCONNECT, so no last will.
+            stopping = any(isinstance(e, _Stopping | _Reconfigured) for e in leaves)
             await client.close(graceful=stopping)
             with contextlib.suppress(Exception):
                 await self._flush_acks()
@@ -699,6 +719,8 @@ class MqttUplink:
     def _classify(self, client: _Client, leaves: list[BaseException]) -> SessionEnd:
         if any(isinstance(e, _Stopping) for e in leaves):
             return SessionEnd("stopped", "stopped")
+        if any(isinstance(e, _Reconfigured) for e in leaves):
+            return SessionEnd("reconfigured", "a new configuration")
         bugs = [e for e in leaves if not isinstance(e, aiomqtt.MqttError | _LinkDead)]
         if bugs:  # a bug or a disk error: logged with its traceback, the uplink carries on
             log.error("uplink session failed unexpectedly; reconnecting", exc_info=bugs[0])
@@ -740,7 +762,10 @@ class MqttUplink:
 
     def _after(self, end: SessionEnd, up_for: float | None, failures: int) -> float:
         """Log a session's end once, in words, and choose the delay before the next attempt."""
-        normal = capped_backoff(failures, self.config.reconnect_min, self.config.reconnect_max)
+        if end.kind == "reconfigured":
+            log.info("reconnecting to %s with the new [mqtt] settings", self._where)
+            return 0.0
+        normal = backoff_delay(failures, self.config.reconnect_min, self.config.reconnect_max)
         if up_for is None:  # a failed connect: logged already
             return normal
         self.last_error, self.last_reason_code = end.reason, end.code
@@ -755,7 +780,7 @@ class MqttUplink:
             # Come back quickly once: a broker that is still there accepts at once (a
             # takeover, counted above), one that went away refuses (the chain breaks).
             self._drop_probe = True
-            normal = capped_backoff(1, self.config.reconnect_min, self.config.reconnect_max)
+            normal = backoff_delay(1, self.config.reconnect_min, self.config.reconnect_max)
         if end.kind == "closed" and self._session_refused and self.denials:
             # Some brokers (mosquitto 2.0 with max_queued_messages 0) hang up after a
             # refusal; the denial has been logged and explains it.
@@ -787,7 +812,7 @@ class MqttUplink:
         if episode is None:
             episode = self._takeover = _Takeover(since=time.time())
         episode.count += 1
-        delay = capped_backoff(episode.count, *TAKEOVER_BACKOFF)
+        delay = backoff_delay(episode.count, *TAKEOVER_BACKOFF)
         gateway_id = self.identity["gateway_id"]
         who = (
             f"is a second gateway configured with id '{gateway_id}'?"
@@ -909,6 +934,19 @@ class MqttUplink:
             tg.create_task(self._ack_flusher(), name="uplink-acks")
             tg.create_task(self._health_loop(client), name="uplink-health")
             tg.create_task(self._goodbye_on_stop(client), name="uplink-goodbye")
+            tg.create_task(
+                self._leave_for_new_config(client, self.topics.status), name="uplink-reconfigure"
+            )
+
+    async def _leave_for_new_config(self, client: _Client, old_status: str) -> None:
+        await self._reconfigure.wait()
+        self._reconfigure.clear()
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            async with asyncio.timeout(GOODBYE_TIMEOUT):
+                await client.publish_acked(
+                    old_status, self._status("offline", reason="reconfigured"), retain=True
+                )
+        raise _Reconfigured
 
     async def _watch_connection(self, client: _Client) -> None:
         # The message iterator raises MqttError when the connection is lost; that
@@ -952,7 +990,7 @@ class MqttUplink:
         code = await self._send(client, topic, payload, retain=retain)
         if code.is_failure:
             refusals = self._side_retry.get(topic, (0, 0.0))[0] + 1
-            due = time.monotonic() + capped_backoff(refusals, *DENIED_RETRY)
+            due = time.monotonic() + backoff_delay(refusals, *DENIED_RETRY)
             self._side_retry[topic] = (refusals, due)
             self._refused(topic, code, f"the broker did not store {what}")
         else:
@@ -1006,7 +1044,7 @@ class MqttUplink:
         assert lane.rewind_to is not None
         seq, lane.rewind_to = lane.rewind_to, None
         lane.refusals += 1
-        lane.retry_at = time.monotonic() + capped_backoff(lane.refusals, *DENIED_RETRY)
+        lane.retry_at = time.monotonic() + backoff_delay(lane.refusals, *DENIED_RETRY)
         lane.limit = 1
         lane.paused = False
         return seq - 1  # read() returns entries after this seq

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,25 +10,7 @@ import pytest
 from gateway.core.config_types import parse_duration, parse_size
 from gateway.errors import ConfigError
 from gateway.settings import json_schema, load_config, parse_config
-
-REPO = Path(__file__).resolve().parents[2]
-CONFIG_DIR = REPO / "config"
-
-MINIMAL = """
-[gateway]
-id = "gw-1"
-[[devices]]
-name = "pump"
-protocol = "modbus_tcp"
-host = "127.0.0.1"
-points = [{ name = "p", address = 0 }]
-"""
-
-
-def problems(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as err:
-        parse_config(text.encode(), "test.toml")
-    return err.value.problems
+from tests.gateway.configs import CONFIG_DIR, MINIMAL, problems, run_cli
 
 
 @pytest.mark.parametrize(
@@ -118,7 +98,7 @@ def test_a_minimal_config_gets_production_defaults() -> None:
         (MINIMAL + MINIMAL[MINIMAL.index("[[devices]]") :], "device name 'pump' is used twice"),
         (
             MINIMAL + f"[mqtt.tls]\nca_file = '{__file__}'\ncert_file = '{__file__}'\n",
-            "mqtt.tls: cert_file and key_file go together",
+            "mqtt.tls.key_file: cert_file and key_file go together",
         ),
         (
             MINIMAL + "[mqtt]\nreconnect_min = '2m'\nreconnect_max = '1m'\n",
@@ -171,12 +151,6 @@ def test_the_committed_json_schema_matches_the_models() -> None:
     assert committed == json_schema(), (
         "config/edge-gateway.schema.json is stale: "
         "run `edge-gateway schema > config/edge-gateway.schema.json`"
-    )
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=60
     )
 
 

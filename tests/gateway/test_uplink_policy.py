@@ -10,12 +10,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
+from gateway.core.backoff import backoff_delay
 from gateway.uplink.config import MqttConfig
 from gateway.uplink.mqtt import (
     DENIED_RETRY,
     TAKEOVER_BACKOFF,
     Ending,
-    capped_backoff,
     describe_connect_failure,
     describe_ending,
     reason_text,
@@ -25,25 +25,25 @@ from gateway.uplink.mqtt import (
 @pytest.mark.parametrize("failures", [1, 2, 5, 10, 1000, 10**9])
 def test_the_back_off_never_exceeds_its_cap(failures: int) -> None:
     for _ in range(2000):
-        assert 0 < capped_backoff(failures, 0.5, 5.0) <= 5.0
+        assert 0 < backoff_delay(failures, 0.5, 5.0) <= 5.0
 
 
 def test_the_back_off_doubles_from_its_base_and_jitter_only_shortens_it() -> None:
     for failures, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 5.0), (6, 5.0)]:
-        delays = [capped_backoff(failures, 0.5, 5.0) for _ in range(2000)]
+        delays = [backoff_delay(failures, 0.5, 5.0) for _ in range(2000)]
         assert ceiling / 2 <= min(delays) and max(delays) <= ceiling
         assert max(delays) - min(delays) > ceiling / 4  # spread: gateways do not return together
 
 
 def test_a_taken_over_session_waits_half_a_minute_or_more_and_at_most_five_minutes() -> None:
-    first = [capped_backoff(1, *TAKEOVER_BACKOFF) for _ in range(500)]
-    late = [capped_backoff(20, *TAKEOVER_BACKOFF) for _ in range(500)]
+    first = [backoff_delay(1, *TAKEOVER_BACKOFF) for _ in range(500)]
+    late = [backoff_delay(20, *TAKEOVER_BACKOFF) for _ in range(500)]
     assert min(first) >= 30 and max(first) <= 60
     assert min(late) >= 150 and max(late) <= 300
 
 
 def test_a_refused_lane_retries_within_seconds_and_at_least_every_minute() -> None:
-    assert [max(capped_backoff(n, *DENIED_RETRY) for _ in range(500)) for n in (1, 10)] <= [
+    assert [max(backoff_delay(n, *DENIED_RETRY) for _ in range(500)) for n in (1, 10)] <= [
         2.0,
         60.0,
     ]

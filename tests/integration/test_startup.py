@@ -204,3 +204,39 @@ async def test_sighup_reloads_a_good_config_and_refuses_a_broken_one_without_los
     assert counts == sorted(counts) and len(set(counts)) == len(counts)
     assert "reloaded the config" in gp.log and "Traceback" not in gp.log
     assert len(subscriber.on("/status")) >= 1
+
+
+async def test_sighup_with_new_mqtt_settings_reconnects_and_publishes_under_them(
+    tmp_path: Path, broker: Mosquitto, subscriber: Subscriber, gateway_process
+) -> None:
+    import json
+
+    pump = SimulatedDevice(unit=1)
+    pump.add_read_counter(Table.HOLDING, 0)
+    async with ModbusSimServer([pump]) as sim:
+
+        def config(prefix: str) -> str:
+            return gateway_config(
+                broker_port=broker.port,
+                buffer_path=tmp_path / "buffer.db",
+                devices=modbus_device("pump", sim.port, 1, POINT),
+                extra_mqtt=f'topic_prefix = "{prefix}"',
+            )
+
+        gp = gateway_process(config("city"))
+        gp.start()
+        await subscriber.wait_async(lambda: len(subscriber.readings("pump")) >= 3, 20, "pump")
+        assert gp.proc is not None
+        gp.config.write_text(config("town"))
+        gp.proc.send_signal(signal.SIGHUP)
+
+        def on_town() -> int:
+            return sum(1 for t, _ in subscriber.data_messages() if t.startswith("town/"))
+
+        await subscriber.wait_async(lambda: on_town() >= 3, 20, "data under the new prefix")
+        assert gp.stop() == 0
+    old_status = [json.loads(p) for t, p in subscriber.messages if t == "city/test-gw/status"]
+    assert old_status[-1]["state"] == "offline" and old_status[-1]["reason"] == "reconfigured"
+    seqs = [b.seq for b in subscriber.batches()]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # nothing lost in the switch
+    assert "Traceback" not in gp.log
