@@ -10,24 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.core.config_types import MAX_SIZE, host_problem, parse_duration, parse_size
-from gateway.errors import ConfigError
 from gateway.settings import parse_config
-
-GATEWAY = '[gateway]\nid = "gw-1"\n'
-TCP = """
-[[devices]]
-name = "{name}"
-protocol = "modbus_tcp"
-host = "127.0.0.1"
-points = [{points}]
-"""
-MINIMAL = GATEWAY + TCP.format(name="pump", points='{ name = "p", address = 0 }')
-
-
-def problems(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as err:
-        parse_config(text.encode(), "test.toml")
-    return err.value.problems
+from tests.gateway.configs import GATEWAY, MINIMAL, problems, tcp_device
 
 
 def one_problem(text: str) -> str:
@@ -412,10 +396,8 @@ def test_an_empty_buffer_path_or_one_naming_a_directory_is_refused(
 def test_a_device_name_used_twice_is_reported_as_such_not_as_a_missing_alarm_point() -> None:
     text = (
         GATEWAY
-        + TCP.format(name="x", points='{ name = "y", address = 0 }')
-        + TCP.format(name="x", points='{ name = "z", address = 0 }').replace(
-            "127.0.0.1", "10.0.0.2"
-        )
+        + tcp_device('{ name = "y", address = 0 }', name="x")
+        + tcp_device('{ name = "z", address = 0 }', name="x").replace("127.0.0.1", "10.0.0.2")
         + '[[alarms]]\nname = "a"\nkind = "threshold"\ndevice = "x"\npoint = "y"\nhigh = 1.0\n'
     )
     assert problems(text) == [
@@ -426,8 +408,8 @@ def test_a_device_name_used_twice_is_reported_as_such_not_as_a_missing_alarm_poi
 def test_names_used_twice_are_reported_first_even_when_other_parts_are_broken() -> None:
     text = (
         GATEWAY.replace("gw-1", "gw 1")
-        + TCP.format(name="x", points='{ name = "p", address = 0 }, { name = "p", address = "1" }')
-        + TCP.format(name="x", points='{ name = "q", address = 0 }').replace("127.0.0.1", "tcp://b")
+        + tcp_device('{ name = "p", address = 0 }, { name = "p", address = "1" }', name="x")
+        + tcp_device('{ name = "q", address = 0 }', name="x").replace("127.0.0.1", "tcp://b")
         + '[[alarms]]\nname = "a"\nkind = "threshold"\ndevice = "x"\npoint = "p"\nhigh = 1.0\n'
         + '[[alarms]]\nname = "a"\nkind = "threshold"\ndevice = "x"\npoint = "p"\n'
     )
@@ -447,7 +429,7 @@ def test_names_used_twice_are_reported_first_even_when_other_parts_are_broken() 
 def test_cross_checks_are_reported_after_field_problems_for_the_parts_that_are_valid() -> None:
     text = (
         MINIMAL.replace('id = "gw-1"', 'id = "gw 1"')
-        + TCP.format(name="meter", points='{ name = "e", address = 0 }')
+        + tcp_device('{ name = "e", address = 0 }', name="meter")
         + '[[alarms]]\nname = "a"\nkind = "threshold"\ndevice = "pmup"\npoint = "p"\nhigh = 1.0\n'
         + '[[alarms]]\nname = "b"\nkind = "rate_of_rise"\ndevice = "pump"\npoint = "q"\n'
         'max_rise = 1.0\nper = "1m"\n'

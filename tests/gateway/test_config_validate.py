@@ -4,37 +4,23 @@ same answer as one JSON object for scripts and test rigs."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from gateway.cli import main
+from tests.gateway.configs import CONFIG_DIR, GATEWAY, run_cli, tcp_device
 
-REPO = Path(__file__).resolve().parents[2]
-GOOD = """
-[gateway]
-id = "gw-1"
-[[devices]]
-name = "pump"
-protocol = "modbus_tcp"
-host = "127.0.0.1"
-timeout = "1s"
-points = [{ name = "p", table = "input", address = 30053 }]
-"""
+GOOD = GATEWAY + tcp_device(
+    '{ name = "p", table = "input", address = 30053 }', extra='timeout = "1s"'
+)
 
 
 def validate(tmp_path: Path, text: str, *options: str) -> tuple[int, str, str]:
     path = tmp_path / "gateway.toml"
     path.write_text(text)
     path.chmod(0o600)
-    proc = subprocess.run(
-        [sys.executable, "-m", "gateway", "validate", *options, str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_cli("validate", *options, str(path))
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -110,6 +96,6 @@ def test_every_argument_of_validate_has_help_text(capsys: pytest.CaptureFixture[
 def test_the_example_config_validates_with_no_warning_but_absent_serial_ports(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["validate", "--json", str(REPO / "config" / "example.toml")]) == 0
+    assert main(["validate", "--json", str(CONFIG_DIR / "example.toml")]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert all("does not exist now" in w for w in answer["warnings"]), answer["warnings"]

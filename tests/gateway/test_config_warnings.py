@@ -13,16 +13,7 @@ from drivers.modbus.plan import ReadRequest
 from drivers.modbus.timing import rtu_response_bytes
 from gateway.build import summarize
 from gateway.settings import load_config, parse_config
-
-GATEWAY = '[gateway]\nid = "gw-1"\n'
-TCP = """
-[[devices]]
-name = "pump"
-protocol = "modbus_tcp"
-host = "127.0.0.1"
-{extra}
-points = [{points}]
-"""
+from tests.gateway.configs import GATEWAY, tcp_device
 
 
 def warnings(text: str) -> tuple[str, ...]:
@@ -30,7 +21,7 @@ def warnings(text: str) -> tuple[str, ...]:
 
 
 def test_a_config_without_surprises_has_no_warnings() -> None:
-    assert warnings(GATEWAY + TCP.format(extra="", points='{ name = "p", address = 0 }')) == ()
+    assert warnings(GATEWAY + tcp_device()) == ()
 
 
 @pytest.mark.parametrize(
@@ -44,7 +35,7 @@ def test_a_config_without_surprises_has_no_warnings() -> None:
     ],
 )
 def test_a_timeout_as_long_as_the_poll_interval_is_warned_about(extra: str, expected: str) -> None:
-    (found,) = warnings(GATEWAY + TCP.format(extra=extra, points='{ name = "p", address = 0 }'))
+    (found,) = warnings(GATEWAY + tcp_device(extra=extra))
     assert found.startswith(expected)
     assert "make timeout shorter than poll_interval" in found
 
@@ -81,7 +72,7 @@ def test_an_address_in_datasheet_notation_is_warned_about_with_the_0_based_addre
 ) -> None:
     kind = ', type = "bool"' if table == "discrete_input" else ""
     point = f'{{ name = "p", table = "{table}", address = {address}{kind} }}'
-    (found,) = warnings(GATEWAY + TCP.format(extra="", points=point))
+    (found,) = warnings(GATEWAY + tcp_device(point))
     assert found.startswith(f"devices[0].points[0].address: {address} looks like register")
     assert found.endswith(expected)
 
@@ -91,7 +82,7 @@ def test_an_address_in_datasheet_notation_is_warned_about_with_the_0_based_addre
 )
 def test_an_ordinary_address_is_not_taken_for_datasheet_notation(table: str, address: int) -> None:
     point = f'{{ name = "p", table = "{table}", address = {address} }}'
-    assert warnings(GATEWAY + TCP.format(extra="", points=point)) == ()
+    assert warnings(GATEWAY + tcp_device(point)) == ()
 
 
 def test_a_serial_port_that_does_not_exist_is_warned_about_once_per_port() -> None:
@@ -174,11 +165,7 @@ def test_an_rtu_answer_is_sized_by_registers_or_bits(table: str, count: int, exp
 
 def test_a_password_in_a_file_others_can_read_is_warned_about(tmp_path: Path) -> None:
     path = tmp_path / "gateway.toml"
-    path.write_text(
-        GATEWAY
-        + '[mqtt]\nusername = "u"\npassword = "p"\n'
-        + TCP.format(extra="", points='{ name = "p", address = 0 }')
-    )
+    path.write_text(GATEWAY + '[mqtt]\nusername = "u"\npassword = "p"\n' + tcp_device())
     path.chmod(0o644)
     assert load_config(path).warnings == (
         f"mqtt.password: {path} holds a password and group and others can read it "
@@ -192,6 +179,6 @@ def test_a_password_in_a_file_others_can_read_is_warned_about(tmp_path: Path) ->
 
 def test_a_readable_file_without_a_password_is_not_warned_about(tmp_path: Path) -> None:
     path = tmp_path / "gateway.toml"
-    path.write_text(GATEWAY + TCP.format(extra="", points='{ name = "p", address = 0 }'))
+    path.write_text(GATEWAY + tcp_device())
     path.chmod(0o644)
     assert load_config(path).warnings == ()
