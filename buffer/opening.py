@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import sqlite3
@@ -50,12 +51,12 @@ from buffer.schema import (
     OUR_TABLES,
     PAGE_SIZE,
     SQLITE_MAGIC,
+    in_transaction,
     load_stats,
     tables,
     user_version,
     write_meta,
     write_schema,
-    write_transaction,
 )
 from buffer.stats import BufferStats
 
@@ -357,8 +358,7 @@ def _skip_seqs_a_power_cut_may_have_lost(
     floor = seq.read()
     if floor <= stats.last_seq:
         return stats
-    with write_transaction(conn):
-        write_meta(conn, last_seq=floor)
+    in_transaction(conn, functools.partial(write_meta, conn, last_seq=floor))
     _log.info(
         "buffer %s was not closed cleanly (synchronous=normal): seqs continue after %d",
         path,
@@ -372,8 +372,7 @@ def _create_schema(conn: sqlite3.Connection, path: str, seq: SeqFile) -> None:
     if objects:
         raise not_ours(path, f"an SQLite database with {objects} schema objects")
     floor = seq.read()
-    with write_transaction(conn):
-        write_schema(conn, last_seq=floor)
+    in_transaction(conn, functools.partial(write_schema, conn, last_seq=floor))
     fsync_dir(path)  # SQLite syncs the -wal's directory entry, not the database's
     if floor:
         _log.info("buffer %s: new file, seqs continue after %d", path, floor)

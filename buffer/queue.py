@@ -64,9 +64,9 @@ from buffer.opening import (
 from buffer.schema import (
     PAGE_SIZE,
     Row,
+    in_transaction,
     load_stats,
     rows_in_seq_order,
-    write_transaction,
 )
 from buffer.stats import BufferStats, Entry, with_counters
 from buffer.transaction import Tx, checkpoint
@@ -535,10 +535,13 @@ class DurableQueue:
         # Nothing but this connection writes the file: the pages counted at the end of the
         # last transaction are the pages at the start of this one.
         tx = Tx(conn, self._budget, self._stats, allowance, self._file_pages, self._used_pages)
+
+        def run() -> None:
+            work(tx)
+            tx.finish()
+
         try:
-            with write_transaction(conn):
-                work(tx)
-                tx.finish()
+            in_transaction(conn, run)
         except sqlite3.Error as err:
             # A failed COMMIT may still have reached the WAL: believe the disk, not memory.
             with contextlib.suppress(sqlite3.Error, CorruptDatabaseError):

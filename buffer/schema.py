@@ -18,10 +18,9 @@ See DESIGN.md, "On-disk format".
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-from collections.abc import Iterator
-from typing import Final
+from collections.abc import Callable, Iterator
+from typing import Final, TypeVar
 
 from buffer.errors import CorruptDatabaseError
 from buffer.stats import BufferStats
@@ -33,6 +32,7 @@ __all__ = [
     "OUR_TABLES",
     "PAGE_SIZE",
     "SQLITE_MAGIC",
+    "in_transaction",
     "load_stats",
     "oldest_created_at",
     "rows_in_seq_order",
@@ -40,7 +40,6 @@ __all__ = [
     "user_version",
     "write_meta",
     "write_schema",
-    "write_transaction",
 ]
 
 FORMAT_VERSION: Final = 1
@@ -60,6 +59,7 @@ META_KEYS: Final = frozenset(REQUIRED_META + OPTIONAL_META)
 OUR_TABLES: Final = frozenset({"batches", "meta"})  # how a buffer without its .seq is known
 
 INSERT_BATCH: Final = "INSERT INTO batches (seq, created_at, size, payload) VALUES (?, ?, ?, ?)"
+_T = TypeVar("_T")
 _EVICT_SCAN: Final = 256  # rows fetched per step while choosing what to evict
 
 Row = tuple[int, float, int]
@@ -144,14 +144,15 @@ def stored_as_integer(value: float) -> bool:
     return value.is_integer() and abs(value) < 2**51
 
 
-@contextlib.contextmanager
-def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back if anything in it raises."""
+def in_transaction(conn: sqlite3.Connection, work: Callable[[], _T]) -> _T:
+    """``BEGIN IMMEDIATE``, ``work()``, ``COMMIT``; rolled back if anything in it raises.
+    (A plain function, not a context manager: it runs on every append.)"""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        yield
+        result = work()
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+    return result
