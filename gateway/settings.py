@@ -169,6 +169,8 @@ class BatchConfig(StrictModel):
 _DEVICE_MODELS: tuple[type[BaseModel], ...] = tuple(
     model for plugin in PLUGINS for model in plugin.configs
 )
+# pydantic validates [[devices]] as the union of every plugin's models, told apart by
+# `protocol`; the type checker knows a device as what the gateway reads of any of them.
 if TYPE_CHECKING:
     DeviceConfig = DeviceSettings
 else:
@@ -390,7 +392,12 @@ def _one_protocol_per_line(
 
 def _in_device_order(found: list[Problem]) -> list[Problem]:
     """Problems about devices ordered by device, each device's in the order found."""
-    return sorted(found, key=lambda found: found[0][1] if found[0][:1] == ("devices",) else -1)
+
+    def device(problem: Problem) -> int:
+        loc = problem[0]
+        return loc[1] if loc[:1] == ("devices",) and isinstance(loc[1], int) else -1
+
+    return sorted(found, key=device)
 
 
 # --- warnings -------------------------------------------------------------------------------
