@@ -1,8 +1,10 @@
-"""Log state changes, not repeats: eviction episodes.
+"""Log state changes, not repeats: eviction episodes and runs of damaged batches.
 
 Eviction is logged once when it starts and once when it stops, with what was lost
-(see DESIGN.md, "Eviction episodes"). The counters themselves are in ``meta``,
-published by the health topic.
+(see DESIGN.md, "Eviction episodes"). A batch that fails its CRC is logged once, with
+its seq, when it is the first of a run; the run's totals follow when a read finds no
+damaged batch again (see DESIGN.md, "Checksums"). The counters themselves are in
+``meta``, published by the health topic.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import math
 import time
 from typing import Final
 
+from buffer.schema import Damaged
 from buffer.stats import EvictionCause, EvictionEpisode
 from buffer.transaction import Loss
 
-__all__ = ["EvictionLog"]
+__all__ = ["DamageLog", "EvictionLog"]
 
 _LOW_WATER: Final = 15 / 16  # an eviction episode ends below this share of a bound
 
@@ -124,8 +127,52 @@ class EvictionLog:
         )
 
 
+class DamageLog:
+    """Runs of damaged batches: one ERROR line naming the first of a run (its seq), one
+    WARNING line with the run's totals when a read finds none again, if the run grew."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._run: Loss | None = None  # what the current run removed
+        self._logged = 0  # batches the run's first line reported
+
+    def removed(self, damaged: list[Damaged]) -> None:
+        """These batches were found damaged by a read and removed (committed)."""
+        first = self._run is None
+        run = self._run = self._run or Loss()
+        for item in damaged:
+            run.add(item.seq, item.created_at, item.size, by_age=False)
+        if not first:
+            return
+        self._logged = len(damaged)
+        head = damaged[0]
+        more = f"; with it in this read: {_describe(run)}" if len(damaged) > 1 else ""
+        _log.error(
+            "buffer %s: batch seq %d (%d bytes, created %s) was damaged on disk: %s; removed,"
+            " never published%s; damaged batches are counted in corrupt_batches",
+            self._path,
+            head.seq,
+            head.size,
+            format_time(head.created_at),
+            head.why,
+            more,
+        )
+
+    def end(self, reason: str) -> None:
+        """The run (if any) is over: a read found no damaged batch, or the queue closes."""
+        run, self._run = self._run, None
+        if run is None or run.batches == self._logged:
+            return
+        _log.warning(
+            "buffer %s: damaged batches no longer found (%s); removed in this run: %s",
+            self._path,
+            reason,
+            _describe(run),
+        )
+
+
 def format_time(when: float | None) -> str:
-    if when is None or not math.isfinite(when):
+    if not isinstance(when, int | float) or not math.isfinite(when):
         return "-"
     try:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when)) + " UTC"

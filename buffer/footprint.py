@@ -27,8 +27,8 @@ WAL_MAX: Final = 4 * 1024 * 1024
 SHM_REGION: Final = 32 * 1024  # the -shm grows by 32 KiB per 4096 WAL frames
 SHM_FRAMES: Final = 4096
 SIDE_RESERVE: Final = 512  # .lock (a pid), .seq and its .tmp (a number each)
-RECORD_OVERHEAD: Final = 17  # a row's record header and created_at/size, typically
-RECORD_MAX_OVERHEAD: Final = 25  # ... at most
+RECORD_OVERHEAD: Final = 23  # a row's record header, created_at, size and crc, typically
+RECORD_MAX_OVERHEAD: Final = 32  # ... at most
 CELL_OVERHEAD: Final = 24  # length and rowid varints, cell pointer, overflow pointer
 TXN_FIXED_FRAMES: Final = 8  # page 1, meta, interior and boundary pages of a transaction
 MIN_EVICT_FRAMES: Final = 16  # what any transaction keeps for evicting in its own right
@@ -44,8 +44,8 @@ def check_max_bytes(max_bytes: int) -> int:
     return max_bytes
 
 
-NewRow = tuple[int, float, bytes]
-"""(seq, created_at, payload) of an entry about to be inserted."""
+NewRow = tuple[int, float, bytes, int]
+"""(seq, created_at, payload, crc) of an entry about to be inserted."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ Before anything is created next to the path, ``refuse_anything_but_a_file`` and
 create (see DESIGN.md, "Ownership"). Under the process lock, ``open_database`` checks
 the file (``check_existing_file``: damaged, not ours, newer), has a damaged buffer
 salvaged and moved aside (``buffer.recovery``), then opens it with the engine's
-settings, creating the schema of a new file.
+settings, creating the schema of a new file or migrating an older format in place.
 ``compact_if_oversized`` rewrites a database larger than its data budget.
 """
 
@@ -53,7 +53,9 @@ from buffer.schema import (
     SQLITE_MAGIC,
     in_transaction,
     load_stats,
+    migrate,
     tables,
+    unchecked_until,
     user_version,
     write_meta,
     write_schema,
@@ -86,6 +88,7 @@ class Opened:
     budget: Budget
     file_pages: int  # page_count
     used_pages: int  # page_count - freelist_count
+    unchecked_until: int  # rows up to this seq were stored by format 1, without a CRC
 
 
 # -- ownership: before anything is created ------------------------------------------------
@@ -167,7 +170,7 @@ def not_ours(path: str, what: str) -> NotABufferError:
 def pages_look_like_a_buffer(path: str) -> bool:
     """Is a damaged SQLite file with no ``<path>.seq`` beside it a buffer after all? Its
     pages, read one by one as the salvage does, hold a row with the exact shape of a
-    batch (NULL, a number, an integer n, a blob of n bytes) or a
+    batch (NULL, a number, an integer n, a blob of n bytes, a CRC or nothing) or a
     ``meta`` row with one of our keys."""
     try:
         with DamagedFile(path) as pages:
@@ -262,7 +265,7 @@ def check_existing_file(path: str, has_seq: bool) -> None:
         problems = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
         if problems != ["ok"]:
             raise damaged("PRAGMA quick_check: " + "; ".join(problems[:5]))
-        if version == FORMAT_VERSION:
+        if version >= 1:
             try:
                 load_stats(conn)
             except CorruptDatabaseError as err:
@@ -334,9 +337,12 @@ def open_checked_file(path: str, max_bytes: int, synchronous: Synchronous, seq: 
             version = user_version(conn)
             if version == 0:
                 _create_schema(conn, path, seq)
+            elif version < FORMAT_VERSION:
+                in_transaction(conn, functools.partial(migrate, conn, version))
             stats = load_stats(conn)
             if synchronous == "normal":
                 stats = _skip_seqs_a_power_cut_may_have_lost(conn, path, stats, seq)
+            unchecked = unchecked_until(conn)
             count = int(conn.execute("PRAGMA page_count").fetchone()[0])
             free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
     except OSError as err:
@@ -345,7 +351,16 @@ def open_checked_file(path: str, max_bytes: int, synchronous: Synchronous, seq: 
     except BaseException:
         conn.close()
         raise
-    return Opened(conn, stats, budget, count, count - free)
+    if 0 < version < FORMAT_VERSION:
+        _log.info(
+            "buffer %s: format version %d migrated in place to %d; the %d batches stored"
+            " before carry no CRC-32 and are read unchecked",
+            path,
+            version,
+            FORMAT_VERSION,
+            stats.batches,
+        )
+    return Opened(conn, stats, budget, count, count - free, unchecked)
 
 
 def _skip_seqs_a_power_cut_may_have_lost(

@@ -18,6 +18,8 @@ Invariants, true after every committed transaction and so after any crash:
    not make seqs restart.
 5. Nothing at ``<path>`` is moved, renamed or written unless it is a buffer
    (``buffer.opening``).
+6. ``read`` never returns a payload that does not match the CRC-32 stored with it: such
+   an entry is removed and counted in ``corrupt_batches`` (``buffer.schema``).
 
 The on-disk format is in ``buffer.schema``; the full contract in ``buffer/DESIGN.md``.
 """
@@ -39,7 +41,7 @@ from types import TracebackType
 from typing import Final, Self
 
 from buffer.age import AgeBound
-from buffer.episodes import EvictionLog
+from buffer.episodes import DamageLog, EvictionLog
 from buffer.errors import BufferError, CorruptDatabaseError, PayloadTooLargeError, translating
 from buffer.files import (
     SeqFile,
@@ -64,6 +66,8 @@ from buffer.opening import (
 from buffer.schema import (
     PAGE_SIZE,
     Row,
+    check_rows,
+    checksum,
     in_transaction,
     load_stats,
     rows_in_seq_order,
@@ -125,7 +129,9 @@ class DurableQueue:
         self._conn: sqlite3.Connection | None = None
         self._seq_ceiling = 0
         self._file_pages = self._used_pages = 0  # as of the last commit
+        self._unchecked_until = 0  # rows up to this seq carry no CRC (format 1)
         self._evictions = EvictionLog(self._path, max_bytes, max_age)
+        self._damage = DamageLog(self._path)
         self._wal = WalSync(self._path)
         self._warned_checkpoint = False
         self.recovered_from = None
@@ -200,7 +206,8 @@ class DurableQueue:
             if last > self._seq_ceiling:
                 self._write_seq_file(last + _SEQ_LEASE)
             now = self._clock()
-            self._store(conn, [(seq, now, p) for seq, p in enumerate(payloads, start=first)], now)
+            rows = [(seq, now, p, checksum(p)) for seq, p in enumerate(payloads, start=first)]
+            self._store(conn, rows, now)
             return list(range(first, last + 1))
 
     def evict_older_than(self, now: float | None = None) -> int:
@@ -225,18 +232,36 @@ class DurableQueue:
             return evicted
 
     def read(self, after_seq: int = 0, limit: int = 100) -> list[Entry]:
-        """Up to ``limit`` entries with ``seq > after_seq``, oldest first. Deletes nothing."""
+        """Up to ``limit`` entries with ``seq > after_seq``, oldest first. Deletes nothing
+        but what it must not return: an entry whose payload no longer matches its CRC-32
+        is removed instead (counted in ``corrupt_batches``, logged), and the entries after
+        it fill its place (see DESIGN.md, "Checksums")."""
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         with self._lock:
             conn = self._open_connection()
-            with translating(self._path, "read"):
-                rows = conn.execute(
-                    "SELECT seq, created_at, payload FROM batches"
-                    " WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (min(max(after_seq, 0), _MAX_INT64), min(limit, _MAX_INT64)),
-                ).fetchall()
-            return [Entry(seq, created_at, payload) for seq, created_at, payload in rows]
+            entries: list[Entry] = []
+            after = min(max(after_seq, 0), _MAX_INT64)
+            while len(entries) < limit:
+                want = min(limit - len(entries), _MAX_INT64)
+                with translating(self._path, "read"):
+                    rows = conn.execute(
+                        "SELECT seq, created_at, payload, crc FROM batches"
+                        " WHERE seq > ? ORDER BY seq LIMIT ?",
+                        (after, want),
+                    ).fetchall()
+                sound, damaged = check_rows(rows, self._unchecked_until)
+                entries += sound
+                if not damaged:
+                    if rows:
+                        self._damage.end("a read found none")
+                    break
+                self._delete(conn, [d.seq for d in damaged], corrupt=True)
+                self._damage.removed(damaged)
+                if len(rows) < want:
+                    break
+                after = rows[-1][0]
+            return entries
 
     def ack(self, seqs: Iterable[int]) -> int:
         """Delete these entries; return how many were deleted.
@@ -250,7 +275,7 @@ class DurableQueue:
             conn = self._open_connection()
             last_seq = self._stats.last_seq
             wanted = sorted({s for s in map(operator.index, seqs) if 0 < s <= last_seq})
-            return self._delete(conn, wanted)
+            return self._delete(conn, wanted, corrupt=False)
 
     def shift_created_at(self, after_seq: int, delta: float) -> int:
         """Add ``delta`` seconds to ``created_at`` of every entry with ``seq > after_seq``.
@@ -321,6 +346,7 @@ class DurableQueue:
                 return
             try:
                 try:
+                    self._damage.end("the buffer was closed")
                     if self._evictions.active:
                         now = self._clock()
                         self._evictions.end(now, "the buffer was closed")
@@ -359,7 +385,7 @@ class DurableQueue:
     def _store(self, conn: sqlite3.Connection, rows: list[NewRow], now: float) -> None:
         """Commit new rows: the members of a group that cannot fit are counted as evicted
         without being written; the rest go in chunks that fit one transaction each."""
-        keep = members_that_fit(self._budget, [len(p) for _, _, p in rows])
+        keep = members_that_fit(self._budget, [len(p) for _, _, p, _ in rows])
         unstored, rows = rows[:keep], rows[keep:]
         # The age bound applies once per call, to the entries as they were before it
         # (then the byte bound): entries a byte eviction exposes wait for the next check.
@@ -382,7 +408,7 @@ class DurableQueue:
         what the bounds require, insert the chunk, count everything. Returns whether the
         age bound still has to be applied (its walk was cut short)."""
         budget = self._budget
-        frames = budget.insert_frames(len(p) for _, _, p in chunk)
+        frames = budget.insert_frames(len(p) for _, _, p, _ in chunk)
         evict_older = bool(unstored)  # a member did not fit: everything older goes too
         generous = frames + MIN_EVICT_FRAMES > budget.headroom
         while True:
@@ -403,7 +429,7 @@ class DurableQueue:
             age_due = age_due and not tx.age_done
             if tx.done:
                 if tx.loss.batches:  # the next append of this size must fit without evicting
-                    sizes = [len(p) for _, _, p in chunk]
+                    sizes = [len(p) for _, _, p, _ in chunk]
                     room = max(budget.data_pages_for(sizes), 2 * budget.data_pages_for(sizes[-1:]))
                     self._evictions.need_room(room)
                 return age_due
@@ -446,13 +472,13 @@ class DurableQueue:
                 break
         self._compact_if_oversized()
 
-    def _delete(self, conn: sqlite3.Connection, seqs: list[int]) -> int:
+    def _delete(self, conn: sqlite3.Connection, seqs: list[int], *, corrupt: bool) -> int:
         """Delete these (sorted) seqs where they exist, in transactions that fit the WAL's
-        headroom."""
+        headroom: acked entries, or entries whose CRC failed (``corrupt``, counted)."""
         deleted = 0
         for chunk in self._budget.delete_chunks(seqs):
             before = self._stats.batches
-            work = functools.partial(Tx.delete_seqs, seqs=chunk)
+            work = functools.partial(Tx.delete_seqs, seqs=chunk, corrupt=corrupt)
             tx = self._transact(conn, self._budget.headroom, work)
             self._apply(tx, None)
             deleted += before - tx.stats.batches
@@ -488,6 +514,7 @@ class DurableQueue:
         self._conn = opened.conn
         self._budget = opened.budget
         self._file_pages, self._used_pages = opened.file_pages, opened.used_pages
+        self._unchecked_until = opened.unchecked_until
         self._wal.reopened()
         return dataclasses.replace(
             opened.stats,

@@ -127,8 +127,10 @@ def _salvage(damaged: str, into: str, floor: int) -> tuple[int, int, int]:
     """Copy every readable batch of ``damaged`` into a new buffer file ``into``.
 
     Returns (batches salvaged, batches known but unreadable, last seq of the new file).
-    The new file keeps each batch's seq and created_at, continues seqs above
+    The new file keeps each batch's seq, created_at and CRC, continues seqs above
     everything seen (and above ``floor``) and keeps the counters if they were readable.
+    A row without a CRC is kept only if the damaged file's ``unchecked_until`` covers it
+    (or that is unknown: a file of format 1, or its meta page lost).
     """
     remove_database(into)
     with DamagedFile(damaged) as source:
@@ -141,17 +143,29 @@ def _salvage(damaged: str, into: str, floor: int) -> tuple[int, int, int]:
             conn.execute("PRAGMA synchronous = OFF")
             conn.execute("BEGIN")
             saved: set[int] = set()
+            without_crc: list[int] = []  # rows of format 1
 
-            def fresh_rows() -> Iterator[tuple[int, float, int, bytes]]:
-                for seq, created_at, payload in source.batches():
-                    if seq not in saved:  # copies of a row are identical: the first will do
+            def fresh_rows() -> Iterator[tuple[int, float, int, bytes, int | None]]:
+                for seq, created_at, payload, crc in source.batches():
+                    if seq not in saved:  # copies of a row are alike: the first will do
                         saved.add(seq)
-                        yield seq, created_at, len(payload), payload
+                        if crc is None:
+                            without_crc.append(seq)
+                        yield seq, created_at, len(payload), payload, crc
 
             write_schema(conn)
             conn.executemany(INSERT_BATCH, fresh_rows())
             unreadable = source.unreadable_seqs - saved
             meta = {key: source.meta.get(key, 0) for key in sorted(META_KEYS)}
+            if "unchecked_until" in source.meta:  # rows above it without a CRC are damaged
+                lacking = {s for s in without_crc if s > meta["unchecked_until"]}
+                conn.execute(
+                    "DELETE FROM batches WHERE crc IS NULL AND seq > ?", (meta["unchecked_until"],)
+                )
+                saved -= lacking
+                unreadable |= lacking
+            else:  # a file of format 1, or its meta page is lost
+                meta["unchecked_until"] = max(without_crc, default=0)
             meta["last_seq"] = max(
                 floor, meta["last_seq"], max(saved, default=0), max(unreadable, default=0)
             )

@@ -13,13 +13,14 @@ So this module reads the file the way ``sqlite3 .recover`` does, page by page
    readable): they hold stale copies of deleted rows.
 3. Every table b-tree leaf page is parsed; a cell whose record has exactly the shape
    of a ``batches`` row (NULL rowid alias, created_at, size, a blob of ``size``
-   bytes, nothing else) is a batch; its payload is assembled from the cell and its
-   overflow chain. Rows are immutable, so copies of one seq are identical; the first
-   one read wins.
+   bytes, then nothing (format 1) or a CRC: an integer, or NULL for a row stored by
+   format 1) is a batch; its payload is assembled from the cell and its overflow
+   chain. Copies of one seq (a stale one on a page not yet reused) are alike but for
+   a shifted created_at; the caller keeps the first one read.
 4. A cell that has the shape of a batch but whose payload cannot be assembled (an
-   overflow page missing or beyond the end of the file) is counted as unreadable by
-   its seq. Rows on a leaf page that is itself destroyed leave no trace and are not
-   counted: nothing proves they existed.
+   overflow page missing or beyond the end of the file), or does not match its CRC,
+   is counted as unreadable by its seq. Rows on a leaf page that is itself destroyed
+   leave no trace and are not counted: nothing proves they existed.
 5. The ``meta`` table (an index b-tree, ``WITHOUT ROWID``) is read the same way; the
    highest value seen per key is kept (every meta value only grows).
 
@@ -35,9 +36,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, NamedTuple, Self
 
-from buffer.schema import FRAME_HEADER, META_KEYS, PAGE_SIZE, SQLITE_MAGIC, WAL_HEADER
+from buffer.schema import FRAME_HEADER, META_KEYS, PAGE_SIZE, SQLITE_MAGIC, WAL_HEADER, checksum
 
-__all__ = ["DamagedFile", "wal_damage"]
+__all__ = ["Batch", "DamagedFile", "wal_damage"]
 
 _WAL_MAGIC: Final = 0x377F0682  # | 1: checksums are big-endian words
 _WAL_VERSION: Final = 3007000
@@ -48,8 +49,14 @@ _U32: Final = struct.Struct(">I")
 _U16: Final = struct.Struct(">H")
 _F64: Final = struct.Struct(">d")
 
-Batch = tuple[int, float, bytes]
-"""(seq, created_at, payload) of one readable row."""
+
+class Batch(NamedTuple):
+    """One readable row; ``crc`` is None for a row stored by format 1."""
+
+    seq: int
+    created_at: float
+    payload: bytes
+    crc: int | None
 
 
 class _WalHeader(NamedTuple):
@@ -222,7 +229,7 @@ class DamagedFile:
             shape = _batch_shape(page[pos : pos + local], length)
             if shape is None:
                 continue  # not a batch: a schema row, or garbage that looks like a leaf
-            created_at, body = shape
+            created_at, body, end, crc_type = shape
             record = page[pos : pos + local]
             if length > local:
                 rest = self._overflow(page, pos + local, length - local)
@@ -230,7 +237,12 @@ class DamagedFile:
                     self.unreadable_seqs.add(seq)
                     continue
                 record += rest
-            yield seq, created_at, record[body:]
+            payload = record[body:end]
+            crc = None if crc_type in (None, 0) else _integer(crc_type, record, end)
+            if crc is not None and checksum(payload) != crc:
+                self.unreadable_seqs.add(seq)  # damaged bytes: never passed on
+                continue
+            yield Batch(seq, created_at, payload, crc)
 
     def _overflow(self, page: bytes, at: int, need: int) -> bytes | None:
         """``need`` bytes from the overflow chain whose first page number is at ``at``."""
@@ -273,25 +285,32 @@ class DamagedFile:
 # -- the record format -----------------------------------------------------------------------
 
 
-def _batch_shape(local: bytes, length: int) -> tuple[float, int] | None:
-    """(created_at, offset of the payload) if ``local`` starts a batches record, else None.
+def _batch_shape(local: bytes, length: int) -> tuple[float, int, int, int | None] | None:
+    """(created_at, where the payload starts and ends, the CRC's serial type or None)
+    if ``local`` starts a batches record, else None.
 
-    A batches record has four columns: NULL (seq is the rowid), a number (created_at),
-    an integer (size) and a blob of exactly ``size`` bytes that ends the record.
+    A batches record has five columns: NULL (seq is the rowid), a number (created_at),
+    an integer (size), a blob of exactly ``size`` bytes, and the CRC (an integer, or
+    NULL); a row stored by format 1 lacks the fifth (its blob ends the record).
     """
     try:
         types, body = _record_header(local)
-        if len(types) != 4 or types[0] != 0 or types[3] < 12 or types[3] % 2:
+        if len(types) not in (4, 5) or types[0] != 0 or types[3] < 12 or types[3] % 2:
             return None
         when_type, size_type, blob_size = types[1], types[2], (types[3] - 12) // 2
+        crc_type = types[4] if len(types) == 5 else None
+        crc_size = 0 if crc_type in (None, 0) else _value_size(crc_type)
+        if crc_type == 7:
+            return None  # a CRC is an integer
         size_at = body + _value_size(when_type)
         payload_at = size_at + _value_size(size_type)
-        if _integer(size_type, local, size_at) != blob_size or payload_at + blob_size != length:
+        end = payload_at + blob_size
+        if _integer(size_type, local, size_at) != blob_size or end + crc_size != length:
             return None
         if when_type == 7:
-            return _F64.unpack_from(local, body)[0], payload_at
+            return _F64.unpack_from(local, body)[0], payload_at, end, crc_type
         # SQLite stores a REAL without a fraction as an integer.
-        return float(_integer(when_type, local, body)), payload_at
+        return float(_integer(when_type, local, body)), payload_at, end, crc_type
     except (IndexError, ValueError):
         return None
 

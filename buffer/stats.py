@@ -59,6 +59,9 @@ class BufferStats:
     episode of this open (None if nothing was evicted since). ``recovered_from``,
     ``salvaged_batches`` and ``unreadable_batches`` describe a damaged file found at
     this open (see ``DurableQueue.recovered_from``); they are not persisted.
+    ``corrupt_batches`` and ``corrupt_bytes`` count the stored batches whose payload no
+    longer matched its CRC-32 when ``read`` reached them: removed, never returned;
+    persisted (see DESIGN.md, "Checksums").
     """
 
     batches: int
@@ -74,6 +77,8 @@ class BufferStats:
     unreadable_batches: int = 0
     disk_bytes: int = 0
     eviction: EvictionEpisode | None = None
+    corrupt_batches: int = 0
+    corrupt_bytes: int = 0
 
     def oldest_age(self, now: float) -> float | None:
         """Seconds since ``oldest_created_at`` by ``now``, never negative; None if empty."""
@@ -91,6 +96,8 @@ PERSISTED: tuple[str, ...] = (
     "evicted_bytes",
     "evicted_by_age_batches",
     "evicted_by_age_bytes",
+    "corrupt_batches",
+    "corrupt_bytes",
 )
 """The fields the database holds; the others describe this open."""
 

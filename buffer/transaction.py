@@ -80,6 +80,8 @@ class Tx:
     front_changed: bool = False  # the lowest seq changed: oldest_created_at is read again
     loss: Loss = dataclasses.field(default_factory=Loss)
     removed: bool = False  # rows were deleted: meta.last_seq is written (invariant 1)
+    corrupt_batches: int = 0  # rows deleted because their CRC failed, and their bytes
+    corrupt_bytes: int = 0
     age_hint: float | None = None  # set when this transaction walked the age prefix
     age_done: bool = False  # ... and walked all of it
     done: bool = False  # the transaction did all it was asked (else: evictions only)
@@ -130,7 +132,7 @@ class Tx:
         self.deleted(len(rows), sum(size for _, _, size in rows))
 
     def deleted(self, count: int, size: int) -> None:
-        """Note rows deleted (evicted here, or acked by the caller)."""
+        """Note rows deleted (evicted, acked, or removed as damaged)."""
         self.batches -= count
         self.payload_bytes -= size
         self.removed = True
@@ -215,11 +217,13 @@ class Tx:
         """Insert ``rows`` (new seqs, in order) within the data budget, evicting older
         entries (or, when nothing older is left, the group's own first members) until
         they fit. False when the frame allowance ran out before they fitted."""
-        if not self.make_room(self.budget.data_pages_for(len(p) for _, _, p in rows)):
+        if not self.make_room(self.budget.data_pages_for(len(p) for _, _, p, _ in rows)):
             return False
         while True:
             self.conn.execute("SAVEPOINT fit")
-            self.conn.executemany(INSERT_BATCH, [(seq, at, len(p), p) for seq, at, p in rows])
+            self.conn.executemany(
+                INSERT_BATCH, [(seq, at, len(p), p, crc) for seq, at, p, crc in rows]
+            )
             self.measure()
             over = self.over_budget()
             if over <= 0:
@@ -232,13 +236,13 @@ class Tx:
                 if not self.evict_pages(over):
                     return False
             elif len(rows) > 1:  # nothing older left: the group's first member goes, unstored
-                seq, created_at, payload = rows.pop(0)
+                seq, created_at, payload, _ = rows.pop(0)
                 self.drop_unstored(seq, created_at, len(payload))
             else:  # max_payload fits in an empty queue: only a bug gets here
                 raise BufferError(f"an entry of {len(rows[0][2])} bytes does not fit")
         self.front_changed = self.front_changed or not self.batches
         self.batches += len(rows)
-        self.payload_bytes += sum(len(p) for _, _, p in rows)
+        self.payload_bytes += sum(len(p) for _, _, p, _ in rows)
         self.last_seq = max(self.last_seq, rows[-1][0])
         return True
 
@@ -254,7 +258,7 @@ class Tx:
         """What an append does in one transaction: count the members of its group that
         cannot be stored, apply the age bound, evict everything older if a member did not
         fit, then insert the chunk (``done``) if the frame allowance lasted."""
-        for seq, created_at, payload in unstored:
+        for seq, created_at, payload, _ in unstored:
             self.drop_unstored(seq, created_at, len(payload))
         ready = cutoff is None or self.evict_expired(cutoff, now)  # age first, then bytes
         if ready and evict_older:
@@ -264,8 +268,9 @@ class Tx:
         if ready:
             self.done = self.insert(list(chunk))
 
-    def delete_seqs(self, seqs: list[int]) -> None:
-        """Delete these entries where they exist (an ack)."""
+    def delete_seqs(self, seqs: list[int], *, corrupt: bool = False) -> None:
+        """Delete these entries where they exist (an ack; or, with ``corrupt``, entries
+        whose payload failed its CRC, counted as such)."""
         count = freed = 0
         for start in range(0, len(seqs), _ACK_CHUNK):
             part = seqs[start : start + _ACK_CHUNK]
@@ -280,6 +285,9 @@ class Tx:
                 freed += size
         if count:
             self.deleted(count, freed)
+            if corrupt:
+                self.corrupt_batches += count
+                self.corrupt_bytes += freed
 
     def shift(self, chunk: list[Row], delta: float, *, in_place: bool) -> bool:
         """Add ``delta`` to ``created_at`` of the rows of ``chunk`` (consecutive seqs).
@@ -293,7 +301,7 @@ class Tx:
             ).rowcount
         else:
             rows = self.conn.execute(
-                "SELECT seq, created_at + ?, size, payload FROM batches"
+                "SELECT seq, created_at + ?, size, payload, crc FROM batches"
                 " WHERE seq BETWEEN ? AND ? ORDER BY seq",
                 (delta, first, last),
             ).fetchall()
@@ -318,6 +326,8 @@ class Tx:
             evicted_bytes=old.evicted_bytes + loss.bytes,
             evicted_by_age_batches=old.evicted_by_age_batches + loss.by_age_batches,
             evicted_by_age_bytes=old.evicted_by_age_bytes + loss.by_age_bytes,
+            corrupt_batches=old.corrupt_batches + self.corrupt_batches,
+            corrupt_bytes=old.corrupt_bytes + self.corrupt_bytes,
         )
         new = self.stats
         if loss.batches or self.removed:  # every deleting transaction writes last_seq
@@ -329,6 +339,8 @@ class Tx:
                     evicted_by_age_batches=new.evicted_by_age_batches,
                     evicted_by_age_bytes=new.evicted_by_age_bytes,
                 )
+            if self.corrupt_batches:
+                written.update(corrupt_batches=new.corrupt_batches, corrupt_bytes=new.corrupt_bytes)
             write_meta(self.conn, **written)
         if not self.counted:
             self.measure()

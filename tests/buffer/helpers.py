@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,49 @@ def counters(stats: BufferStats) -> tuple[int, int, float | None, int, int, int,
         stats.evicted_by_age_batches,
         stats.evicted_by_age_bytes,
     )
+
+
+PAGE = 4096  # of every buffer file
+
+
+def flip_a_bit(path: Path, payload: bytes, where: str = "start") -> int:
+    """Flip one bit of ``payload`` where it is stored in the database file at ``path``
+    (closed: no WAL), as bit rot on an SD card would; returns the file offset changed.
+
+    The payload is found by its marker bytes: its first 16, which name its seq (see
+    ``payload_for``); ``where`` says which copy: ``"start"`` the first in the file (its
+    leaf page), ``"end"`` the last (the last overflow page of a large payload). Stale
+    copies (a split page keeps the rows it gave away, a freed page its old rows) and
+    marker bytes that run into a page's structure are skipped: a flip counts once SQLite
+    reads the row's payload changed by that one bit and ``quick_check`` still says ok.
+    """
+    assert len(payload) >= 16, "too short to carry its marker"
+    seq = int.from_bytes(payload[:8], "big")
+    data = bytearray(path.read_bytes())
+    found = []
+    at = data.find(payload[:16])
+    while at >= 0:
+        found.append(at)
+        at = data.find(payload[:16], at + 1)
+    for at in found if where == "start" else found[::-1]:
+        data[at + 3] ^= 0x01  # a zero byte of the marker
+        path.write_bytes(bytes(data))
+        if _one_bit_changed(path, seq, payload):
+            return at
+        data[at + 3] ^= 0x01
+    path.write_bytes(bytes(data))
+    raise AssertionError(f"no live copy of seq {seq} found in {path}")
+
+
+def _one_bit_changed(path: Path, seq: int, payload: bytes) -> bool:
+    conn = sqlite3.connect(path)
+    try:
+        ok = conn.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+        row = conn.execute("SELECT payload FROM batches WHERE seq = ?", (seq,)).fetchone()
+    except sqlite3.DatabaseError:
+        return False
+    finally:
+        conn.close()
+    if not ok or row is None or len(row[0]) != len(payload):
+        return False
+    return [a ^ b for a, b in zip(row[0], payload, strict=True) if a != b] == [0x01]

@@ -10,7 +10,11 @@ knows the eviction policy only as DESIGN.md states it, and nothing of SQLite:
   how many entries it takes is SQLite's business. After each operation the model
   drops as many of its oldest entries as the queue's byte-bound counter grew by, and
   checks their bytes, that they were taken only from a queue that was full, and that
-  the files never exceed ``max_bytes``.
+  the files never exceed ``max_bytes``;
+- bit rot, by its rule: a bit flipped on disk in a stored payload (while the gateway is
+  off) makes that entry the one explained difference from the model until a read
+  reaches it; then it is counted in ``corrupt_batches``/``corrupt_bytes`` and gone,
+  never returned, and its neighbours are returned as before.
 
 Limits are test-sized (512 KiB, 100 s) so that byte and age evictions happen in most
 sequences; the clock moves in 10 s steps and jumps by a year both ways.
@@ -36,7 +40,7 @@ from hypothesis.stateful import (
 )
 
 from buffer import MIN_MAX_BYTES, BufferStats, DurableQueue, PayloadTooLargeError
-from tests.buffer.helpers import FakeClock, footprint, payload_for, read_all
+from tests.buffer.helpers import FakeClock, flip_a_bit, footprint, payload_for, read_all
 
 MAX_BYTES = MIN_MAX_BYTES
 MAX_AGE = 100.0
@@ -83,6 +87,8 @@ class BufferModel(RuleBasedStateMachine):
         self.handed_out = 0  # the highest seq any append ever returned
         self.evicted = [0, 0]  # batches, bytes
         self.evicted_by_age = [0, 0]
+        self.corrupt = [0, 0]  # batches, bytes: removed by a read because their CRC failed
+        self.rotten: set[int] = set()  # flipped on disk, not yet reached by a read
         self.cursor = 0  # the uplink's read position
         self.taken: set[int] = set()  # read by the uplink, not acked yet
 
@@ -295,6 +301,19 @@ class BufferModel(RuleBasedStateMachine):
         self.open()
         assert self.q().stats().last_seq == self.last_seq, "a clean close keeps the mark"
 
+    @precondition(lambda self: any(len(p) >= 16 for _, p in self.model.values()))
+    @rule(data=st.data())
+    def bits_rot_while_stopped(self, data: st.DataObject) -> None:
+        """The card flips a bit in one to three stored payloads while the gateway is off."""
+        candidates = [seq for seq, (_, payload) in self.model.items() if len(payload) >= 16]
+        seqs = data.draw(st.lists(st.sampled_from(candidates), min_size=1, max_size=3, unique=True))
+        self.q().close()
+        for seq in seqs:
+            flip_a_bit(self.path, self.model[seq][1])
+        self.rotten.update(seqs)
+        self.open()  # the bounds may evict a rotten entry at open: then it is just evicted
+        assert self.q().stats().last_seq == self.last_seq
+
     @rule()
     def crash(self) -> None:
         witness = sqlite3.connect(self.path)  # keeps the WAL as a killed process leaves it
@@ -315,12 +334,20 @@ class BufferModel(RuleBasedStateMachine):
 
     @invariant()
     def queue_holds_exactly_the_model(self) -> None:
+        """Reading everything returns the model but its rotten entries, which this read
+        reaches, counts and removes."""
         if self.queue is None:
             return
         entries = read_all(self.queue)
         assert [(e.seq, e.created_at, e.payload) for e in entries] == [
-            (seq, created_at, payload) for seq, (created_at, payload) in self.model.items()
+            (seq, created_at, payload)
+            for seq, (created_at, payload) in self.model.items()
+            if seq not in self.rotten
         ]
+        for seq in self.rotten & self.model.keys():
+            self.corrupt[0] += 1
+            self.corrupt[1] += len(self.model.pop(seq)[1])
+        self.rotten.clear()
 
     @invariant()
     def stats_match_the_model(self) -> None:
@@ -336,6 +363,7 @@ class BufferModel(RuleBasedStateMachine):
         )
         assert [stats.evicted_batches, stats.evicted_bytes] == self.evicted
         assert [stats.evicted_by_age_batches, stats.evicted_by_age_bytes] == self.evicted_by_age
+        assert [stats.corrupt_batches, stats.corrupt_bytes] == self.corrupt
         age = stats.oldest_age(self.clock.now)
         assert age is None or age >= 0
 

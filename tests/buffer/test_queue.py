@@ -317,11 +317,11 @@ async def test_one_worker_thread_serves_the_event_loop_and_stats_need_no_hop(pat
 def test_newer_format_version_is_refused_and_the_file_left_alone(path: Path) -> None:
     DurableQueue(path, max_bytes=SMALL).close()
     conn = sqlite3.connect(path)
-    conn.execute("PRAGMA user_version = 2")
+    conn.execute("PRAGMA user_version = 3")
     conn.close()
     before = path.read_bytes()
 
-    with pytest.raises(NewerFormatError, match="format version 2, newer than") as refused:
+    with pytest.raises(NewerFormatError, match="format version 3, newer than the 2") as refused:
         DurableQueue(path, max_bytes=SMALL)
 
     assert isinstance(refused.value, ForeignFileError), "ours: the gateway may move it aside"
@@ -629,5 +629,5 @@ def test_a_version_1_file_written_before_the_age_counters_existed_is_read_and_ga
     with DurableQueue(path, max_bytes=SMALL) as queue:
         assert (queue.stats().evicted_by_age_batches, queue.stats().evicted_by_age_bytes) == (1, 3)
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+    assert conn.execute("PRAGMA user_version").fetchone() == (2,), "migrated in place"
     conn.close()

@@ -379,17 +379,26 @@ def test_the_page_reader_sees_exactly_what_sqlite_sees_in_a_sound_file(
             if rng.random() < 0.2:
                 live = [e.seq for e in queue.read(limit=30)]
                 queue.ack(rng.sample(live, k=min(len(live), rng.randrange(6))))
-        expected = {e.seq: (e.created_at, e.payload) for e in read_all(queue)}
-        meta_conn = sqlite3.connect(path)
-        meta = dict(meta_conn.execute("SELECT key, value FROM meta").fetchall())
-        meta_conn.close()
+        sqlite = sqlite3.connect(path)
+        meta = dict(sqlite.execute("SELECT key, value FROM meta").fetchall())
+        expected = {
+            seq: (created_at, payload, crc)
+            for seq, created_at, payload, crc in sqlite.execute(
+                "SELECT seq, created_at, payload, crc FROM batches"
+            )
+        }
+        sqlite.close()
+        assert {e.seq: (e.created_at, e.payload) for e in read_all(queue)} == {
+            seq: (created_at, payload) for seq, (created_at, payload, _) in expected.items()
+        }
         assert Path(f"{path}-wal").stat().st_size > 0
         assert queue.stats().evicted_batches > 0
 
         with DamagedFile(str(path)) as pages:
-            found: dict[int, tuple[float, bytes]] = {}
-            for seq, created_at, payload in pages.batches():
-                assert found.setdefault(seq, (created_at, payload)) == (created_at, payload)
+            found: dict[int, tuple[float, bytes, int | None]] = {}
+            for row in pages.batches():
+                copy = (row.created_at, row.payload, row.crc)
+                assert found.setdefault(row.seq, copy) == copy
             assert pages.unreadable_seqs == set()
             assert pages.meta == meta
     assert found == expected
@@ -427,7 +436,7 @@ DAMAGE = st.lists(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(damage=DAMAGE, cut=st.none() | st.floats(0, 1))
-def test_any_damage_still_opens_with_only_rows_that_were_written(
+def test_any_damage_still_opens_with_only_rows_and_bytes_that_were_written(
     tmp_path: Path, damage: list[tuple[int, bytes]], cut: float | None
 ) -> None:
     sound, seq_file = template()
@@ -450,6 +459,8 @@ def test_any_damage_still_opens_with_only_rows_that_were_written(
             kept = read_all(queue)
             assert {e.seq for e in kept} <= set(range(1, TEMPLATE_ROWS + 1))
             assert queue.stats().batches == len(kept)
+            written = {payload_for(seq) for seq in range(1, TEMPLATE_ROWS + 1)}
+            assert all(e.payload in written for e in kept), "damaged bytes are never read"
             assert queue.append(payload_for) == TEMPLATE_ROWS + 1
     finally:
         logging.disable(logging.NOTSET)
