@@ -40,7 +40,6 @@ from buffer import (
     BufferError,
     BufferInUseError,
     DurableQueue,
-    EvictionEpisode,
     NewerFormatError,
     PayloadTooLargeError,
 )
@@ -51,6 +50,7 @@ from gateway.clock import ClockWatch, format_span
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.model import Reading
 from gateway.errors import ConfigError, StartupError
+from gateway.health import HealthModel, HealthSources
 from gateway.pipeline.alarms import AlarmEvent
 from gateway.pipeline.batcher import Batcher, SealedBatch
 from gateway.pipeline.processing import Processing, compile_processing
@@ -60,6 +60,15 @@ from gateway.tasks import cancel_and_wait
 from gateway.uplink.mqtt import MqttUplink
 from gateway.uplink.topics import Topics
 from gateway.wire import encode_batch
+from gateway.wire.messages import (
+    AlarmMessage,
+    AlarmsHealth,
+    Identity,
+    PipelineHealth,
+    ReloadsHealth,
+    encode,
+    to_json,
+)
 
 log = logging.getLogger("gateway")
 
@@ -118,36 +127,19 @@ async def _supervise(driver: Driver) -> None:
             await asyncio.sleep(DRIVER_RESTART_SECONDS)
 
 
-def _episode(episode: EvictionEpisode | None) -> dict[str, Any] | None:
-    """The current (or last) eviction episode, for the health topic."""
-    if episode is None:
-        return None
-    return {
-        "cause": episode.cause,
-        "active": episode.active,
-        "started_at": round(episode.started_at, 3),
-        "ended_at": None if episode.ended_at is None else round(episode.ended_at, 3),
-        "first_seq": episode.first_seq,
-        "last_seq": episode.last_seq,
-        "batches": episode.batches,
-        "bytes": episode.bytes,
-        "oldest_created_at": round(episode.oldest_created_at, 3),
-        "newest_created_at": round(episode.newest_created_at, 3),
-    }
-
-
 class _Unencodable(Exception):
     """A batch that the wire encoder refused (a bug: values are checked before)."""
 
 
 class Gateway:
+    """The gateway: every part built from the config here, started by `run`."""
+
     def __init__(self, loaded: LoadedConfig, *, clock: Clock | None = None) -> None:
         self.loaded = loaded
-        self.config = loaded.config
-        self.gateway_id = self.config.gateway.id
+        self.config = cfg = loaded.config
+        self.gateway_id = cfg.gateway.id
         self.boot_id = secrets.token_hex(8)
-        self.clock: Clock = clock or SystemClock(trust=self._trust_clock(loaded))
-        self.started = self.clock.monotonic()
+        self.clock: Clock = clock or SystemClock(trust=cfg.gateway.clock_sync == "assume")
         self.stop_requested = asyncio.Event()
         self.reload_requested = asyncio.Event()
         self.reloads_applied = 0
@@ -158,10 +150,45 @@ class Gateway:
         self._invalid_logged: set[tuple[str, str]] = set()
         self._driver_tasks: list[asyncio.Task[None]] = []
         self._tg: asyncio.TaskGroup | None = None
-
-    @staticmethod
-    def _trust_clock(loaded: LoadedConfig) -> bool:
-        return getattr(loaded.config.gateway, "clock_sync", "kernel") == "assume"
+        # The data path, producer to consumer: drivers -> processing -> batcher -> store
+        # -> uplink; alarm events -> their queue -> the alarm store -> the uplink.
+        self.batcher = Batcher(
+            cfg.batch.max_readings,
+            cfg.batch.max_age,
+            self._write_batches,
+            max_pending=MAX_PENDING,
+            commit_interval=cfg.buffer.commit_interval,
+            clock=self.clock.monotonic,
+        )
+        self._alarm_events: asyncio.Queue[AlarmEvent] = asyncio.Queue()
+        self.processing = self._build_processing(loaded, None)
+        self.drivers = build_drivers(cfg, self.processing.add)
+        self.store, self.alarm_store = self._stores()
+        self.health_model = HealthModel(
+            HealthSources(
+                identity=self._identity,
+                clock=lambda: self.clock_watch.health(),
+                buffer=lambda: self.store.health(self.clock.time(), self.config.buffer.max_bytes),
+                uplink=lambda: self.uplink.health(),
+                alarms=self._alarms_health,
+                processing=lambda: self.processing.counters(),
+                pipeline=self._pipeline_health,
+                reloads=lambda: ReloadsHealth(
+                    self.reloads_applied, self.reloads_refused, self.reload_error
+                ),
+                devices=lambda: [d.as_dict() for e in self.drivers for d in e.health()],
+            ),
+            self.clock,
+        )
+        self.uplink = MqttUplink(
+            cfg.mqtt,
+            Topics(cfg.mqtt.topic_prefix, self.gateway_id),
+            self.store,
+            alarm_store=self.alarm_store,
+            identity=self._identity(),
+            health=self.health_model.payload,
+        )
+        self.clock_watch = ClockWatch(self.clock, self._clock_stepped, self.batcher.mark_clock)
 
     # --- parts --------------------------------------------------------------------------
 
@@ -175,9 +202,10 @@ class Gateway:
             previous=previous,
         )
 
-    def _open_stores(self) -> None:
+    def _stores(self) -> tuple[Store, Store]:
+        """The data and alarm buffers, not opened yet (opening is I/O: `run` does it)."""
         buffer = self.config.buffer
-        self.store = Store(
+        data = Store(
             partial(
                 open_queue,
                 buffer.path,
@@ -188,7 +216,7 @@ class Gateway:
             ),
             "data",
         )
-        self.alarm_store = Store(
+        alarms = Store(
             partial(
                 open_queue,
                 alarm_buffer_path(buffer.path),
@@ -197,6 +225,9 @@ class Gateway:
             ),
             "alarm",
         )
+        return data, alarms
+
+    def _open_stores(self) -> None:
         try:
             for store in (self.store, self.alarm_store):
                 if not store.open():
@@ -215,33 +246,13 @@ class Gateway:
     # --- running ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        cfg = self.config
-        self.batcher = Batcher(
-            cfg.batch.max_readings,
-            cfg.batch.max_age,
-            self._write_batches,
-            max_pending=MAX_PENDING,
-            commit_interval=cfg.buffer.commit_interval,
-            clock=self.clock.monotonic,
-        )
-        self._alarm_events: asyncio.Queue[AlarmEvent] = asyncio.Queue()
-        self.processing = self._build_processing(self.loaded, None)
-        self.drivers = build_drivers(cfg, self.processing.add)
+        """Open the buffers, run every part until a stop is requested, stop in order."""
         self._open_stores()
         store, alarm_store = self.store, self.alarm_store
         try:
             self._log_start()
-            for warning in getattr(self.loaded, "warnings", ()):
+            for warning in self.loaded.warnings:
                 log.warning("config %s: %s", self.loaded.source, warning)
-            self.uplink = MqttUplink(
-                cfg.mqtt,
-                Topics(cfg.mqtt.topic_prefix, self.gateway_id),
-                store,
-                alarm_store=alarm_store,
-                identity=self._identity(),
-                health=self.health,
-            )
-            self.clock_watch = ClockWatch(self.clock, self._clock_stepped, self.batcher.mark_clock)
             self.batcher.mark_clock(self.clock_watch.synchronised)
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -288,13 +299,8 @@ class Gateway:
     def request_reload(self) -> None:
         self.reload_requested.set()
 
-    def _identity(self) -> dict[str, Any]:
-        return {
-            "gateway_id": self.gateway_id,
-            "boot_id": self.boot_id,
-            "version": __version__,
-            "config_hash": self.loaded.config_hash,
-        }
+    def _identity(self) -> Identity:
+        return Identity(self.gateway_id, self.boot_id, __version__, self.loaded.config_hash)
 
     # --- reload ---------------------------------------------------------------------------
 
@@ -418,7 +424,6 @@ class Gateway:
         """Persist alarm events, one by one, as soon as they happen (the alarm lane)."""
         while True:
             event = await self._alarm_events.get()
-            doc = event.as_dict()
             log.log(
                 logging.WARNING if event.state == "raised" else logging.INFO,
                 "alarm %s %s: %s",
@@ -426,15 +431,28 @@ class Gateway:
                 event.state,
                 event.message,
             )
-            make_payload = partial(self._alarm_payload, doc=doc)
+            make_payload = partial(self._alarm_payload, event=event)
             await self._retry_on_disk_errors(
                 partial(self.alarm_store.append, make_payload), f"alarm {event.alarm}"
             )
             self._alarm_events.task_done()
 
-    def _alarm_payload(self, seq: int, *, doc: dict[str, object]) -> bytes:
-        envelope = {"gateway_id": self.gateway_id, "boot_id": self.boot_id, "seq": seq, **doc}
-        return json.dumps(envelope, separators=(",", ":")).encode()
+    def _alarm_payload(self, seq: int, *, event: AlarmEvent) -> bytes:
+        return encode(
+            AlarmMessage(
+                gateway_id=self.gateway_id,
+                boot_id=self.boot_id,
+                seq=seq,
+                alarm=event.alarm,
+                device=event.device,
+                point=event.point,
+                state=event.state,
+                ts_ms=event.ts_ms,
+                value=event.value,
+                severity=event.severity,
+                message=event.message,
+            )
+        )
 
     def _log_start(self) -> None:
         stats = self.store.stats
@@ -592,62 +610,21 @@ class Gateway:
 
     # --- health ----------------------------------------------------------------------------
 
+    def _alarms_health(self) -> AlarmsHealth:
+        stats = self.alarm_store.stats
+        return AlarmsHealth(self.processing.alarm_events, stats.batches, stats.evicted_batches)
+
+    def _pipeline_health(self) -> PipelineHealth:
+        batcher = self.batcher
+        return PipelineHealth(
+            readings_in=batcher.readings_in,
+            readings_pending=batcher.pending,
+            batches_written=batcher.batches_written,
+            readings_dropped=batcher.readings_dropped,
+            batches_set_aside=self.batches_set_aside,
+            readings_set_aside=self.readings_set_aside,
+        )
+
     def health(self) -> dict[str, Any]:
-        stats = self.store.stats
-        now = self.clock.time()
-        oldest = stats.oldest_age(now)  # never negative, whatever the clock did
-        return {
-            "gateway_id": self.gateway_id,
-            "boot_id": self.boot_id,
-            "version": __version__,
-            "config_hash": self.loaded.config_hash,
-            "ts": round(now, 3),
-            "uptime_s": round(self.clock.monotonic() - self.started, 1),
-            "clock": {
-                "synchronised": self.clock_watch.synchronised,
-                "steps": self.clock_watch.steps,
-                "last_step_s": (
-                    None
-                    if self.clock_watch.last_step is None
-                    else round(self.clock_watch.last_step, 1)
-                ),
-            },
-            "buffer": {
-                "open": self.store.queue is not None,
-                "open_error": self.store.open_error,
-                "batches": stats.batches,
-                "bytes": stats.bytes,
-                "disk_bytes": stats.disk_bytes,
-                "max_bytes": self.config.buffer.max_bytes,
-                "oldest_unsent_age_s": None if oldest is None else round(oldest, 1),
-                "last_seq": stats.last_seq,
-                "evicted_batches": stats.evicted_batches,
-                "evicted_bytes": stats.evicted_bytes,
-                "evicted_by_age_batches": stats.evicted_by_age_batches,
-                "recovered_from": stats.recovered_from,
-                "salvaged_batches": stats.salvaged_batches,
-                "unreadable_batches": stats.unreadable_batches,
-                "eviction": _episode(stats.eviction),
-            },
-            "uplink": self.uplink.health(),
-            "alarms": {
-                "events": self.processing.alarm_events,
-                "waiting": self.alarm_store.stats.batches,
-                "evicted": self.alarm_store.stats.evicted_batches,
-            },
-            "processing": self.processing.counters(),
-            "pipeline": {
-                "readings_in": self.batcher.readings_in,
-                "readings_pending": self.batcher.pending,
-                "batches_written": self.batcher.batches_written,
-                "readings_dropped": self.batcher.readings_dropped,
-                "batches_set_aside": self.batches_set_aside,
-                "readings_set_aside": self.readings_set_aside,
-            },
-            "reloads": {
-                "applied": self.reloads_applied,
-                "refused": self.reloads_refused,
-                "last_error": self.reload_error,
-            },
-            "devices": [d.as_dict() for e in self.drivers for d in e.health()],
-        }
+        """The health report as JSON, as the health topic carries it."""
+        return to_json(self.health_model.snapshot())

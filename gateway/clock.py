@@ -25,6 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from gateway.core.clock import Clock
+from gateway.wire.messages import ClockHealth
 
 log = logging.getLogger("gateway.clock")
 
@@ -52,6 +53,10 @@ class ClockWatch:
         self.synchronised = clock.synchronised()
         self.steps = 0
         self.last_step: float | None = None
+
+    def health(self) -> ClockHealth:
+        last = self.last_step
+        return ClockHealth(self.synchronised, self.steps, None if last is None else round(last, 1))
 
     async def check(self) -> float:
         """Look once; return the step seen (0.0 for none)."""

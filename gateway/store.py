@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from buffer import BufferError, BufferStats, DiskFullError, DurableQueue, Entry
+from buffer import BufferError, BufferStats, DiskFullError, DurableQueue, Entry, EvictionEpisode
+from gateway.wire.messages import BufferHealth, EvictionHealth
 
 T = TypeVar("T")
 
@@ -116,8 +117,11 @@ class Store:
         return seqs
 
     async def read(self, after_seq: int, limit: int) -> list[Entry]:
+        """Entries to publish. A read may drop a batch whose CRC fails (bit rot): the
+        counters are refreshed with it."""
         await self.ready.wait()
-        return await self._call(lambda q: q.read(after_seq, limit))
+        entries, self._stats = await self._call(lambda q: (q.read(after_seq, limit), q.stats()))
+        return entries
 
     async def ack(self, seqs: Iterable[int]) -> int:
         seqs = list(seqs)
@@ -153,7 +157,48 @@ class Store:
         """The latest counters, without touching the disk."""
         return self._stats
 
+    def health(self, now: float, max_bytes: int) -> BufferHealth:
+        """This buffer's section of the health report (`now`: the wall clock)."""
+        stats = self._stats
+        age = stats.oldest_age(now)  # never negative, whatever the clock did
+        return BufferHealth(
+            open=self.queue is not None,
+            open_error=self.open_error,
+            batches=stats.batches,
+            bytes=stats.bytes,
+            disk_bytes=stats.disk_bytes,
+            max_bytes=max_bytes,
+            oldest_unsent_age_s=None if age is None else round(age, 1),
+            last_seq=stats.last_seq,
+            evicted_batches=stats.evicted_batches,
+            evicted_bytes=stats.evicted_bytes,
+            evicted_by_age_batches=stats.evicted_by_age_batches,
+            recovered_from=stats.recovered_from,
+            salvaged_batches=stats.salvaged_batches,
+            unreadable_batches=stats.unreadable_batches,
+            corrupt_batches=stats.corrupt_batches,
+            corrupt_bytes=stats.corrupt_bytes,
+            eviction=_episode(stats.eviction),
+        )
+
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         if self.queue is not None:
             self.queue.close()
+
+
+def _episode(episode: EvictionEpisode | None) -> EvictionHealth | None:
+    if episode is None:
+        return None
+    return EvictionHealth(
+        cause=episode.cause,
+        active=episode.active,
+        started_at=round(episode.started_at, 3),
+        ended_at=None if episode.ended_at is None else round(episode.ended_at, 3),
+        first_seq=episode.first_seq,
+        last_seq=episode.last_seq,
+        batches=episode.batches,
+        bytes=episode.bytes,
+        oldest_created_at=round(episode.oldest_created_at, 3),
+        newest_created_at=round(episode.newest_created_at, 3),
+    )

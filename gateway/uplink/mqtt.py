@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import socket
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -50,6 +49,7 @@ from gateway.core.backoff import backoff_delay
 from gateway.store import Store
 from gateway.uplink.config import MqttConfig
 from gateway.uplink.topics import Topics
+from gateway.wire.messages import DenialHealth, Identity, Status, UplinkHealth, encode
 
 log = logging.getLogger("gateway.uplink")
 
@@ -450,14 +450,10 @@ class Denial:
     since: float  # unix time of the first refusal of this episode
     refused: int = 0
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "topic": self.topic,
-            "reason_code": self.reason_code,
-            "reason": self.reason,
-            "since": round(self.since, 3),
-            "refused": self.refused,
-        }
+    def health(self) -> DenialHealth:
+        return DenialHealth(
+            self.topic, self.reason_code, self.reason, round(self.since, 3), self.refused
+        )
 
 
 class Lane:
@@ -563,8 +559,8 @@ class MqttUplink:
         store: Store,
         *,
         alarm_store: Store | None = None,
-        identity: dict[str, Any],
-        health: Callable[[], dict[str, Any]],
+        identity: Identity,
+        health: Callable[[], bytes],
     ) -> None:
         self.config = config
         self.topics = topics
@@ -579,9 +575,9 @@ class MqttUplink:
             self.lanes.insert(
                 0, Lane("alarm", alarm_store, topics.alarm, ALARM_WINDOW, what="alarm event")
             )
-        self.identity = identity  # gateway_id, boot_id, version, config_hash
-        self.client_id = config.client_id or f"edge-gateway-{identity['gateway_id']}"
-        self._health = health
+        self.identity = identity
+        self.client_id = config.client_id or f"edge-gateway-{identity.gateway_id}"
+        self._health = health  # the encoded health report, built by the gateway
         self._stop = asyncio.Event()
         self._reconfigure = asyncio.Event()  # a new config waits: end the session
         self._tls = _tls_context(config)  # built once: a bad certificate path fails at start
@@ -660,7 +656,7 @@ class MqttUplink:
         """Say goodbye (retained 'offline' status), close the connection, end `run`."""
         self._stop.set()
 
-    def reconfigure(self, config: MqttConfig, topics: Topics, identity: dict[str, Any]) -> None:
+    def reconfigure(self, config: MqttConfig, topics: Topics, identity: Identity) -> None:
         """Switch to a new [mqtt] section or gateway id (a config reload). The current
         session says 'offline' (reason "reconfigured") on its status topic and ends; the
         next connects at once with the new settings. Nothing on disk is affected."""
@@ -668,7 +664,7 @@ class MqttUplink:
         self.config = config
         self.topics = topics
         self.identity = identity
-        self.client_id = config.client_id or f"edge-gateway-{identity['gateway_id']}"
+        self.client_id = config.client_id or f"edge-gateway-{identity.gateway_id}"
         self.data.window = config.max_inflight
         for lane, topic in zip(
             self.lanes, self._lane_topics(topics, alarm=len(self.lanes) > 2), strict=True
@@ -813,7 +809,7 @@ class MqttUplink:
             episode = self._takeover = _Takeover(since=time.time())
         episode.count += 1
         delay = backoff_delay(episode.count, *TAKEOVER_BACKOFF)
-        gateway_id = self.identity["gateway_id"]
+        gateway_id = self.identity.gateway_id
         who = (
             f"is a second gateway configured with id '{gateway_id}'?"
             if self.config.client_id is None
@@ -981,7 +977,7 @@ class MqttUplink:
         raise _Stopping
 
     async def _publish_side(
-        self, client: _Client, topic: str, payload: str, what: str, *, retain: bool = False
+        self, client: _Client, topic: str, payload: bytes, what: str, *, retain: bool = False
     ) -> None:
         """A status or health publish: awaited without a timeout of its own, but counted in
         flight, so that the watchdog gives the link up if its PUBACK never comes. A refused
@@ -1162,7 +1158,7 @@ class MqttUplink:
             if wait > 0:  # refused before: not again until its pause is over
                 await asyncio.sleep(wait)
             try:
-                payload = json.dumps(self._health(), separators=(",", ":"))
+                payload = self._health()
             except Exception:  # a bug in a health source must not cost the data path
                 if not self._health_failing:
                     log.exception("cannot build the health report; will try again")
@@ -1180,28 +1176,28 @@ class MqttUplink:
 
     # --- helpers ----------------------------------------------------------------------
 
-    def _status(self, state: str, **extra: Any) -> str:
-        return json.dumps({"state": state, **self.identity, "ts": round(time.time(), 3), **extra})
+    def _status(self, state: Literal["online", "offline"], reason: str | None = None) -> bytes:
+        return encode(Status(state, self.identity, time.time(), reason))
 
-    def health(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "protocol": self.config.protocol,
-            "connected_since": self.connected_since,
-            "connects": self.connects,
-            "published_batches": self.data.published + self.history.published,
-            "published_history_batches": self.history.published,
-            "published_bytes": self.data.published_bytes + self.history.published_bytes,
-            "published_alarms": sum(
+    def health(self) -> UplinkHealth:
+        return UplinkHealth(
+            state=self.state,
+            protocol=self.config.protocol,
+            connected_since=self.connected_since,
+            connects=self.connects,
+            published_batches=self.data.published + self.history.published,
+            published_history_batches=self.history.published,
+            published_bytes=self.data.published_bytes + self.history.published_bytes,
+            published_alarms=sum(
                 lane.published for lane in self.lanes if lane.store is not self.store
             ),
-            "last_error": self.last_error,
-            "last_reason_code": self.last_reason_code,
-            "denied": [denial.as_dict() for denial in self.denials.values()],
-            "refused_publishes": self.refused_publishes,
-            "session_takeovers": self.session_takeovers,
-            "takeover_since": self._takeover.since if self._takeover is not None else None,
-        }
+            last_error=self.last_error,
+            last_reason_code=self.last_reason_code,
+            denied=[denial.health() for denial in self.denials.values()],
+            refused_publishes=self.refused_publishes,
+            session_takeovers=self.session_takeovers,
+            takeover_since=self._takeover.since if self._takeover is not None else None,
+        )
 
 
 def _leaves(err: BaseException) -> list[BaseException]:

@@ -26,6 +26,7 @@ from gateway.store import Store
 from gateway.uplink.config import MqttConfig
 from gateway.uplink.mqtt import MqttUplink
 from gateway.uplink.topics import Topics
+from gateway.wire.messages import Identity
 
 Behaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -144,8 +145,8 @@ async def uplink_running(tmp_path: Path, port: int, **mqtt: object) -> AsyncIter
         config,
         Topics("city", "gw-1"),
         store,
-        identity={"gateway_id": "gw-1", "boot_id": "b", "version": "0", "config_hash": "c"},
-        health=lambda: {"uplink": "..."},
+        identity=Identity("gw-1", "b", "0", "c"),
+        health=lambda: b'{"uplink": "..."}',
     )
     task = asyncio.create_task(uplink.run())
     try:
@@ -245,7 +246,7 @@ async def test_a_broker_that_says_session_taken_over_is_believed_at_once(
         await asyncio.sleep(5.0)  # the normal back-off here is at most 0.3 s
         assert peer.connects == 1, "reconnected at once: two gateways would flap"
         health = uplink.health()
-        assert health["session_takeovers"] == 1 and health["takeover_since"] is not None
+        assert health.session_takeovers == 1 and health.takeover_since is not None
     assert problems(caplog) == []
     said = [r.getMessage() for r in caplog.records if "same client id" in r.getMessage()]
     assert len(said) == 1, said
@@ -296,7 +297,7 @@ async def test_the_uplink_speaks_the_configured_mqtt_version_and_delivers(
 ) -> None:
     async with uplink_running(tmp_path, broker.port, protocol=protocol) as uplink:
         await _wait(lambda: len(subscriber.on("/data/history")) == 3, 10, "the three batches")
-        assert uplink.health()["protocol"] == protocol
+        assert uplink.health().protocol == protocol
     assert f"as edge-gateway-gw-1 {mark}" in broker.log.read_text()
 
 
@@ -311,7 +312,7 @@ async def test_under_mqtt_3_1_1_a_denied_publish_looks_stored_which_is_why_5_is_
     try:
         async with uplink_running(tmp_path, broker.port, protocol="3.1.1") as uplink:
             await _wait(lambda: uplink.store.stats.batches == 0, 10, "the batches 'acknowledged'")
-            assert uplink.state == "online" and uplink.health()["denied"] == []
+            assert uplink.state == "online" and uplink.health().denied == []
         await asyncio.sleep(0.5)
         assert sub.data_messages() == []  # deleted from disk, and the centre has none
     finally:

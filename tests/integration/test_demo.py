@@ -15,7 +15,7 @@ def test_the_demo_shows_decoded_data_from_every_simulated_device_arriving() -> N
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert '[status] {"state": "online"' in out
+    assert '[status] {"state":"online"' in out
     for shown in (
         "pump-station-7/discharge_pressure=",
         "flood-gauge-204/water_level=",
@@ -23,6 +23,6 @@ def test_the_demo_shows_decoded_data_from_every_simulated_device_arriving() -> N
         "gas-detector-3/ch4=",
     ):
         assert shown in out, f"{shown} missing from the demo output:\n{out}"
-    assert '"state": "offline"' in out and '"reason": "stopped"' in out
+    assert '"state":"offline"' in out and '"reason":"stopped"' in out
     assert "bytes per reading on the wire" in out
     assert "Traceback" not in result.stderr
