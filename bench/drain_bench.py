@@ -29,9 +29,9 @@ from pathlib import Path
 import paho.mqtt.client as paho
 
 from buffer import DurableQueue
+from drivers.core.model import Reading
 from drivers.modbus.decode import DataType, Table
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
-from gateway.core.model import Reading
 from gateway.devtools.broker import Mosquitto
 from gateway.wire import decode_batch, encode_batch
 

@@ -175,7 +175,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def _seconds(text: str) -> float:
-    from gateway.core.config_types import parse_duration
+    from drivers.core.config_types import parse_duration
 
     return parse_duration(text)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from drivers.core.model import Reading
 from drivers.modbus.decode import Table
 from drivers.serial_line.build import build_driver
 from drivers.serial_line.config import SerialLineDeviceConfig
@@ -28,7 +29,6 @@ from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
 from drivers.sim.serial_line import gas_detector_line
 from drivers.sim.serial_link import NullModem, PtyPort
 from gateway.build import build_drivers
-from gateway.core.model import Reading
 from gateway.settings import parse_config
 from gateway.tasks import cancel_and_wait
 

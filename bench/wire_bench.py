@@ -33,7 +33,7 @@ import msgpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.core.model import Reading, Value
+from drivers.core.model import Reading, Value
 from gateway.wire import DecodeError, decode_batch, encode_batch
 
 SPIKE, COMM_ERROR, DEVICE_OFFLINE = 2, 4, 5

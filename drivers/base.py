@@ -22,9 +22,9 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from gateway.core.config_types import Loc
-from gateway.core.model import Reading
-from gateway.core.processing import ProcessingConfig
+from drivers.core.config_types import Loc
+from drivers.core.model import Reading
+from drivers.core.processing import ProcessingConfig
 
 ReadingSink = Callable[[Sequence[Reading]], None]
 

@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 
 from drivers.base import Problem
-from gateway.core.config_types import Int, StrictModel, WholeNumber, path_text_problem
+from drivers.core.config_types import Int, StrictModel, WholeNumber, path_text_problem
 
 
 class SerialPortConfig(StrictModel):

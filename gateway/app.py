@@ -44,11 +44,11 @@ from buffer import (
     PayloadTooLargeError,
 )
 from drivers.base import DeviceHealth, Driver
+from drivers.core.clock import Clock, SystemClock
+from drivers.core.model import Reading
 from gateway import __version__
 from gateway.build import build_drivers
 from gateway.clock import ClockWatch, format_span
-from gateway.core.clock import Clock, SystemClock
-from gateway.core.model import Reading
 from gateway.errors import ConfigError, StartupError
 from gateway.health import HealthModel, HealthSources
 from gateway.pipeline.alarms import AlarmEvent

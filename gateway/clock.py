@@ -10,7 +10,7 @@ or 1970) and NTP steps the clock later, by days or years. So:
   what it stamped before the step (the buffer's age bound must not evict a fresh
   backlog because the clock jumped a year ahead) and marks the readings taken before
   it as unsynchronised;
-- `gateway.core.clock.SystemClock.synchronised` asks the kernel whether NTP
+- `drivers.core.clock.SystemClock.synchronised` asks the kernel whether NTP
   (systemd-timesyncd, chrony, ntpd) has disciplined the clock (`adjtimex`: not
   TIME_ERROR); readings taken while it is not are marked on the wire
   (docs/wire-format.md, envelope key `tu`).
@@ -24,7 +24,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from gateway.core.clock import Clock
+from drivers.core.clock import Clock
 from gateway.wire.messages import ClockHealth
 
 log = logging.getLogger("gateway.clock")

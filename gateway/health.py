@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.core.clock import Clock
+from drivers.core.clock import Clock
 from gateway.wire.messages import (
     AlarmsHealth,
     BufferHealth,

@@ -2,7 +2,7 @@
 
 Unknown keys are errors; durations carry units ("500ms", "5s", "2m"); sizes carry
 units ("64MB"); numbers, booleans and text are never converted into each other
-(gateway/core/config_types.py). `load_config` returns a validated `GatewayConfig` with
+(drivers/core/config_types.py). `load_config` returns a validated `GatewayConfig` with
 its warnings, or raises `ConfigError` listing every problem as
 `key.path[index]: reason`, in this order:
 
@@ -54,8 +54,7 @@ from pydantic import (
 )
 
 from drivers.base import DeviceSettings, Problem
-from drivers.registry import PLUGINS, by_plugin, plugin_of
-from gateway.core.config_types import (
+from drivers.core.config_types import (
     PROBLEM,
     Duration,
     DurationOrZero,
@@ -71,6 +70,7 @@ from gateway.core.config_types import (
     path_text_problem,
     shown,
 )
+from drivers.registry import PLUGINS, by_plugin, plugin_of
 from gateway.errors import ConfigError
 from gateway.uplink.config import MqttConfig
 

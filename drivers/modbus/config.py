@@ -14,9 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from drivers.modbus.decode import ByteOrder, DataType, Table, register_count
-from drivers.serial_port import SerialPortConfig
-from gateway.core.config_types import (
+from drivers.core.config_types import (
     Duration,
     DurationOrZero,
     Float,
@@ -26,7 +24,9 @@ from gateway.core.config_types import (
     Problems,
     StrictModel,
 )
-from gateway.core.processing import ProcessingConfig
+from drivers.core.processing import ProcessingConfig
+from drivers.modbus.decode import ByteOrder, DataType, Table, register_count
+from drivers.serial_port import SerialPortConfig
 
 # Datasheets number registers from 1 with the table in the first digit: 1xxxx discrete
 # inputs, 3xxxx input registers, 4xxxx holding registers (6-digit forms for the whole

@@ -22,13 +22,13 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, Modbu
 from pymodbus.exceptions import ModbusException
 
 from drivers.base import DeviceHealth, DevicePlan, DriverPlan, ReadingSink
+from drivers.core.backoff import backoff_delay
+from drivers.core.model import Quality, Reading
 from drivers.modbus.decode import Table, Value
 from drivers.modbus.diagnose import describe_tcp_answer
 from drivers.modbus.plan import ReadRequest, decode_response, plan_reads
 from drivers.modbus.timing import bus_estimate, poll_line_time, rtu_response_bytes
 from drivers.serial_port import line_rate
-from gateway.core.backoff import backoff_delay
-from gateway.core.model import Quality, Reading
 
 log = logging.getLogger("drivers.modbus")
 

@@ -15,10 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from drivers.serial_line.framing import DelimiterFramer, FixedLengthFramer, LengthFieldFramer
-from drivers.serial_line.parsers import BinaryParser, DelimitedParser, NmeaParser, RegexParser
-from drivers.serial_port import SerialPortConfig
-from gateway.core.config_types import (
+from drivers.core.config_types import (
     Bool,
     Duration,
     Float,
@@ -30,7 +27,10 @@ from gateway.core.config_types import (
     WholeNumber,
     shown,
 )
-from gateway.core.processing import ProcessingConfig
+from drivers.core.processing import ProcessingConfig
+from drivers.serial_line.framing import DelimiterFramer, FixedLengthFramer, LengthFieldFramer
+from drivers.serial_line.parsers import BinaryParser, DelimitedParser, NmeaParser, RegexParser
+from drivers.serial_port import SerialPortConfig
 
 
 def _hex_bytes(value: str | None, key: str) -> bytes | None:

@@ -27,11 +27,11 @@ from typing import Any
 import serial
 
 from drivers.base import DeviceHealth, DevicePlan, DriverPlan, ReadingSink
+from drivers.core.backoff import backoff_delay
+from drivers.core.model import Quality, Reading, Value
 from drivers.serial_line.framing import Discard, Frame, Framer
 from drivers.serial_line.parsers import Field, ParseError, Parser
 from drivers.serial_port import forbid_other_openers, line_rate, open_error
-from gateway.core.backoff import backoff_delay
-from gateway.core.model import Quality, Reading, Value
 
 log = logging.getLogger("drivers.serial_line")
 

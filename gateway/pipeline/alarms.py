@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from math import isfinite
 from typing import Final, Literal
 
-from gateway.core.model import Quality, Reading
+from drivers.core.model import Quality, Reading
 
 __all__ = [
     "RISE_WINDOW_LIMIT",

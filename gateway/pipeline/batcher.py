@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
-from gateway.core.model import Reading
+from drivers.core.model import Reading
 
 log = logging.getLogger("gateway.batcher")
 

@@ -1,6 +1,6 @@
 """Per-point processing: range check, spike, smoothing, deadband/heartbeat, aggregation (pure).
 
-A :class:`ProcessingSpec` (gateway/core/processing.py) is validated when it is built
+A :class:`ProcessingSpec` (drivers/core/processing.py) is validated when it is built
 (start-up); a
 :class:`PointProcessor` runs it on the readings of one point, one at a time,
 and returns what goes on (0, 1 or, when a window closes, several readings).
@@ -65,7 +65,7 @@ Readings that skip a stage: non-GOOD readings and non-numbers skip 1-3 (a value
 of ``None`` comes with COMM_ERROR or DEVICE_OFFLINE from a driver and passes
 1-4 unchanged).
 
-A spec's own rules (what combinations are refused) are in gateway/core/processing.py,
+A spec's own rules (what combinations are refused) are in drivers/core/processing.py,
 with the spec and the `process = { ... }` config model it is compiled from.
 
 Cost: plain attributes, no allocation per reading beyond the output reading and
@@ -77,8 +77,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Final
 
-from gateway.core.model import Quality, Reading, Value
-from gateway.core.processing import ProcessingSpec, spec_problem
+from drivers.core.model import Quality, Reading, Value
+from drivers.core.processing import ProcessingSpec, spec_problem
 
 __all__ = [
     "PLAUSIBLE_MAGNITUDE",

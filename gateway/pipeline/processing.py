@@ -7,7 +7,7 @@ point's processor (range check, spike, smoothing, deadband/heartbeat,
 aggregation; `filters.py`) decides what goes on to the batcher. Points without
 processing and without alarms pass straight through at the cost of a dict lookup.
 
-Every reading is checked first (`gateway.core.model.value_problem`): a value the wire
+Every reading is checked first (`drivers.core.model.value_problem`): a value the wire
 cannot carry, or that would poison filters and alarms (NaN, infinities, integers
 beyond 64 bits, over-long or broken text), becomes no value with quality
 invalid_value, and `on_invalid` hears of it (the gateway counts it per device and
@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from drivers.base import ReadingSink
-from gateway.core.model import Reading, all_usable, invalid_reading, value_problem
-from gateway.core.processing import milliseconds
+from drivers.core.model import Reading, all_usable, invalid_reading, value_problem
+from drivers.core.processing import milliseconds
 from gateway.pipeline.alarms import AlarmEvent, RateOfRiseAlarm, ThresholdAlarm
 from gateway.pipeline.filters import PointProcessor, is_passthrough
 from gateway.settings import GatewayConfig, ThresholdAlarmConfig

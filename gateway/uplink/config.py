@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, FilePath, model_validator
 
-from gateway.core.config_types import (
+from drivers.core.config_types import (
     Bool,
     Duration,
     Host,

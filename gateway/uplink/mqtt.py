@@ -45,7 +45,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from buffer import Entry
-from gateway.core.backoff import backoff_delay
+from drivers.core.backoff import backoff_delay
 from gateway.store import Store
 from gateway.uplink.config import MqttConfig
 from gateway.uplink.topics import Topics

@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import msgpack
 
-from gateway.core.model import Reading, all_usable, invalid_reading, value_problem
+from drivers.core.model import Reading, all_usable, invalid_reading, value_problem
 
 WIRE_VERSION = 2
 """The version `encode_batch` writes by default; the decoder reads `_READABLE_VERSIONS`."""
@@ -100,7 +100,7 @@ def encode_batch(
     Version 2 (the default) compresses the body with zlib when `compress` is
     "always", or when it is "auto" and that makes the payload at least 10 % smaller.
     Timestamps must lie in [0, 2**63) (msgpack cannot hold larger differences).
-    A value that cannot go on the wire (`gateway.core.model.value_problem`: NaN, an
+    A value that cannot go on the wire (`drivers.core.model.value_problem`: NaN, an
     integer beyond 64 bits, text that is not Unicode, ...) goes as no value with
     quality invalid_value: encoding never fails because of a value.
     Version 1 is never compressed (`compress` must not be "always") and cannot carry

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.core.model import Quality, Reading
+from drivers.core.model import Quality, Reading
 from gateway.pipeline.alarms import (
     RISE_WINDOW_LIMIT,
     AlarmEvent,

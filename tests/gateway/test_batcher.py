@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from gateway.core.model import Reading
+from drivers.core.model import Reading
 from gateway.pipeline.batcher import Batcher
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.core.model import Reading
+from drivers.core.model import Reading
 from gateway.wire import encode_batch
 
 REPO = Path(__file__).resolve().parents[2]

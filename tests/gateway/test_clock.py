@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 
+from drivers.core.model import Reading
 from gateway.clock import ClockWatch, format_span
-from gateway.core.model import Reading
 from gateway.pipeline.alarms import AlarmEvent, ThresholdAlarm
 from gateway.pipeline.batcher import Batcher, SealedBatch
 from gateway.pipeline.filters import PointProcessor, ProcessingSpec

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.core.config_types import MAX_SIZE, host_problem, parse_duration, parse_size
+from drivers.core.config_types import MAX_SIZE, host_problem, parse_duration, parse_size
 from gateway.settings import parse_config
 from tests.gateway.configs import GATEWAY, MINIMAL, problems, tcp_device
 

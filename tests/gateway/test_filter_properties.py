@@ -12,8 +12,8 @@ from typing import Any
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from gateway.core.model import Quality, Reading
-from gateway.core.processing import AGGREGATE_FUNCTIONS, ProcessingSpec
+from drivers.core.model import Quality, Reading
+from drivers.core.processing import AGGREGATE_FUNCTIONS, ProcessingSpec
 from gateway.pipeline.filters import PLAUSIBLE_MAGNITUDE, PointProcessor
 
 finite = st.floats(-PLAUSIBLE_MAGNITUDE, PLAUSIBLE_MAGNITUDE)

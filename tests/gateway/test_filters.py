@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.core.model import Quality, Reading
-from gateway.core.processing import ProcessingSpec
+from drivers.core.model import Quality, Reading
+from drivers.core.processing import ProcessingSpec
 from gateway.pipeline.filters import STEP_CONFIRMATIONS, PointProcessor, is_passthrough
 
 G, OOR, SPIKE = Quality.GOOD, Quality.OUT_OF_RANGE, Quality.SPIKE

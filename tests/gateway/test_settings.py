@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.core.config_types import parse_duration, parse_size
+from drivers.core.config_types import parse_duration, parse_size
 from gateway.errors import ConfigError
 from gateway.settings import json_schema, load_config, parse_config
 from tests.gateway.configs import CONFIG_DIR, MINIMAL, problems, run_cli

@@ -10,7 +10,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
-from gateway.core.backoff import backoff_delay
+from drivers.core.backoff import backoff_delay
 from gateway.uplink.config import MqttConfig
 from gateway.uplink.mqtt import (
     DENIED_RETRY,

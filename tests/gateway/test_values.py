@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.core.model import MAX_TEXT, Quality, Reading, value_problem
+from drivers.core.model import MAX_TEXT, Quality, Reading, value_problem
 from gateway.pipeline.processing import Processing
 from gateway.wire import decode_batch, encode_batch
 

@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bench.wire_bench import float32_batch, mixed_batch
-from gateway.core.model import Quality, Reading
+from drivers.core.model import Quality, Reading
 from gateway.wire import (
     WIRE_VERSION,
     DecodeError,

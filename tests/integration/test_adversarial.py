@@ -16,11 +16,11 @@ from pathlib import Path
 
 from rig import Subscriber, gateway_config, modbus_device
 
+from drivers.core.model import Quality
 from drivers.modbus.decode import Table
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
 from drivers.sim.modbus_faults import FAULTS, FaultyModbusTcpServer
 from drivers.sim.serial_link import PtyPort
-from gateway.core.model import Quality
 from gateway.devtools.broker import Mosquitto
 
 PERIOD = 0.5  # the healthy device's poll interval, seconds

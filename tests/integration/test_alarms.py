@@ -9,9 +9,9 @@ from pathlib import Path
 from rig import Subscriber, gateway_config, modbus_device
 
 from buffer import DurableQueue
+from drivers.core.model import Reading
 from drivers.modbus.decode import DataType, Table
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
-from gateway.core.model import Reading
 from gateway.devtools.broker import Mosquitto
 from gateway.wire import encode_batch
 

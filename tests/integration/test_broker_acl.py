@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from rig import GatewayProcess, Subscriber, gateway_config, modbus_device
 
+from drivers.core.model import Quality
 from drivers.modbus.decode import DataType, Table
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
-from gateway.core.model import Quality
 from gateway.devtools.broker import Mosquitto
 
 POINTS = '{ name = "polls", address = 0, type = "uint32" }'

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from rig import GatewayProcess, Subscriber, TcpProxy, modbus_device
 
+from drivers.core.model import Quality
 from drivers.modbus.decode import Table
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
-from gateway.core.model import Quality
 from gateway.devtools.broker import Mosquitto
 
 POINT = '{ name = "polls", address = 0, type = "uint32" }'

@@ -28,9 +28,9 @@ from pathlib import Path
 import pytest
 from rig import GatewayProcess, Subscriber, TcpProxy, gateway_config, modbus_device
 
+from drivers.core.model import Quality
 from drivers.modbus.decode import DataType, Table
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
-from gateway.core.model import Quality
 from gateway.devtools.broker import Mosquitto
 
 POINTS = """

@@ -9,9 +9,9 @@ from pathlib import Path
 from rig import GatewayProcess, Subscriber, TcpProxy, gateway_config, modbus_device
 
 from buffer import DurableQueue
+from drivers.core.model import Quality
 from drivers.modbus.decode import DataType, Table
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
-from gateway.core.model import Quality
 from gateway.devtools.broker import Mosquitto
 
 POINTS = """

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from rig import Subscriber, gateway_config, rtu_device
 
+from drivers.core.model import Quality
 from drivers.modbus.decode import DataType, Table
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
 from drivers.sim.serial_line import LineInstrument, gas_detector_line
 from drivers.sim.serial_link import NullModem
-from gateway.core.model import Quality
 from gateway.devtools.broker import Mosquitto
 
 RTU_POINTS = '{ name = "polls", address = 0, type = "uint32" }, { name = "level", address = 2, type = "float32", byte_order = "CDAB" }'

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from rig import REPO, Subscriber, gateway_config, modbus_device
 
+from drivers.core.model import Quality
 from drivers.modbus.decode import Table
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
-from gateway.core.model import Quality
 from gateway.devtools.broker import Mosquitto
 
 POINT = '{ name = "n", address = 0, type = "uint32" }'

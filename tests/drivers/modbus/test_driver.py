@@ -8,11 +8,11 @@ from collections.abc import Sequence
 
 import pytest
 
+from drivers.core.model import Quality, Reading
 from drivers.modbus.decode import ByteOrder, DataType, Table
 from drivers.modbus.driver import ModbusEndpoint
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice, free_tcp_port
 from gateway.build import build_drivers
-from gateway.core.model import Quality, Reading
 from gateway.settings import parse_config
 from gateway.tasks import cancel_and_wait
 

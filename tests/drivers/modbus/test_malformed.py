@@ -8,11 +8,11 @@ import logging
 
 import pytest
 
+from drivers.core.model import Quality, Reading
 from drivers.modbus.diagnose import describe_tcp_answer
 from drivers.modbus.driver import ModbusEndpoint
 from drivers.sim.modbus_faults import FaultyModbusTcpServer
 from gateway.build import build_drivers
-from gateway.core.model import Quality, Reading
 from gateway.settings import parse_config
 from gateway.tasks import cancel_and_wait
 

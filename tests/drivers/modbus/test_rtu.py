@@ -7,11 +7,11 @@ import time
 
 from rig import rtu_device
 
+from drivers.core.model import Reading
 from drivers.modbus.decode import DataType, Table
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
 from drivers.sim.serial_link import NullModem
 from gateway.build import build_drivers
-from gateway.core.model import Reading
 from gateway.settings import parse_config
 from gateway.tasks import cancel_and_wait
 

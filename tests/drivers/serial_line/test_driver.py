@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from drivers.core.model import Quality, Reading
 from drivers.serial_line.build import build_driver
 from drivers.serial_line.driver import SerialLineDriver
 from drivers.sim.serial_line import (
@@ -18,7 +19,6 @@ from drivers.sim.serial_line import (
     gas_detector_line,
     nmea_gga,
 )
-from gateway.core.model import Quality, Reading
 from gateway.settings import parse_config
 from gateway.tasks import cancel_and_wait
 

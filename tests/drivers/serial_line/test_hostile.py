@@ -14,12 +14,12 @@ import time
 import pytest
 import serial
 
+from drivers.core.model import Quality, Reading
 from drivers.serial_line.build import build_driver
 from drivers.serial_line.driver import LinePoint, SerialLineDriver
 from drivers.serial_port import open_error
 from drivers.sim.serial_line import LineInstrument
 from drivers.sim.serial_link import PtyPort
-from gateway.core.model import Quality, Reading
 from gateway.settings import parse_config
 from gateway.tasks import cancel_and_wait
 

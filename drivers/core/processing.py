@@ -22,7 +22,7 @@ from typing import Final, Literal
 
 from pydantic import Field, model_validator
 
-from gateway.core.config_types import Duration, Float, Int, Problems, StrictModel
+from drivers.core.config_types import Duration, Float, Int, Problems, StrictModel
 
 __all__ = [
     "AGGREGATE_FUNCTIONS",
