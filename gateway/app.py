@@ -112,7 +112,7 @@ def alarm_buffer_path(data_path: Path) -> Path:
     return data_path.with_name(f"{data_path.stem}.alarms{data_path.suffix or '.db'}")
 
 
-async def _supervise(driver: Driver) -> None:
+async def _supervise(driver: Driver, clock: Clock) -> None:
     """Run a driver; a bug in it is logged and the driver restarted, not the gateway."""
     while True:
         try:
@@ -124,7 +124,7 @@ async def _supervise(driver: Driver) -> None:
                 driver.name,
                 DRIVER_RESTART_SECONDS,
             )
-            await asyncio.sleep(DRIVER_RESTART_SECONDS)
+            await clock.sleep(DRIVER_RESTART_SECONDS)
 
 
 class _Unencodable(Exception):
@@ -158,7 +158,7 @@ class Gateway:
             self._write_batches,
             max_pending=MAX_PENDING,
             commit_interval=cfg.buffer.commit_interval,
-            clock=self.clock.monotonic,
+            clock=self.clock,
         )
         self._alarm_events: asyncio.Queue[AlarmEvent] = asyncio.Queue()
         self.processing = self._build_processing(loaded, None)
@@ -187,6 +187,7 @@ class Gateway:
             alarm_store=self.alarm_store,
             identity=self._identity(),
             health=self.health_model.payload,
+            clock=self.clock,
         )
         self.clock_watch = ClockWatch(self.clock, self._clock_stepped, self.batcher.mark_clock)
 
@@ -290,7 +291,7 @@ class Gateway:
     def _start_drivers(self) -> None:
         assert self._tg is not None
         self._driver_tasks = [
-            self._tg.create_task(_supervise(d), name=d.name) for d in self.drivers
+            self._tg.create_task(_supervise(d, self.clock), name=d.name) for d in self.drivers
         ]
 
     def request_stop(self) -> None:
@@ -383,7 +384,7 @@ class Gateway:
         buffer = self.config.buffer
         last_age_check = last_reopen = self.clock.monotonic()
         while True:
-            await asyncio.sleep(SYNC_INTERVAL)
+            await self.clock.sleep(SYNC_INTERVAL)
             now = self.clock.monotonic()
             try:
                 if now - last_reopen >= REOPEN_INTERVAL:
@@ -512,8 +513,9 @@ class Gateway:
             await self._write_batch(SealedBatch(readings[:half], clock_synced=synced))
             await self._write_batch(SealedBatch(readings[half:], clock_synced=synced))
 
-    @staticmethod
-    async def _retry_on_disk_errors(write: Callable[[], Awaitable[object]], what: str) -> None:
+    async def _retry_on_disk_errors(
+        self, write: Callable[[], Awaitable[object]], what: str
+    ) -> None:
         """Run a buffer write until it succeeds: a full or failing disk keeps the data in
         memory (bounded by the batcher) and is logged once, and once when it recovers."""
         failing = False
@@ -530,13 +532,13 @@ class Gateway:
                         err,
                     )
                     failing = True
-                await asyncio.sleep(WRITE_RETRY_SECONDS)
+                await self.clock.sleep(WRITE_RETRY_SECONDS)
                 continue
             except Exception:  # a bug: say so once, keep the data, keep trying
                 if not failing:
                     log.exception("writing %s to the buffer failed unexpectedly; retrying", what)
                     failing = True
-                await asyncio.sleep(WRITE_RETRY_SECONDS)
+                await self.clock.sleep(WRITE_RETRY_SECONDS)
                 continue
             if failing:
                 log.info("the buffer accepts writes again")

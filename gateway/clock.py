@@ -20,7 +20,6 @@ Tests inject a `Clock` whose wall time they step by a year either way.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -100,7 +99,7 @@ class ClockWatch:
             )
         since_sync_check = 0.0
         while True:
-            await asyncio.sleep(CHECK_INTERVAL)
+            await self.clock.sleep(CHECK_INTERVAL)
             await self.check()
             since_sync_check += CHECK_INTERVAL
             if since_sync_check >= SYNC_CHECK_INTERVAL:

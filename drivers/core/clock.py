@@ -1,13 +1,20 @@
 """The clocks the gateway runs on: wall time (which steps), monotonic time (which never
-does), and whether the kernel says NTP has set the wall clock.
+does), sleeping on the monotonic one, and whether the kernel says NTP has set the
+wall clock.
 
-Everything that measures a duration takes a `Clock`, so tests can inject one whose
-wall time steps by a year either way (gateway/clock.py watches for such steps).
+Everything that measures or waits for a duration takes a `Clock`. `SystemClock` is
+the machine's; `ManualClock` is virtual time for tests and rigs: its `sleep` returns
+when a test `advance`s the clock past it, and its wall time can be stepped by a year
+either way (gateway/clock.py watches for such steps). Timing tests run in
+milliseconds and never depend on how busy the machine is.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
+import heapq
+import itertools
 import time
 from typing import Protocol
 
@@ -21,6 +28,9 @@ class Clock(Protocol):
 
     def synchronised(self) -> bool:
         """Whether the wall clock is known to be right (NTP has set it)."""
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait this long on the monotonic clock."""
 
 
 class SystemClock:
@@ -38,6 +48,70 @@ class SystemClock:
 
     def synchronised(self) -> bool:
         return self._trust or kernel_clock_synchronised() is not False
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class ManualClock:
+    """Virtual time: nothing moves until `advance` (monotonic and wall time together) or
+    `step` (wall time alone, as NTP does). Sleepers wake in order of their deadlines."""
+
+    def __init__(
+        self, wall: float = 1_795_430_000.0, monotonic: float = 1000.0, *, synchronised: bool = True
+    ) -> None:
+        self.wall = wall
+        self.mono = monotonic
+        self.synced = synchronised
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def time(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def synchronised(self) -> bool:
+        return self.synced
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.mono + seconds, next(self._order), wake))
+        await wake
+
+    def step(self, seconds: float) -> None:
+        """The wall clock jumps (NTP); monotonic time does not move."""
+        self.wall += seconds
+
+    async def advance(self, seconds: float) -> None:
+        """Let `seconds` pass, waking every sleeper whose deadline falls within, in order,
+        and letting what it does run before time moves on. What is ready to run now runs
+        first, at the present time."""
+        await settle()
+        target = self.mono + seconds
+        while self._sleepers and self._sleepers[0][0] <= target:
+            due, _, wake = heapq.heappop(self._sleepers)
+            self._move_to(due)
+            if not wake.done():
+                wake.set_result(None)
+            await settle()
+        self._move_to(target)
+        await settle()
+
+    def _move_to(self, mono: float) -> None:
+        if mono > self.mono:
+            self.wall += mono - self.mono
+            self.mono = mono
+
+
+async def settle(rounds: int = 20) -> None:
+    """Give every ready task a few turns of the event loop."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
 
 
 class _Timex(ctypes.Structure):

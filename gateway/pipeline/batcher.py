@@ -19,17 +19,18 @@ it is, once per episode.
 Each closed batch says whether the clock was synchronised while its readings were
 taken (`SealedBatch.clock_synced`): `mark_clock` closes the open batch when that
 changes, so a batch never mixes the two (docs/wire-format.md, envelope key `tu`).
-The batcher measures ages on an injectable monotonic clock.
+The batcher measures and waits on an injectable clock (`drivers.core.clock`): tests
+drive it with a ManualClock instead of sleeping.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
+from drivers.core.clock import Clock, SystemClock
 from drivers.core.model import Reading
 
 log = logging.getLogger("gateway.batcher")
@@ -60,7 +61,7 @@ class Batcher:
         *,
         max_pending: int = 1_000_000,
         commit_interval: float = 0.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
         self.max_readings = max_readings
         self.max_age = max_age
@@ -68,7 +69,7 @@ class Batcher:
         self.commit_interval = commit_interval
         self._writing = 0  # batches at the head of _sealed being written now
         self._write = write
-        self._clock = clock
+        self._clock: Clock = clock or SystemClock()
         self._open: list[Reading] = []
         self._opened_at = 0.0
         self._clock_synced = True  # the state the open batch's readings were taken in
@@ -88,7 +89,7 @@ class Batcher:
             return
         self.readings_in += len(readings)
         if not self._open:
-            self._opened_at = self._clock()
+            self._opened_at = self._clock.monotonic()
             self._first_reading.set()
         self._open.extend(readings)
         while len(self._open) >= self.max_readings:
@@ -96,7 +97,7 @@ class Batcher:
                 SealedBatch(self._open[: self.max_readings], clock_synced=self._clock_synced)
             )
             del self._open[: self.max_readings]
-            self._opened_at = self._clock()
+            self._opened_at = self._clock.monotonic()
 
     def mark_clock(self, synchronised: bool) -> None:
         """The clock became (un)synchronised, or stepped (False): close the open batch
@@ -128,7 +129,7 @@ class Batcher:
         if self._dropping:
             return
         self._dropping = True
-        stuck = self._clock() - self._write_started if self._writing else 0.0
+        stuck = self._clock.monotonic() - self._write_started if self._writing else 0.0
         if stuck > 2 * WRITE_RETRY_SECONDS:
             cause = f"the buffer has not accepted a write for {stuck:.0f}s (a full or failing disk)"
         else:
@@ -167,17 +168,17 @@ class Batcher:
                 if self.commit_interval and not self._closing:
                     # The durability window: let more batches close, then commit them
                     # together (one fsync). Power cut risk grows by this much.
-                    await asyncio.sleep(self.commit_interval)
+                    await self._clock.sleep(self.commit_interval)
                 group = [self._sealed[i] for i in range(min(len(self._sealed), MAX_GROUP))]
                 self._writing = len(group)  # stay queued (and counted) until written
-                self._write_started = self._clock()
+                self._write_started = self._clock.monotonic()
                 try:
                     await self._write(group)
                 except Exception:
                     # The writer keeps data through disk errors itself; anything reaching
                     # here is a bug. It must not end the pipeline: keep the group, retry.
                     log.exception("writing %d batch(es) failed unexpectedly; retrying", len(group))
-                    await asyncio.sleep(WRITE_RETRY_SECONDS)
+                    await self._clock.sleep(WRITE_RETRY_SECONDS)
                     continue
                 finally:
                     self._writing = 0
@@ -193,9 +194,9 @@ class Batcher:
             if not self._open:
                 self._first_reading.clear()
                 continue
-            remaining = self._opened_at + self.max_age - self._clock()
+            remaining = self._opened_at + self.max_age - self._clock.monotonic()
             if remaining > 0:
-                await asyncio.sleep(remaining)
+                await self._clock.sleep(remaining)
                 continue
             self._seal()
             self._first_reading.clear()

@@ -46,6 +46,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from buffer import Entry
 from drivers.core.backoff import backoff_delay
+from drivers.core.clock import Clock, SystemClock
 from gateway.store import Store
 from gateway.uplink.config import MqttConfig
 from gateway.uplink.topics import Topics
@@ -561,7 +562,11 @@ class MqttUplink:
         alarm_store: Store | None = None,
         identity: Identity,
         health: Callable[[], bytes],
+        clock: Clock | None = None,
     ) -> None:
+        # Timers and timestamps run on `clock` (tests can drive it); waits bounded by
+        # asyncio.timeout (connect, goodbye) stay on the event loop's own clock.
+        self.clock: Clock = clock or SystemClock()
         self.config = config
         self.topics = topics
         self.store = store
@@ -582,7 +587,7 @@ class MqttUplink:
         self._reconfigure = asyncio.Event()  # a new config waits: end the session
         self._tls = _tls_context(config)  # built once: a bad certificate path fails at start
         self._progress = asyncio.Event()  # a publish finished, or a pump ran dry
-        self._ack_clock = time.monotonic()  # last PUBACK, or when the window became busy
+        self._ack_clock = self.clock.monotonic()  # last PUBACK, or when the window became busy
         self._sent = 0  # publishes handed to the client, numbered in the order sent
         self._pending: set[int] = set()  # their numbers, while they await their PUBACK
         self._answered_upto = 0  # the highest number whose PUBACK came
@@ -630,7 +635,7 @@ class MqttUplink:
             )
         failures = 0
         while not self._stop.is_set():
-            attempt_started = time.monotonic()
+            attempt_started = self.clock.monotonic()
             try:
                 end, up_for = await self._attempt()
             except Exception as err:  # a bug must not end the uplink: say it, try again
@@ -644,8 +649,8 @@ class MqttUplink:
             delay = self._after(end, up_for, failures)
             # A failed connect counts its delay from the start of the attempt: an attempt
             # that hung for connect_timeout is not followed by a full delay on top.
-            start = attempt_started if up_for is None else time.monotonic()
-            wait = max(0.0, start + delay - time.monotonic())
+            start = attempt_started if up_for is None else self.clock.monotonic()
+            wait = max(0.0, start + delay - self.clock.monotonic())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._stop.wait()
@@ -691,7 +696,7 @@ class MqttUplink:
             end = SessionEnd("connect", reason, code)
             self._connect_failed(end)
             return end, None
-        connected_at = time.monotonic()
+        connected_at = self.clock.monotonic()
         # Accepted at once after a silent drop: the broker never went away.
         self._short_drops = self._short_drops + 1 if self._drop_probe else 0
         self._drop_probe = False
@@ -706,7 +711,7 @@ class MqttUplink:
             await client.close(graceful=stopping)
             with contextlib.suppress(Exception):
                 await self._flush_acks()
-        up_for = time.monotonic() - connected_at
+        up_for = self.clock.monotonic() - connected_at
         end = self._classify(client, leaves)
         self._link = "offline"
         self.connected_since = None
@@ -806,7 +811,7 @@ class MqttUplink:
         episode = self._takeover
         first = episode is None
         if episode is None:
-            episode = self._takeover = _Takeover(since=time.time())
+            episode = self._takeover = _Takeover(since=self.clock.time())
         episode.count += 1
         delay = backoff_delay(episode.count, *TAKEOVER_BACKOFF)
         gateway_id = self.identity.gateway_id
@@ -847,7 +852,7 @@ class MqttUplink:
         return delay
 
     async def _end_takeover_when_quiet(self) -> None:
-        await asyncio.sleep(TAKEOVER_QUIET)
+        await self.clock.sleep(TAKEOVER_QUIET)
         if self._takeover is not None:
             log.info(
                 "no other client has taken our session for %.0f min: the duplicate client id "
@@ -900,7 +905,7 @@ class MqttUplink:
                 lane.start, lane.upper = 0, None
             lane.begin_session(refused_before=lane.topic in self.denials)
         self._link = "online"
-        self.connected_since = time.time()
+        self.connected_since = self.clock.time()
         level = logging.INFO if self._down_announced or self.connects == 1 else logging.DEBUG
         self._down_announced = False
         log.log(
@@ -917,7 +922,7 @@ class MqttUplink:
                 tg.create_task(self._end_takeover_when_quiet(), name="uplink-takeover")
             # The birth message goes first; a refusal of it is reported, not fatal (and
             # while refused, it is offered again only on its own back-off schedule).
-            if self._side_due(self.topics.status) <= time.monotonic():
+            if self._side_due(self.topics.status) <= self.clock.monotonic():
                 await self._publish_side(
                     client,
                     self.topics.status,
@@ -986,7 +991,7 @@ class MqttUplink:
         code = await self._send(client, topic, payload, retain=retain)
         if code.is_failure:
             refusals = self._side_retry.get(topic, (0, 0.0))[0] + 1
-            due = time.monotonic() + backoff_delay(refusals, *DENIED_RETRY)
+            due = self.clock.monotonic() + backoff_delay(refusals, *DENIED_RETRY)
             self._side_retry[topic] = (refusals, due)
             self._refused(topic, code, f"the broker did not store {what}")
         else:
@@ -1003,11 +1008,11 @@ class MqttUplink:
             while True:
                 if lane.rewind_to is not None:
                     cursor = await self._rewind(lane)
-                wait = lane.retry_at - time.monotonic()
+                wait = lane.retry_at - self.clock.monotonic()
                 if wait > 0:  # a refused lane waits before offering its oldest entry again
                     lane.paused = True
                     self._progress.set()
-                    await asyncio.sleep(wait)
+                    await self.clock.sleep(wait)
                     lane.paused = False
                 lane.wake.clear()
                 entries = await lane.store.read(cursor, lane.window * 2)
@@ -1022,7 +1027,7 @@ class MqttUplink:
                 if lane.history:
                     # Live first: the backlog pauses between chunks so that polling,
                     # batching and live publishes keep their latency during a drain.
-                    await asyncio.sleep(HISTORY_PAUSE)
+                    await self.clock.sleep(HISTORY_PAUSE)
                 for entry in entries:
                     await lane.wait_for_slot()
                     if lane.rewind_to is not None:
@@ -1040,7 +1045,7 @@ class MqttUplink:
         assert lane.rewind_to is not None
         seq, lane.rewind_to = lane.rewind_to, None
         lane.refusals += 1
-        lane.retry_at = time.monotonic() + backoff_delay(lane.refusals, *DENIED_RETRY)
+        lane.retry_at = self.clock.monotonic() + backoff_delay(lane.refusals, *DENIED_RETRY)
         lane.limit = 1
         lane.paused = False
         return seq - 1  # read() returns entries after this seq
@@ -1050,7 +1055,7 @@ class MqttUplink:
     ) -> ReasonCode:
         """Publish and await the PUBACK, keeping the books the watchdog reads."""
         if not self._pending:
-            self._ack_clock = time.monotonic()  # the window goes from empty to busy
+            self._ack_clock = self.clock.monotonic()  # the window goes from empty to busy
         self._sent += 1
         number = self._sent
         self._pending.add(number)
@@ -1058,7 +1063,7 @@ class MqttUplink:
             code = await client.publish_acked(topic, payload, retain=retain)
         finally:
             self._pending.discard(number)
-        self._ack_clock = time.monotonic()
+        self._ack_clock = self.clock.monotonic()
         self._answered_upto = max(self._answered_upto, number)
         return code
 
@@ -1089,7 +1094,7 @@ class MqttUplink:
         denial = self.denials.get(topic)
         name = reason_text(code)
         if denial is None:
-            denial = Denial(topic, code.value, name, since=time.time())
+            denial = Denial(topic, code.value, name, since=self.clock.time())
             self.denials[topic] = denial
             log.warning("denied: %s, %s: %s", topic, name, consequence)
         denial.reason_code, denial.reason = code.value, name
@@ -1103,7 +1108,7 @@ class MqttUplink:
                 "refused over %.0fs",
                 topic,
                 denial.refused,
-                time.time() - denial.since,
+                self.clock.time() - denial.since,
             )
 
     async def _ack_watchdog(self) -> None:
@@ -1121,11 +1126,11 @@ class MqttUplink:
         limit = self.config.publish_timeout
         overtaken_since: float | None = None
         while True:
-            await asyncio.sleep(min(0.25, limit / 4))
+            await self.clock.sleep(min(0.25, limit / 4))
             if not self._pending:
                 overtaken_since = None
                 continue
-            now = time.monotonic()
+            now = self.clock.monotonic()
             silent = now - self._ack_clock
             if silent > limit:
                 raise _LinkDead(
@@ -1144,7 +1149,7 @@ class MqttUplink:
 
     async def _ack_flusher(self) -> None:
         while True:
-            await asyncio.sleep(ACK_FLUSH_INTERVAL)
+            await self.clock.sleep(ACK_FLUSH_INTERVAL)
             await self._flush_acks()
 
     async def _flush_acks(self) -> None:
@@ -1154,9 +1159,9 @@ class MqttUplink:
     async def _health_loop(self, client: _Client) -> None:
         interval = self.config.health_interval
         while True:
-            wait = self._side_due(self.topics.health) - time.monotonic()
+            wait = self._side_due(self.topics.health) - self.clock.monotonic()
             if wait > 0:  # refused before: not again until its pause is over
-                await asyncio.sleep(wait)
+                await self.clock.sleep(wait)
             try:
                 payload = self._health()
             except Exception:  # a bug in a health source must not cost the data path
@@ -1172,12 +1177,12 @@ class MqttUplink:
                     "the health report; it is offered again after a pause of "
                     f"{DENIED_RETRY[0] / 2:g}s or more, doubling up to {DENIED_RETRY[1]:g}s",
                 )
-            await asyncio.sleep(interval)
+            await self.clock.sleep(interval)
 
     # --- helpers ----------------------------------------------------------------------
 
     def _status(self, state: Literal["online", "offline"], reason: str | None = None) -> bytes:
-        return encode(Status(state, self.identity, time.time(), reason))
+        return encode(Status(state, self.identity, self.clock.time(), reason))
 
     def health(self) -> UplinkHealth:
         return UplinkHealth(

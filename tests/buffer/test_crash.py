@@ -16,8 +16,12 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from buffer import DurableQueue
 from tests.buffer.helpers import child_env, footprint, read_all
+
+pytestmark = pytest.mark.rig  # processes of their own, killed
 
 
 def payload_for(seq: int) -> bytes:

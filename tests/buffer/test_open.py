@@ -335,6 +335,7 @@ def run_unprivileged(code: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.rig  # a process of its own
 def test_a_directory_the_gateway_cannot_write_is_named_in_one_clear_sentence(
     tmp_path: Path,
 ) -> None:
@@ -354,6 +355,7 @@ def test_a_directory_the_gateway_cannot_write_is_named_in_one_clear_sentence(
         locked.chmod(0o755)
 
 
+@pytest.mark.rig  # a process of its own
 def test_a_buffer_file_the_gateway_cannot_write_is_named_in_one_clear_sentence(
     path: Path,
 ) -> None:

@@ -1,12 +1,15 @@
-"""Batches close at a count or an age, keep order, and nothing is left behind on close."""
+"""Batches close at a count or an age, keep order, and nothing is left behind on close.
+
+Time is virtual (drivers.core.clock.ManualClock): ages and windows are tested to the
+millisecond without sleeping, whatever else the machine is doing."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 
+from drivers.core.clock import ManualClock, settle
 from drivers.core.model import Reading
-from gateway.pipeline.batcher import Batcher
+from gateway.pipeline.batcher import Batcher, SealedBatch
 
 
 def readings(n: int, start: int = 0) -> list[Reading]:
@@ -14,26 +17,34 @@ def readings(n: int, start: int = 0) -> list[Reading]:
 
 
 class Written:
-    def __init__(self, delay: float = 0.0) -> None:
-        self.batches: list[list[Reading]] = []
+    """The buffer, as the batcher sees it: records each commit and when it happened."""
+
+    def __init__(self, clock: ManualClock, delay: float = 0.0) -> None:
+        self.clock = clock
+        self.batches: list[SealedBatch] = []
         self.groups: list[int] = []  # batches per commit
         self.times: list[float] = []
         self.delay = delay
 
-    async def __call__(self, group: list[list[Reading]]) -> None:
-        await asyncio.sleep(self.delay)
+    async def __call__(self, group: list[SealedBatch]) -> None:
+        await self.clock.sleep(self.delay)
         self.groups.append(len(group))
         for batch in group:
             self.batches.append(batch)
-            self.times.append(time.monotonic())
+            self.times.append(self.clock.monotonic())
+
+
+def batcher_for(written: Written, max_readings: int, max_age: float, **kw: object) -> Batcher:
+    return Batcher(max_readings, max_age, written, clock=written.clock, **kw)  # type: ignore[arg-type]
 
 
 async def test_a_batch_closes_when_it_reaches_the_maximum_count() -> None:
-    written = Written()
-    batcher = Batcher(10, 60.0, written)
+    written = Written(ManualClock())
+    batcher = batcher_for(written, 10, 60.0)
     task = asyncio.create_task(batcher.run())
+    await settle()  # the batcher is waiting before anything happens
     batcher.add(readings(25))
-    await asyncio.sleep(0.05)
+    await settle()
     assert [len(b) for b in written.batches] == [10, 10]
     await batcher.close(task)
     assert [len(b) for b in written.batches] == [10, 10, 5]
@@ -41,29 +52,35 @@ async def test_a_batch_closes_when_it_reaches_the_maximum_count() -> None:
 
 
 async def test_a_batch_closes_when_its_first_reading_reaches_the_maximum_age() -> None:
-    written = Written()
-    batcher = Batcher(1000, 0.2, written)
+    clock = ManualClock()
+    written = Written(clock)
+    batcher = batcher_for(written, 1000, 0.2)
     task = asyncio.create_task(batcher.run())
-    started = time.monotonic()
+    await settle()  # the batcher is waiting before anything happens
+    started = clock.monotonic()
     batcher.add(readings(3))
-    await asyncio.sleep(0.1)
+    await clock.advance(0.1)
     batcher.add(readings(3, 3))  # does not extend the deadline of the open batch
-    async with asyncio.timeout(2):
-        while not written.batches:
-            await asyncio.sleep(0.01)
-    assert 0.15 <= written.times[0] - started <= 0.6
+    await clock.advance(0.099)
+    assert written.batches == []
+    await clock.advance(0.002)
+    assert written.times == [started + 0.2]
     assert len(written.batches[0]) == 6
     await batcher.close(task)
 
 
 async def test_close_writes_the_open_batch_and_everything_queued_in_order() -> None:
-    written = Written(delay=0.01)  # a slow disk: several batches queue up
-    batcher = Batcher(5, 60.0, written)
+    clock = ManualClock()
+    written = Written(clock, delay=0.01)  # a slow disk: several batches queue up
+    batcher = batcher_for(written, 5, 60.0)
     task = asyncio.create_task(batcher.run())
+    await settle()  # the batcher is waiting before anything happens
     for i in range(7):
         batcher.add(readings(3, i * 3))
     assert batcher.pending == 21
-    await batcher.close(task)
+    closing = asyncio.create_task(batcher.close(task))
+    while not closing.done():
+        await clock.advance(0.01)
     assert task.done()
     assert batcher.pending == 0
     assert [r.value for b in written.batches for r in b] == list(range(21))
@@ -71,10 +88,12 @@ async def test_close_writes_the_open_batch_and_everything_queued_in_order() -> N
 
 
 async def test_an_idle_batcher_writes_nothing() -> None:
-    written = Written()
-    batcher = Batcher(5, 0.05, written)
+    clock = ManualClock()
+    written = Written(clock)
+    batcher = batcher_for(written, 5, 0.05)
     task = asyncio.create_task(batcher.run())
-    await asyncio.sleep(0.2)
+    await settle()  # the batcher is waiting before anything happens
+    await clock.advance(3600)
     batcher.add([])
     await batcher.close(task)
     assert written.batches == []
@@ -83,11 +102,12 @@ async def test_an_idle_batcher_writes_nothing() -> None:
 async def test_when_the_buffer_refuses_writes_memory_stays_bounded_and_drops_are_counted() -> None:
     release = asyncio.Event()
 
-    async def stuck_disk(group: list[list[Reading]]) -> None:
+    async def stuck_disk(group: list[SealedBatch]) -> None:
         await release.wait()
 
-    batcher = Batcher(10, 60.0, stuck_disk, max_pending=100)
+    batcher = Batcher(10, 60.0, stuck_disk, max_pending=100, clock=ManualClock())
     task = asyncio.create_task(batcher.run())
+    await settle()  # the batcher is waiting before anything happens
     for i in range(50):
         batcher.add(readings(10, i * 10))
         await asyncio.sleep(0)
@@ -100,26 +120,30 @@ async def test_when_the_buffer_refuses_writes_memory_stays_bounded_and_drops_are
 
 
 async def test_a_durability_window_commits_the_batches_closed_within_it_together() -> None:
-    written = Written()
-    batcher = Batcher(10, 60.0, written, commit_interval=0.2)
+    clock = ManualClock()
+    written = Written(clock)
+    batcher = batcher_for(written, 10, 60.0, commit_interval=0.2)
     task = asyncio.create_task(batcher.run())
+    await settle()  # the batcher is waiting before anything happens
     for i in range(5):
         batcher.add(readings(10, i * 10))  # five batches close within the window
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.4)
-    assert written.groups == [5]  # one commit for all five
+        await clock.advance(0.01)
+    await clock.advance(0.149)
+    assert written.groups == []  # the window is still open
+    await clock.advance(0.002)
+    assert written.groups == [5]  # one commit for all five, when the window ends
     await batcher.close(task)
     assert [r.value for b in written.batches for r in b] == list(range(50))
 
 
 async def test_without_a_window_a_lone_batch_is_committed_at_once() -> None:
-    written = Written()
-    batcher = Batcher(10, 60.0, written)
+    clock = ManualClock()
+    written = Written(clock)
+    batcher = batcher_for(written, 10, 60.0)
     task = asyncio.create_task(batcher.run())
-    started = time.monotonic()
+    await settle()  # the batcher is waiting before anything happens
+    started = clock.monotonic()
     batcher.add(readings(10))
-    async with asyncio.timeout(1):
-        while not written.batches:
-            await asyncio.sleep(0.005)
-    assert written.times[0] - started < 0.1
+    await settle()
+    assert written.times == [started]  # no virtual time passed
     await batcher.close(task)

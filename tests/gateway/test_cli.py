@@ -12,6 +12,8 @@ import pytest
 from drivers.core.model import Reading
 from gateway.wire import encode_batch
 
+pytestmark = pytest.mark.rig  # real devices, ptys or processes
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config" / "example.toml"
 

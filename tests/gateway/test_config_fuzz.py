@@ -252,6 +252,7 @@ def test_validate_of_any_mutant_config_exits_0_or_2_without_a_traceback(
         assert answer["ok"] is (code == 0)
 
 
+@pytest.mark.rig  # processes of their own
 @settings(
     max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -318,6 +319,7 @@ def _stop(gateway: GatewayProcess) -> int:
     return gateway.stop() if code is None else code
 
 
+@pytest.mark.rig  # processes of their own
 def test_run_of_configs_that_validate_never_ends_in_a_traceback(tmp_path: Path) -> None:
     mutants = _runnable_mutants(tmp_path, 6)
     assert len(mutants) == 6

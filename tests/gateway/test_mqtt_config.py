@@ -76,6 +76,7 @@ def test_a_ca_file_that_is_not_a_certificate_is_an_error_not_a_traceback(tmp_pat
     assert any(p.startswith("mqtt.tls.ca_file:") and "no usable CA" in p for p in found), found
 
 
+@pytest.mark.rig  # a process of its own
 def test_a_client_certificate_without_its_key_is_an_error(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     key = tmp_path / "ca.key"

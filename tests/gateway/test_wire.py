@@ -459,6 +459,7 @@ def test_payloads_stored_back_to_back_decode_one_after_another() -> None:
         list(iter_batches(stream + encode_batch("g", "b", 4, READINGS)[:-3]))
 
 
+@pytest.mark.rig  # a process of its own
 def test_decode_command_turns_payload_files_and_stdin_into_json_lines(tmp_path: Path) -> None:
     goldens = [str(GOLDEN / name) for name in ("batch-v1.msgpack", "batch-v2-compressed.msgpack")]
     from_file = subprocess.run(

@@ -16,6 +16,8 @@ from gateway.build import build_drivers
 from gateway.settings import parse_config
 from gateway.tasks import cancel_and_wait
 
+pytestmark = pytest.mark.rig  # real devices, ptys or processes
+
 POINTS = """points = [
   { name = "a", address = 0 },
   { name = "b", address = 1 },

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from rig import rtu_device
 
 from drivers.core.model import Reading
@@ -14,6 +15,8 @@ from drivers.sim.serial_link import NullModem
 from gateway.build import build_drivers
 from gateway.settings import parse_config
 from gateway.tasks import cancel_and_wait
+
+pytestmark = pytest.mark.rig  # real devices, ptys or processes
 
 POINTS = (
     '{ name = "n", address = 0, type = "uint32" }, { name = "t", address = 2, type = "float32" }'

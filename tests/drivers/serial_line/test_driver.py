@@ -22,6 +22,8 @@ from drivers.sim.serial_line import (
 from gateway.settings import parse_config
 from gateway.tasks import cancel_and_wait
 
+pytestmark = pytest.mark.rig  # real devices, ptys or processes
+
 
 class Sink(list[Reading]):
     def __call__(self, readings: list[Reading]) -> None:

@@ -23,6 +23,8 @@ from drivers.sim.serial_link import PtyPort
 from gateway.settings import parse_config
 from gateway.tasks import cancel_and_wait
 
+pytestmark = pytest.mark.rig  # real devices, ptys or processes
+
 COUNTER = """
 [[devices]]
 name = "counter"
