@@ -18,9 +18,11 @@ from collections.abc import Sequence
 from drivers.base import Indexed, Problem, discard, late_poll_warnings, seconds_text
 from drivers.modbus.build import build
 from drivers.modbus.config import ModbusConfig, ModbusRtuDeviceConfig, datasheet_address
+from drivers.modbus.timing import default_inter_frame_delay
 from drivers.serial_port import absent_port_warnings
 
-_LINE_SETTINGS = ("baudrate", "bytesize", "parity", "stopbits")
+# The master keeps one silence between frames on a bus: it is a setting of the bus too.
+_LINE_SETTINGS = ("baudrate", "bytesize", "parity", "stopbits", "inter_frame_delay")
 
 
 def check(devices: Indexed[ModbusConfig]) -> list[Problem]:
@@ -33,6 +35,11 @@ def check(devices: Indexed[ModbusConfig]) -> list[Problem]:
         if owner != i and isinstance(dev, ModbusRtuDeviceConfig):
             for setting in _LINE_SETTINGS:
                 mine, theirs = getattr(dev, setting), getattr(owner_dev, setting)
+                if setting == "inter_frame_delay":  # compare what each would keep
+                    if dev.baudrate != owner_dev.baudrate:  # type: ignore[union-attr]
+                        continue  # the default follows the baudrate, said above
+                    mine = seconds_text(_effective_delay(dev))
+                    theirs = seconds_text(_effective_delay(owner_dev))  # type: ignore[arg-type]
                 if mine != theirs:
                     found.append(
                         (
@@ -105,3 +112,9 @@ def _overloaded_buses(buses: Sequence[tuple[int, ModbusRtuDeviceConfig]]) -> lis
             )
         )
     return found
+
+
+def _effective_delay(dev: ModbusRtuDeviceConfig) -> float:
+    if dev.inter_frame_delay is not None:
+        return dev.inter_frame_delay
+    return default_inter_frame_delay(dev.baudrate)
