@@ -9,6 +9,7 @@ import logging
 import pytest
 
 from drivers.core.model import Quality, Reading
+from drivers.modbus.decode import DataType, Table
 from drivers.modbus.diagnose import describe_tcp_answer
 from drivers.modbus.driver import ModbusEndpoint
 from drivers.sim.modbus_faults import FaultyModbusTcpServer
@@ -142,3 +143,19 @@ def test_what_was_wrong_with_an_answer_is_said_in_words() -> None:
         bytes.fromhex("0001 0000 0006 01 03 02 0007"), transaction_id=1, unit=1, function=3
     )
     assert "shorter than" in describe_tcp_answer(b"\x00\x01", transaction_id=1, unit=1, function=3)
+
+
+def test_a_garbled_rtu_answer_says_how_many_bytes_came() -> None:
+    """Seen: 'garbled answer (0 bytes ...)': the count was read after it was reset."""
+    from drivers.base import DeviceHealth
+    from drivers.modbus.driver import ModbusDevice, Transport
+    from drivers.modbus.plan import PointSpec, plan_reads
+
+    request = plan_reads([PointSpec("p", Table.HOLDING, 0, DataType.UINT16)])[0]
+    device = ModbusDevice("meter", 1, [request], 1.0, 0.2, 0, 1.0, DeviceHealth("meter", "bus"))
+    endpoint = ModbusEndpoint(Transport("rtu", serial_port="/dev/null"), [device], lambda r: None)
+    endpoint._trace(False, b"\x01\x03\x02\x00")  # half an answer, then silence
+    endpoint._trace(False, b"\x07\xff")
+    err = endpoint._garbled(device, request, client=None)  # type: ignore[arg-type]
+    assert "garbled answer (6 bytes, bad CRC or framing)" in str(err)
+    assert device.health.crc_errors == 1 and device.health.malformed == 0
