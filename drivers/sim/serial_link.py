@@ -17,6 +17,7 @@ import termios
 import threading
 import time
 import tty
+from collections.abc import Callable
 
 
 class PtyPort:
@@ -106,3 +107,44 @@ class NullModem:
 
     async def __aexit__(self, *exc: object) -> None:
         self.stop()
+
+
+class TalkingPort:
+    """A pseudo-terminal that an instrument writes to from its own thread, as fast as
+    `talk` produces bytes (and the pty takes them): a virtual COM port that can flood,
+    which the event loop of the gateway under test never waits for.
+
+    `talk(n)` returns the bytes to write for turn n (1, 2, ...) and may sleep to pace
+    itself; `sent` counts the bytes written. Use as a context manager.
+    """
+
+    def __init__(self, talk: Callable[[int], bytes]) -> None:
+        self.port = PtyPort()
+        self.talk = talk
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sim-talking-port", daemon=True)
+
+    @property
+    def path(self) -> str:
+        return self.port.path
+
+    def _run(self) -> None:
+        turn = 0
+        while not self._stop.is_set():
+            turn += 1
+            data = self.talk(turn)
+            try:
+                self.port.write(data, stop=self._stop)  # waits while the pty is full
+            except OSError:  # the port closed under us: the run is over
+                return
+            self.sent += len(data)
+
+    def __enter__(self) -> TalkingPort:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.port.close()

@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from drivers.core.clock import ManualClock
 from drivers.core.model import Reading
 from gateway.clock import ClockWatch, format_span
 from gateway.pipeline.alarms import AlarmEvent, ThresholdAlarm
@@ -18,56 +19,31 @@ from gateway.pipeline.processing import Processing
 YEAR = 365 * 24 * 3600.0
 
 
-class SteppingClock:
-    """Wall time that a test steps at will; monotonic time that only moves forward."""
-
-    def __init__(self, wall: float = 1_700_000_000.0) -> None:
-        self.wall = wall
-        self.mono = 100.0
-        self.synced = True
-
-    def time(self) -> float:
-        return self.wall
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def synchronised(self) -> bool:
-        return self.synced
-
-    def advance(self, seconds: float) -> None:
-        self.wall += seconds
-        self.mono += seconds
-
-    def step(self, seconds: float) -> None:
-        self.wall += seconds
-
-
 @pytest.mark.parametrize("step", [YEAR, -YEAR], ids=["forward a year", "back a year"])
 async def test_a_clock_step_is_noticed_once_with_its_size(
     step: float, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = SteppingClock()
+    clock = ManualClock()
     steps: list[float] = []
 
     async def on_step(delta: float) -> None:
         steps.append(delta)
 
     watch = ClockWatch(clock, on_step, lambda synced: None)
-    clock.advance(1.0)
+    await clock.advance(1.0)
     assert await watch.check() == 0.0  # time passing is no step
     clock.step(step)
-    clock.advance(1.0)
+    await clock.advance(1.0)
     assert await watch.check() == pytest.approx(step)
-    clock.advance(1.0)
+    await clock.advance(1.0)
     assert await watch.check() == 0.0
     assert steps == [pytest.approx(step)]
     assert watch.steps == 1
     assert "stepped " + ("forward" if step > 0 else "back") + " by 365d" in caplog.text
 
 
-def test_losing_and_gaining_synchronisation_is_reported_once_each() -> None:
-    clock = SteppingClock()
+async def test_losing_and_gaining_synchronisation_is_reported_once_each() -> None:
+    clock = ManualClock()
     seen: list[bool] = []
 
     async def on_step(delta: float) -> None:
@@ -83,8 +59,10 @@ def test_losing_and_gaining_synchronisation_is_reported_once_each() -> None:
 
 
 @pytest.mark.parametrize("step", [YEAR, -YEAR], ids=["forward a year", "back a year"])
-def test_alarm_delays_run_on_the_monotonic_clock_not_on_reading_timestamps(step: float) -> None:
-    clock = SteppingClock()
+async def test_alarm_delays_run_on_the_monotonic_clock_not_on_reading_timestamps(
+    step: float,
+) -> None:
+    clock = ManualClock()
     events: list[AlarmEvent] = []
     alarm = ThresholdAlarm("hot", "d", "t", high=50.0, on_delay_ms=10_000)
     processing = Processing(
@@ -99,18 +77,18 @@ def test_alarm_delays_run_on_the_monotonic_clock_not_on_reading_timestamps(step:
         processing.add([Reading("d", "t", int(clock.time() * 1000), value)])
 
     read(60.0)
-    clock.advance(2.0)
+    await clock.advance(2.0)
     clock.step(step)  # the readings' timestamps jump by a year ...
     read(60.0)
     assert events == []  # ... but only 2 s of the 10 s delay have passed
-    clock.advance(8.5)
+    await clock.advance(8.5)
     read(60.0)
     assert [e.state for e in events] == ["raised"]
 
 
 @pytest.mark.parametrize("step", [YEAR, -YEAR], ids=["forward a year", "back a year"])
-def test_heartbeats_and_spike_rates_ignore_a_clock_step(step: float) -> None:
-    clock = SteppingClock()
+async def test_heartbeats_and_spike_rates_ignore_a_clock_step(step: float) -> None:
+    clock = ManualClock()
     out: list[Reading] = []
     spec = ProcessingSpec(deadband=1.0, heartbeat_ms=60_000, spike_max_rate=1.0)
     processing = Processing(
@@ -125,11 +103,11 @@ def test_heartbeats_and_spike_rates_ignore_a_clock_step(step: float) -> None:
         processing.add([Reading("d", "p", int(clock.time() * 1000), value)])
 
     read(10.0)
-    clock.advance(1.0)
+    await clock.advance(1.0)
     clock.step(step)
     read(10.2)  # within the deadband; the heartbeat is not due after 1 s of real time
     assert len(out) == 1
-    clock.advance(1.0)
+    await clock.advance(1.0)
     read(10.4)  # a slow change is no spike, whatever the wall clock did
     assert all(r.quality == 0 for r in out)
 
@@ -167,12 +145,14 @@ async def test_a_writer_that_fails_unexpectedly_does_not_end_the_batcher() -> No
             raise RuntimeError("a bug in the writer")
         written.extend(group)
 
-    batcher = Batcher(2, 60.0, flaky)
+    clock = ManualClock()
+    batcher = Batcher(2, 60.0, flaky, clock=clock)
     task = asyncio.create_task(batcher.run())
     batcher.add([Reading("d", "p", i, float(i)) for i in range(4)])
-    async with asyncio.timeout(5):
-        while len(written) < 2:
-            await asyncio.sleep(0.05)
+    await clock.advance(0.5)
+    assert written == []  # the failed write waits a second before it is tried again
+    await clock.advance(0.6)
+    assert len(written) == 2
     await batcher.close(task)
     assert [r.value for b in written for r in b] == [0.0, 1.0, 2.0, 3.0]
 

@@ -7,7 +7,6 @@ health topic."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import threading
@@ -20,7 +19,7 @@ from drivers.core.model import Quality
 from drivers.modbus.decode import Table
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
 from drivers.sim.modbus_faults import FAULTS, FaultyModbusTcpServer
-from drivers.sim.serial_link import PtyPort
+from drivers.sim.serial_link import TalkingPort
 from gateway.devtools.broker import Mosquitto
 
 PERIOD = 0.5  # the healthy device's poll interval, seconds
@@ -51,42 +50,17 @@ HOSTILE = [
 
 
 class HostileInstrument:
-    """Sends good lines, the hostile values of issue 8 §1, then floods (another thread)."""
+    """Good lines, now and then the hostile values of issue 8 §1, and a flood on demand."""
 
     def __init__(self) -> None:
-        self.port = PtyPort()
         self.flooding = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    @property
-    def path(self) -> str:
-        return self.port.path
-
-    def _write(self, data: bytes) -> None:
-        with contextlib.suppress(OSError):  # the port closed under us: the test is over
-            self.port.write(data, stop=self._stop)  # waits while the pty is full
-
-    def _run(self) -> None:
-        n = 0
-        while not self._stop.is_set():
-            n += 1
-            if self.flooding.is_set():
-                self._write(b"N=1;V=2.5;S=flood\n" * 500)
-                continue
-            self._write(f"N={n};V={n / 2};S=fine\n".encode())
-            if n % 5 == 0:
-                self._write(HOSTILE[(n // 5) % len(HOSTILE)])
-            time.sleep(0.05)
-
-    def __enter__(self) -> HostileInstrument:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.port.close()
+    def __call__(self, turn: int) -> bytes:
+        if self.flooding.is_set():
+            return b"N=1;V=2.5;S=flood\n" * 500
+        time.sleep(0.05)
+        line = f"N={turn};V={turn / 2};S=fine\n".encode()
+        return line + (HOSTILE[(turn // 5) % len(HOSTILE)] if turn % 5 == 0 else b"")
 
 
 async def test_hostile_devices_never_stop_the_gateway_nor_delay_a_healthy_neighbour(
@@ -98,7 +72,8 @@ async def test_hostile_devices_never_stop_the_gateway_nor_delay_a_healthy_neighb
     for server in bad.values():
         await server.start()
     try:
-        with HostileInstrument() as instrument:
+        hostile = HostileInstrument()
+        with TalkingPort(hostile) as instrument:
             async with ModbusSimServer([healthy]) as sim:
                 devices = modbus_device(
                     "healthy",
@@ -131,9 +106,9 @@ async def test_hostile_devices_never_stop_the_gateway_nor_delay_a_healthy_neighb
                     lambda: len(subscriber.readings("healthy", "n")) >= 4, 20, "healthy data"
                 )
                 await asyncio.sleep(4.0)  # hostile values
-                instrument.flooding.set()
+                hostile.flooding.set()
                 await asyncio.sleep(5.0)  # the flood
-                instrument.flooding.clear()
+                hostile.flooding.clear()
                 await asyncio.sleep(2.0)
                 health = json.loads(subscriber.on("/health")[-1])
                 assert gp.proc is not None and gp.proc.poll() is None, "the gateway stopped"

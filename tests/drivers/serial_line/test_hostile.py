@@ -8,7 +8,6 @@ import asyncio
 import logging
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -19,7 +18,7 @@ from drivers.serial_line.build import build_driver
 from drivers.serial_line.driver import LinePoint, SerialLineDriver
 from drivers.serial_port import open_error
 from drivers.sim.serial_line import LineInstrument
-from drivers.sim.serial_link import PtyPort
+from drivers.sim.serial_link import TalkingPort
 from gateway.settings import parse_config
 from gateway.tasks import cancel_and_wait
 
@@ -118,40 +117,6 @@ async def test_hostile_values_from_an_instrument_keep_the_driver_running_and_onl
     assert len(convert_warnings) == 1  # once per point, then counted quietly
 
 
-class Flooder:
-    """A virtual COM port flooded from another thread, as fast as the pty takes it
-    (a real UART could never: its baud rate is the limit)."""
-
-    def __init__(self, line: bytes) -> None:
-        self.port = PtyPort()
-        self.line = line
-        self.sent = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def path(self) -> str:
-        return self.port.path
-
-    def _run(self) -> None:
-        chunk = self.line * 200
-        while not self._stop.is_set():
-            try:
-                self.port.write(chunk, stop=self._stop)  # waits while the pty is full
-            except OSError:
-                return
-            self.sent += len(chunk)
-
-    def __enter__(self) -> Flooder:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.port.close()
-
-
 async def test_a_flooding_instrument_is_shed_to_its_line_rate_and_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -159,7 +124,7 @@ async def test_a_flooding_instrument_is_shed_to_its_line_rate_and_counted(
     caplog.set_level(logging.INFO)
     sink: list[Reading] = []
     line = b"N=1;V=2.5;S=flood\n"  # 18 bytes
-    with Flooder(line) as flood:
+    with TalkingPort(lambda turn: line * 200) as flood:  # as fast as the pty takes it
         driver = driver_for(flood.path, sink, baud=9600)  # bound 1920 bytes/s: ~107 lines/s
         gaps: list[float] = []
 
