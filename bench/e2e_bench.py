@@ -103,7 +103,7 @@ host = "127.0.0.1"
 port = {modbus}
 unit = {unit}
 poll_interval = "{args.interval}"
-timeout = "2s"
+timeout = "{round(_seconds(args.interval) * 900)}ms"
 points = [
 {points}
 ]
