@@ -28,11 +28,11 @@ from gateway.commands.common import EXIT_CLOSED_PIPE, EXIT_INTERRUPTED
 
 def commands() -> list[ModuleType]:
     """Every command module, in their `ORDER`."""
-    found = [
+    modules = [
         importlib.import_module(f"gateway.commands.{info.name}")
         for info in pkgutil.iter_modules(gateway.commands.__path__)
-        if info.name != "common" and not info.name.startswith("_")
     ]
+    found = [module for module in modules if hasattr(module, "NAME")]  # not the helpers
     return sorted(found, key=lambda module: (module.ORDER, module.NAME))
 
 
