@@ -63,6 +63,11 @@ class ModbusDevice:
     failing: dict[tuple[Table, int], str] = field(default_factory=dict)
 
 
+AnswerHook = Callable[[ModbusDevice, ReadRequest, list[int], float], None]
+"""Called with every answer that carried values: the device, the request, the raw
+registers (or bits) as read, and the latency in milliseconds (`ModbusEndpoint.on_answer`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Transport:
     """How to reach a line: 'tcp', 'rtu_over_tcp' (host, port) or 'rtu' (serial port)."""
@@ -143,6 +148,9 @@ class ModbusEndpoint:
         self._received = bytearray()  # bytes received since the current request was sent
         self._received_total = 0
         self._silent_requests = 0  # consecutive requests on this connection without an answer
+        # Sees every answer's raw values before decoding (`edge-gateway check`); None in
+        # the daemon, where it costs one attribute test per request.
+        self.on_answer: AnswerHook | None = None
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
         if not sending:
@@ -320,7 +328,8 @@ class ModbusEndpoint:
         ):
             health.framing_errors += 1  # noise around the answer; pymodbus resynchronised
         self._received.clear()
-        health.last_latency_ms = round((time.perf_counter() - started) * 1000, 2)
+        latency_ms = round((time.perf_counter() - started) * 1000, 2)
+        health.last_latency_ms = latency_ms
         if response.isError():
             code = int(getattr(response, "exception_code", 0))
             health.modbus_exceptions[code] = health.modbus_exceptions.get(code, 0) + 1
@@ -338,8 +347,10 @@ class ModbusEndpoint:
                 f"function {expected}",
             )
         health.responses += 1
-        values = response.bits if request.table.is_bit_table else response.registers
-        return list(values)
+        values = list(response.bits if request.table.is_bit_table else response.registers)
+        if self.on_answer is not None:
+            self.on_answer(device, request, values, latency_ms)
+        return values
 
     def _garbled(
         self,
