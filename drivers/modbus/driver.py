@@ -26,6 +26,7 @@ from drivers.core.backoff import backoff_delay
 from drivers.core.model import Quality, Reading
 from drivers.modbus.decode import Table, Value
 from drivers.modbus.diagnose import describe_tcp_answer
+from drivers.modbus.exceptions import exception_name
 from drivers.modbus.plan import ReadRequest, decode_response, plan_reads
 from drivers.modbus.timing import bus_estimate, poll_line_time, rtu_response_bytes
 from drivers.serial_port import line_rate
@@ -335,7 +336,7 @@ class ModbusEndpoint:
             health.modbus_exceptions[code] = health.modbus_exceptions.get(code, 0) + 1
             raise ModbusRequestError(
                 "exception",
-                f"Modbus exception {code} ({_EXCEPTION_NAMES.get(code, 'unknown')})",
+                f"Modbus exception {code} ({exception_name(code)})",
                 code,
             )
         expected = _FUNCTION_CODES[request.table]
@@ -537,13 +538,3 @@ _READERS = {
     Table.INPUT: "read_input_registers",
 }
 _FUNCTION_CODES = {Table.COIL: 1, Table.DISCRETE_INPUT: 2, Table.HOLDING: 3, Table.INPUT: 4}
-_EXCEPTION_NAMES = {
-    1: "illegal function",
-    2: "illegal data address",
-    3: "illegal data value",
-    4: "device failure",
-    5: "acknowledge",
-    6: "device busy",
-    10: "gateway path unavailable",
-    11: "gateway target device failed to respond",
-}
