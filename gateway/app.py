@@ -46,7 +46,7 @@ from buffer import (
 from drivers.base import DeviceHealth, Driver
 from drivers.core.clock import Clock, SystemClock
 from drivers.core.model import Reading
-from gateway import __version__
+from gateway import __version__, systemd
 from gateway.build import build_drivers
 from gateway.clock import ClockWatch, format_span
 from gateway.errors import ConfigError, StartupError
@@ -264,9 +264,21 @@ class Gateway:
                     tg.create_task(self._maintain_buffers(), name="buffer-timers"),
                     tg.create_task(self.clock_watch.run(), name="clock"),
                     tg.create_task(self._reload_on_request(), name="reload"),
+                    tg.create_task(
+                        systemd.ready_when(
+                            self.uplink.first_attempt_done,
+                            2 * self.config.mqtt.connect_timeout + 5,
+                            self._status_line,
+                        ),
+                        name="systemd-ready",
+                    ),
+                    tg.create_task(
+                        systemd.feed_watchdog(self.alive, self.clock), name="systemd-watchdog"
+                    ),
                 ]
                 self._start_drivers()
                 await self.stop_requested.wait()
+                systemd.notify("STOPPING=1", "STATUS=stopping: the open batch goes to the buffer")
                 log.info("stopping: polling ends, the open batch goes to the buffer")
                 await cancel_and_wait(helpers)
                 await cancel_and_wait(self._driver_tasks)
@@ -309,7 +321,22 @@ class Gateway:
         while True:
             await self.reload_requested.wait()
             self.reload_requested.clear()
+            systemd.notify("RELOADING=1", "STATUS=reloading the config")
             await self.reload()
+            systemd.notify("READY=1", f"STATUS={self._status_line()}")
+
+    def _status_line(self) -> str:
+        """For `systemctl status`: what the gateway is doing, in one line."""
+        stats = self.store.stats
+        return (
+            f"{len(self.config.devices)} device(s), uplink {self.uplink.state}, "
+            f"{stats.batches} batch(es) on disk, config {self.loaded.config_hash}"
+        )
+
+    def alive(self) -> str | None:
+        """None while every part makes progress; else what is stuck (the watchdog's
+        question). A blocked event loop cannot even ask: the watchdog starves."""
+        return self.uplink.stalled()
 
     async def reload(self, source: str | Path | None = None) -> bool:
         """Validate the config file and switch to it; False (logged) when it is refused."""

@@ -153,6 +153,7 @@ class GatewayProcess:
     """`edge-gateway run -c FILE` as a child process, as systemd would run it."""
 
     def __init__(self, workdir: Path, config_text: str) -> None:
+        self.env: dict[str, str] = {}  # extra environment (NOTIFY_SOCKET, ...)
         self.workdir = workdir
         self.config = workdir / "gateway.toml"
         self.config.write_text(config_text)
@@ -165,7 +166,7 @@ class GatewayProcess:
         log = self.log_path.open("ab")
         log.write(f"----- run {self.runs} -----\n".encode())
         log.flush()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "-c", str(self.config)],
             stdin=subprocess.DEVNULL,

@@ -16,6 +16,7 @@ import ctypes
 import heapq
 import itertools
 import time
+from pathlib import Path
 from typing import Protocol
 
 
@@ -47,7 +48,17 @@ class SystemClock:
         return time.monotonic()
 
     def synchronised(self) -> bool:
-        return self._trust or kernel_clock_synchronised() is not False
+        if self._trust:
+            return True
+        kernel = kernel_clock_synchronised()
+        if kernel is not None:
+            return kernel
+        # The kernel cannot be asked (under systemd with ProtectClock=yes, adjtimex is
+        # filtered): systemd-timesyncd leaves a flag file once it has set the clock.
+        timesync = Path("/run/systemd/timesync")
+        if timesync.is_dir():
+            return (timesync / "synchronized").exists()
+        return True  # nothing can tell: do not mark every reading as suspect
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

@@ -54,6 +54,7 @@ from gateway.wire.messages import DenialHealth, Identity, Status, UplinkHealth, 
 
 log = logging.getLogger("gateway.uplink")
 
+WEDGED_SLACK = 60.0  # seconds beyond every bound before the uplink counts as wedged
 ACK_FLUSH_INTERVAL = 0.2  # seconds between grouped deletes of acknowledged batches
 ALARM_WINDOW = 5  # alarm publishes in flight at once, on top of the data window
 HISTORY_WINDOW = 8  # backlog publishes in flight at once (measured: bench/drain_bench.py)
@@ -607,6 +608,9 @@ class MqttUplink:
         self.denials: dict[str, Denial] = {}
         self.refused_publishes = 0
         self.session_takeovers = 0
+        self.first_attempt_done = asyncio.Event()  # the first connect was tried (READY)
+        self._attempt_started: float | None = None  # monotonic; None between attempts
+        self._ticked = self.clock.monotonic()  # the last sign of life of a session
 
     @property
     def state(self) -> str:
@@ -687,15 +691,20 @@ class MqttUplink:
         """One connect attempt and, if it succeeds, one session. Never raises for anything
         the broker or the network does; returns why it ended and how long it was up."""
         client = self._new_client()
+        self._attempt_started = self.clock.monotonic()
         try:
             await client.connect()
         except Exception as err:
+            self._attempt_started = None
+            self.first_attempt_done.set()
             reason, code = describe_connect_failure(
                 err, client.connect_error, self._where, self.config.connect_timeout, client.ending
             )
             end = SessionEnd("connect", reason, code)
             self._connect_failed(end)
             return end, None
+        self._attempt_started = None
+        self.first_attempt_done.set()
         connected_at = self.clock.monotonic()
         # Accepted at once after a silent drop: the broker never went away.
         self._short_drops = self._short_drops + 1 if self._drop_probe else 0
@@ -905,6 +914,7 @@ class MqttUplink:
                 lane.start, lane.upper = 0, None
             lane.begin_session(refused_before=lane.topic in self.denials)
         self._link = "online"
+        self._ticked = self.clock.monotonic()
         self.connected_since = self.clock.time()
         level = logging.INFO if self._down_announced or self.connects == 1 else logging.DEBUG
         self._down_announced = False
@@ -1151,6 +1161,24 @@ class MqttUplink:
         while True:
             await self.clock.sleep(ACK_FLUSH_INTERVAL)
             await self._flush_acks()
+            self._ticked = self.clock.monotonic()
+
+    def stalled(self) -> str | None:
+        """Why the uplink looks wedged (for the systemd watchdog), or None.
+
+        A connect attempt is bounded by connect_timeout (a TLS handshake may double
+        it); a session ticks every ACK_FLUSH_INTERVAL. Far beyond either, something
+        hangs that no timeout covers (a name lookup, a library's close)."""
+        now = self.clock.monotonic()
+        cfg = self.config
+        if self._attempt_started is not None:
+            limit = 4 * cfg.connect_timeout + WEDGED_SLACK
+            hung = now - self._attempt_started
+            if hung > limit:
+                return f"a connect attempt to {self._where} has hung for {hung:.0f}s"
+        elif self._link == "online" and now - self._ticked > WEDGED_SLACK:
+            return f"the MQTT session has not ticked for {now - self._ticked:.0f}s"
+        return None
 
     async def _flush_acks(self) -> None:
         for lane in self.lanes:
