@@ -68,6 +68,8 @@ class DeviceHealth:
     offline_since: float | None = None  # unix time the device went offline
     trouble_since: float | None = None  # monotonic time the device left 'online'
     log: logging.Logger = field(default=_log, repr=False)  # the driver's logger
+    # Told of every change of state (the gateway publishes events and retained states).
+    on_change: Callable[[DeviceHealth, str], None] | None = field(default=None, repr=False)
 
     @property
     def online(self) -> bool | None:
@@ -87,6 +89,8 @@ class DeviceHealth:
             return False
         now = time.monotonic()
         self.state = state
+        if self.on_change is not None:
+            self.on_change(self, previous)
         where = f"device {self.name!r} ({self.address})"
         tail = f"; {action}" if action else ""
         if state == "online":
@@ -142,6 +146,11 @@ class DevicePlan:
     points: int
     requests: int  # requests sent per poll cycle (0 for an instrument that talks on its own)
     line_time: float | None = None  # seconds on a serial bus one poll takes (see BusEstimate)
+    details: tuple[str, ...] = ()
+    """Lines `validate` prints under `summary` (Modbus: each request, the points it
+    serves, the line time); each relative to the device, indented by the printer."""
+    reads: tuple[dict[str, Any], ...] = ()
+    """What each request reads, as plain data (`validate --json`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +171,15 @@ class BusEstimate:
     def load(self) -> float:
         """The share of the line's time the polls need (above 1: more than there is)."""
         return self.line_time / self.cycle
+
+    @property
+    def summary(self) -> str:
+        """The line `validate` prints for the bus."""
+        return (
+            f"bus {self.port} at {self.baudrate} baud: {seconds_text(self.line_time)} of line "
+            f"time per {seconds_text(self.cycle)} cycle ({self.load:.1%}), with every request "
+            f"answered and no retries ({', '.join(self.devices)})"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from buffer import (
     BufferError,
     BufferInUseError,
@@ -60,6 +62,15 @@ from gateway.tasks import cancel_and_wait
 from gateway.uplink.mqtt import MqttUplink
 from gateway.uplink.topics import Topics
 from gateway.wire import encode_batch
+from gateway.wire.events import (
+    ActiveAlarm,
+    ActiveAlarms,
+    DeviceState,
+    Event,
+    EventKind,
+    Metadata,
+    encode_json,
+)
 from gateway.wire.messages import (
     AlarmMessage,
     AlarmsHealth,
@@ -190,6 +201,14 @@ class Gateway:
             clock=self.clock,
         )
         self.clock_watch = ClockWatch(self.clock, self._clock_stepped, self.batcher.mark_clock)
+        # Events and the present state at the centre (docs/topics.md).
+        self.batcher.config_hash = loaded.config_hash
+        self._event_seq = 0
+        self._device_since: dict[str, float] = {}
+        self._active_alarms: dict[str, ActiveAlarm] = {}
+        self._evicting = False
+        self.uplink.retained = self._retained_state
+        self._watch_devices()
 
     # --- parts --------------------------------------------------------------------------
 
@@ -362,6 +381,12 @@ class Gateway:
         self.reloads_refused += 1
         self.reload_error = why
         log.error("reload refused, the running config (%s) stays: %s", self.loaded.config_hash, why)
+        self._event(
+            "config_refused",
+            f"a new config was refused; {self.loaded.config_hash} stays: {why}",
+            running=self.loaded.config_hash,
+            reason=why,
+        )
         return False
 
     async def _switch(
@@ -374,6 +399,10 @@ class Gateway:
         kept = set(map(id, processing.processors.values()))
         closing = [p for p in self.processing.processors.values() if id(p) not in kept]
         self.processing.flush(int(self.clock.time() * 1000), only=closing)
+        self.batcher.seal(loaded.config_hash)  # what was read so far belongs to the old one
+        removed = {h.name for d in self.drivers for h in d.health()} - {
+            h.name for d in drivers for h in d.health()
+        }
         self.processing = processing
         self.drivers = drivers
         self.loaded, self.config = loaded, cfg
@@ -391,9 +420,20 @@ class Gateway:
         if cfg.buffer != old.config.buffer:
             log.warning("[buffer] settings other than the path take effect at the next restart")
         self._invalid_logged.clear()
+        self._watch_devices()
+        for name in sorted(removed):  # a removed device's retained state is cleared
+            self.uplink.send(self.uplink.topics.device(name), b"", retain=True)
+        self.uplink.send(self.uplink.topics.meta(loaded.config_hash), self._metadata(), retain=True)
         self._start_drivers()
         self.reloads_applied += 1
         self.reload_error = None
+        self._event(
+            "config_applied",
+            f"config {loaded.config_hash} applied (was {old.config_hash})",
+            config_hash=loaded.config_hash,
+            previous=old.config_hash,
+            source=str(loaded.source),
+        )
         log.info(
             "reloaded the config from %s: %s -> %s, %d device(s)",
             loaded.source,
@@ -401,6 +441,125 @@ class Gateway:
             loaded.config_hash,
             len(cfg.devices),
         )
+
+    # --- events and the present state -------------------------------------------------------
+
+    def _event(self, kind: EventKind, message: str, **data: Any) -> None:
+        self._event_seq += 1
+        event = Event(
+            self.gateway_id, self.boot_id, self._event_seq, self.clock.time(), kind, message, data
+        )
+        self.uplink.send(self.uplink.topics.event, encode_json(event))
+
+    def _watch_devices(self) -> None:
+        for driver in self.drivers:
+            for health in driver.health():
+                health.on_change = self._device_changed
+                self._device_since.setdefault(health.name, self.clock.time())
+
+    def _device_changed(self, health: DeviceHealth, previous: str) -> None:
+        self._device_since[health.name] = self.clock.time()
+        kind: EventKind | None = {
+            "online": "device_online",
+            "degraded": "device_degraded",
+            "offline": "device_offline",
+        }.get(health.state)  # type: ignore[assignment]
+        if kind is None:
+            return
+        reason = None if health.state == "online" else health.last_error
+        self._event(
+            kind,
+            f"device {health.name!r} ({health.address}) is {health.state}"
+            + (f": {reason}" if reason else ""),
+            device=health.name,
+            state=health.state,
+            previous=previous,
+            reason=reason,
+        )
+        topic = self.uplink.topics.device(health.name)
+        self.uplink.send(topic, self._device_state(health), retain=True)
+
+    def _device_state(self, health: DeviceHealth) -> bytes:
+        reason = None if health.state in ("online", "unknown") else health.last_error
+        since = self._device_since.get(health.name, self.clock.time())
+        state = DeviceState(
+            self.gateway_id, health.name, health.state, since, reason, self.clock.time()
+        )
+        return encode_json(state)
+
+    def _alarms_state(self) -> bytes:
+        alarms = sorted(self._active_alarms.values(), key=lambda a: a.since_ms)
+        return encode_json(ActiveAlarms(self.gateway_id, self.clock.time(), alarms))
+
+    def _metadata(self) -> bytes:
+        devices = [
+            d.model_dump(mode="json", exclude_none=True)
+            for d in self.config.devices
+            if isinstance(d, BaseModel)  # every device config is one (the plugins' models)
+        ]
+        meta = Metadata(self.gateway_id, self.loaded.config_hash, self.clock.time(), devices)
+        return encode_json(meta)
+
+    def _retained_state(self) -> list[tuple[str, bytes]]:
+        """What a dashboard that subscribes late must see at once: published at every
+        connect (the broker may have restarted without persistence)."""
+        topics = self.uplink.topics
+        states = [
+            (topics.device(health.name), self._device_state(health))
+            for driver in self.drivers
+            for health in driver.health()
+        ]
+        return [
+            *states,
+            (topics.alarms_active, self._alarms_state()),
+            (topics.meta(self.loaded.config_hash), self._metadata()),
+        ]
+
+    def _alarm_changed(self, event: AlarmEvent) -> None:
+        if event.state == "raised":
+            self._active_alarms[event.alarm] = ActiveAlarm(
+                event.alarm,
+                event.device,
+                event.point,
+                event.severity,
+                event.ts_ms,
+                event.value,
+                event.message,
+            )
+        else:
+            self._active_alarms.pop(event.alarm, None)
+        self.uplink.send(self.uplink.topics.alarms_active, self._alarms_state(), retain=True)
+
+    def _watch_eviction(self) -> None:
+        """An eviction episode starting or ending is an event (the time range lost)."""
+        episode = self.store.stats.eviction
+        active = episode is not None and episode.active
+        if active == self._evicting or episode is None:
+            return
+        self._evicting = active
+        lost = {
+            "cause": episode.cause,
+            "first_seq": episode.first_seq,
+            "last_seq": episode.last_seq,
+            "batches": episode.batches,
+            "bytes": episode.bytes,
+            "oldest_created_at": episode.oldest_created_at,
+            "newest_created_at": episode.newest_created_at,
+        }
+        if active:
+            self._event(
+                "eviction_started",
+                f"the buffer is full ({episode.cause}): the oldest batches are evicted, "
+                f"from seq {episode.first_seq}",
+                **lost,
+            )
+        else:
+            self._event(
+                "eviction_stopped",
+                f"eviction stopped: {episode.batches} batch(es), seqs "
+                f"{episode.first_seq}-{episode.last_seq}, were lost",
+                **lost,
+            )
 
     # --- timers ----------------------------------------------------------------------------
 
@@ -412,6 +571,7 @@ class Gateway:
         last_age_check = last_reopen = self.clock.monotonic()
         while True:
             await self.clock.sleep(SYNC_INTERVAL)
+            self._watch_eviction()
             now = self.clock.monotonic()
             try:
                 if now - last_reopen >= REOPEN_INTERVAL:
@@ -432,6 +592,12 @@ class Gateway:
         """Readings taken before the step are marked; what this boot stored before it is
         re-dated so that the age bound judges true ages."""
         self.batcher.mark_clock(False)
+        self._event(
+            "clock_stepped",
+            f"the wall clock stepped {'forward' if delta > 0 else 'back'} by "
+            f"{format_span(abs(delta))}",
+            step_s=round(delta, 3),
+        )
         for store in (self.store, self.alarm_store):
             try:
                 shifted = await store.shift_created_at(delta)
@@ -459,6 +625,7 @@ class Gateway:
                 event.state,
                 event.message,
             )
+            self._alarm_changed(event)
             make_payload = partial(self._alarm_payload, event=event)
             await self._retry_on_disk_errors(
                 partial(self.alarm_store.append, make_payload), f"alarm {event.alarm}"
@@ -536,9 +703,9 @@ class Gateway:
                 )
                 return
             half = len(readings) // 2
-            synced = readings.clock_synced
-            await self._write_batch(SealedBatch(readings[:half], clock_synced=synced))
-            await self._write_batch(SealedBatch(readings[half:], clock_synced=synced))
+            tags = {"clock_synced": readings.clock_synced, "config_hash": readings.config_hash}
+            await self._write_batch(SealedBatch(readings[:half], **tags))  # type: ignore[arg-type]
+            await self._write_batch(SealedBatch(readings[half:], **tags))  # type: ignore[arg-type]
 
     async def _retry_on_disk_errors(
         self, write: Callable[[], Awaitable[object]], what: str
@@ -582,6 +749,7 @@ class Gateway:
                 seq,
                 readings,
                 clock_synced=readings.clock_synced,
+                config_hash=readings.config_hash,
             )
         except Exception as err:  # the encoder is total for what the pipeline makes
             raise _Unencodable(f"{type(err).__name__}: {err}") from err

@@ -26,25 +26,27 @@ from gateway import __version__
 from gateway.commands.common import EXIT_CLOSED_PIPE, EXIT_INTERRUPTED
 
 
-def commands() -> list[ModuleType]:
-    """Every command module, in their `ORDER`."""
-    modules = [
-        importlib.import_module(f"gateway.commands.{info.name}")
-        for info in pkgutil.iter_modules(gateway.commands.__path__)
-    ]
+def commands(only: str | None = None) -> list[ModuleType]:
+    """Every command module, in their `ORDER` (a command's module is named after it); with
+    `only`, just that one: `edge-gateway run` imports the daemon and nothing else."""
+    names = [info.name for info in pkgutil.iter_modules(gateway.commands.__path__)]
+    if only is not None and only in names:
+        names = [only]
+    modules = [importlib.import_module(f"gateway.commands.{name}") for name in names]
     found = [module for module in modules if hasattr(module, "NAME")]  # not the helpers
     return sorted(found, key=lambda module: (module.ORDER, module.NAME))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line: every sub-command and its arguments, each with help text."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line: every sub-command and its arguments, each with help text
+    (with `only`, that sub-command alone)."""
     parser = argparse.ArgumentParser(
         prog="edge-gateway",
         description="Field gateway: Modbus and serial sensors to MQTT, with store-and-forward.",
     )
     parser.add_argument("--version", action="version", version=f"edge-gateway {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in commands():
+    for command in commands(only):
         p = sub.add_parser(command.NAME, help=command.HELP, description=command.HELP)
         command.add_arguments(p)
         p.set_defaults(func=command.run)
@@ -52,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    named = next((word for word in words if not word.startswith("-")), None)
+    args = build_parser(named).parse_args(words)
     try:
         result: int = args.func(args)
     except KeyboardInterrupt:

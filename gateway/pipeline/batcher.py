@@ -40,13 +40,21 @@ WRITE_RETRY_SECONDS = 1.0  # after a write failed unexpectedly (a bug): try agai
 
 
 class SealedBatch(list[Reading]):
-    """A closed batch: its readings, and whether the clock was synchronised for them."""
+    """A closed batch: its readings, whether the clock was synchronised for them, and
+    the config version they were taken under."""
 
-    __slots__ = ("clock_synced",)
+    __slots__ = ("clock_synced", "config_hash")
 
-    def __init__(self, readings: Iterable[Reading] = (), *, clock_synced: bool = True) -> None:
+    def __init__(
+        self,
+        readings: Iterable[Reading] = (),
+        *,
+        clock_synced: bool = True,
+        config_hash: str | None = None,
+    ) -> None:
         super().__init__(readings)
         self.clock_synced = clock_synced
+        self.config_hash = config_hash
 
 
 WriteBatches = Callable[[list[SealedBatch]], Awaitable[None]]
@@ -73,6 +81,7 @@ class Batcher:
         self._open: list[Reading] = []
         self._opened_at = 0.0
         self._clock_synced = True  # the state the open batch's readings were taken in
+        self.config_hash: str | None = None  # the config version readings are taken under
         self._write_started = 0.0  # when the write in progress began (clock)
         self._dropping = False  # a drop episode is on (logged once)
         self._sealed: deque[SealedBatch] = deque()
@@ -93,11 +102,18 @@ class Batcher:
             self._first_reading.set()
         self._open.extend(readings)
         while len(self._open) >= self.max_readings:
-            self._push(
-                SealedBatch(self._open[: self.max_readings], clock_synced=self._clock_synced)
-            )
+            self._push(self._sealed_batch(self._open[: self.max_readings]))
             del self._open[: self.max_readings]
             self._opened_at = self._clock.monotonic()
+
+    def _sealed_batch(self, readings: list[Reading]) -> SealedBatch:
+        return SealedBatch(readings, clock_synced=self._clock_synced, config_hash=self.config_hash)
+
+    def seal(self, config_hash: str | None = None) -> None:
+        """Close the open batch now (a new config: what follows is taken under it)."""
+        self._seal()
+        if config_hash is not None:
+            self.config_hash = config_hash
 
     def mark_clock(self, synchronised: bool) -> None:
         """The clock became (un)synchronised, or stepped (False): close the open batch
@@ -146,7 +162,7 @@ class Batcher:
 
     def _seal(self) -> None:
         if self._open:
-            self._push(SealedBatch(self._open, clock_synced=self._clock_synced))
+            self._push(self._sealed_batch(self._open))
             self._open = []
 
     @property

@@ -30,6 +30,7 @@ will ("offline") when the gateway disappears without saying goodbye.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import socket
@@ -54,6 +55,7 @@ from gateway.wire.messages import DenialHealth, Identity, Status, UplinkHealth, 
 
 log = logging.getLogger("gateway.uplink")
 
+SIDE_BACKLOG = 1000  # events and state changes kept in memory while offline
 WEDGED_SLACK = 60.0  # seconds beyond every bound before the uplink counts as wedged
 ACK_FLUSH_INTERVAL = 0.2  # seconds between grouped deletes of acknowledged batches
 ALARM_WINDOW = 5  # alarm publishes in flight at once, on top of the data window
@@ -609,6 +611,13 @@ class MqttUplink:
         self.refused_publishes = 0
         self.session_takeovers = 0
         self.first_attempt_done = asyncio.Event()  # the first connect was tried (READY)
+        # Events and retained state, published in order as soon as connected. Events
+        # wait in memory while offline (the oldest dropped beyond the bound, counted);
+        # retained state is published afresh at every connect (`retained`).
+        self._side: collections.deque[tuple[str, bytes, bool]] = collections.deque()
+        self._side_ready = asyncio.Event()
+        self.side_dropped = 0
+        self.retained: Callable[[], list[tuple[str, bytes]]] = list
         self._attempt_started: float | None = None  # monotonic; None between attempts
         self._ticked = self.clock.monotonic()  # the last sign of life of a session
 
@@ -664,6 +673,15 @@ class MqttUplink:
     def stop(self) -> None:
         """Say goodbye (retained 'offline' status), close the connection, end `run`."""
         self._stop.set()
+
+    def send(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish an event or a state message when connected (in order, QoS 1). Not
+        kept on disk: at most `SIDE_BACKLOG` wait while offline, the oldest dropped."""
+        self._side.append((topic, payload, retain))
+        while len(self._side) > SIDE_BACKLOG:
+            self._side.popleft()
+            self.side_dropped += 1
+        self._side_ready.set()
 
     def reconfigure(self, config: MqttConfig, topics: Topics, identity: Identity) -> None:
         """Switch to a new [mqtt] section or gateway id (a config reload). The current
@@ -948,6 +966,19 @@ class MqttUplink:
             tg.create_task(
                 self._leave_for_new_config(client, self.topics.status), name="uplink-reconfigure"
             )
+            tg.create_task(self._publish_state(client), name="uplink-state")
+
+    async def _publish_state(self, client: _Client) -> None:
+        """The present (retained states) at once, then events and changes as they come."""
+        for topic, payload in self.retained():
+            await self._publish_side(client, topic, payload, "a retained state", retain=True)
+        while True:
+            while self._side:
+                topic, payload, retain = self._side[0]
+                await self._publish_side(client, topic, payload, "an event", retain=retain)
+                self._side.popleft()  # only once the broker answered: none lost to a drop
+            self._side_ready.clear()
+            await self._side_ready.wait()
 
     async def _leave_for_new_config(self, client: _Client, old_status: str) -> None:
         await self._reconfigure.wait()

@@ -39,3 +39,29 @@ class Topics:
     def health(self) -> str:
         """Periodic JSON health report."""
         return f"{self.base}/health"
+
+    @property
+    def event(self) -> str:
+        """JSON events (a device went offline, eviction started, a config was applied...)."""
+        return f"{self.base}/event"
+
+    def device(self, name: str) -> str:
+        """Retained JSON: the present state of one device."""
+        return f"{self.base}/device/{name}"
+
+    @property
+    def alarms_active(self) -> str:
+        """Retained JSON: every alarm raised now."""
+        return f"{self.base}/alarms/active"
+
+    def meta(self, config_hash: str) -> str:
+        """Retained JSON: devices and points of one config version."""
+        return f"{self.base}/meta/{config_hash}"
+
+    def command(self, verb: str) -> str:
+        """Signed commands to this gateway ('+' for every verb)."""
+        return f"{self.base}/cmd/{verb}"
+
+    def reply(self, verb: str) -> str:
+        """Replies to commands, unless the command named an MQTT 5 response topic."""
+        return f"{self.base}/reply/{verb}"

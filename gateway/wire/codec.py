@@ -5,7 +5,10 @@
 Version 2 (what `encode_batch` writes) is a msgpack map, its envelope readable by
 any msgpack decoder::
 
-    {"v": 2, "gw": str, "boot": str, "seq": int, ["tu": 1,] ["z": 1,] "b": body}
+    {"v": 2, "gw": str, "boot": str, "seq": int, ["c": str,] ["tu": 1,] ["z": 1,] "b": body}
+
+`"c"` names the config version the readings were taken under (the first 12 hex digits
+of its SHA-256): its metadata is retained on `{prefix}/{id}/meta/{c}` (docs/topics.md).
 
 `"tu": 1` (time unsynchronised) marks a batch whose readings were taken while the
 gateway's clock was not known to be right (before NTP, or before a clock step).
@@ -61,7 +64,7 @@ _MAX_BODY_BYTES = 64 << 20
 
 _ZLIB = 1  # value of the envelope's "z" field for a zlib-compressed body
 
-_ENVELOPE_KEYS = frozenset({"v", "gw", "boot", "seq", "tu", "z", "b"})
+_ENVELOPE_KEYS = frozenset({"v", "gw", "boot", "seq", "c", "tu", "z", "b"})
 _BODY_KEYS = frozenset({"s", "pd", "pn", "o", "t", "x", "q"})
 _VALUE_TYPES = frozenset({bool, int, float, str, type(None)})
 
@@ -83,6 +86,7 @@ class Batch:
     seq: int
     readings: list[Reading]
     clock_synced: bool = True  # False: taken before the gateway's clock was known right
+    config_hash: str | None = None  # the config version (its metadata: topics.md)
 
 
 def encode_batch(
@@ -94,6 +98,7 @@ def encode_batch(
     version: int = WIRE_VERSION,
     compress: Compress = "auto",
     clock_synced: bool = True,
+    config_hash: str | None = None,
 ) -> bytes:
     """Encode one batch; the decoder gives back `readings`, in the same order.
 
@@ -107,7 +112,7 @@ def encode_batch(
     nil values.
     """
     if version == 2:
-        return _encode_v2(gateway_id, boot_id, seq, readings, compress, clock_synced)
+        return _encode_v2(gateway_id, boot_id, seq, readings, compress, clock_synced, config_hash)
     if version == 1:
         if compress == "always":
             raise ValueError("wire format version 1 has no compression")
@@ -175,11 +180,14 @@ def _encode_v2(
     readings: Sequence[Reading],
     compress: Compress,
     clock_synced: bool,
+    config_hash: str | None,
 ) -> bytes:
     if compress not in ("auto", "never", "always"):
         raise ValueError(f"compress must be 'auto', 'never' or 'always', not {compress!r}")
     packer = msgpack.Packer()
     fields: tuple[object, ...] = ("v", 2, "gw", gateway_id, "boot", boot_id, "seq", seq)
+    if config_hash is not None:
+        fields += ("c", config_hash)
     if not clock_synced:
         fields += ("tu", 1)
     head = b"".join(map(packer.pack, fields))
@@ -332,6 +340,9 @@ def _from_v2(doc: dict[str, Any]) -> Batch:
     gateway_id = _field(doc, "gw", str)
     boot_id = _field(doc, "boot", str)
     seq = _field(doc, "seq", int)
+    config_hash = doc.get("c")
+    if config_hash is not None and type(config_hash) is not str:
+        raise DecodeError(f"batch field 'c' should be a config hash (str), got {config_hash!r:.40}")
     unsynced = doc.get("tu", 0)
     if unsynced not in (0, 1) or type(unsynced) is not int:
         raise DecodeError(
@@ -346,7 +357,15 @@ def _from_v2(doc: dict[str, Any]) -> Batch:
         body = _field(doc, "b", dict)
     else:
         raise DecodeError(f"unknown compression 'z': {compression!r} (0: none, 1: zlib)")
-    return Batch(2, gateway_id, boot_id, seq, _v2_readings(body), clock_synced=not unsynced)
+    return Batch(
+        2,
+        gateway_id,
+        boot_id,
+        seq,
+        _v2_readings(body),
+        clock_synced=not unsynced,
+        config_hash=config_hash,
+    )
 
 
 def _inflate(data: bytes) -> bytes:
