@@ -17,6 +17,7 @@ import fcntl
 import os
 import termios
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -77,6 +78,24 @@ def bits_per_character(bytesize: int, parity: str, stopbits: float) -> float:
 def line_rate(baudrate: int, bytesize: int = 8, parity: str = "N", stopbits: float = 1) -> float:
     """Bytes per second a line can carry at most."""
     return baudrate / bits_per_character(bytesize, parity, stopbits)
+
+
+@dataclass(frozen=True, slots=True)
+class LineSettings:
+    """A serial line's settings as technicians write them: `9600 8N1`."""
+
+    baudrate: int
+    bytesize: int = 8
+    parity: str = "N"  # 'N', 'E', 'O' (a UART also knows 'M' mark and 'S' space)
+    stopbits: float = 1
+
+    def __str__(self) -> str:
+        return f"{self.baudrate} {self.bytesize}{self.parity}{self.stopbits:g}"
+
+    @property
+    def character_time(self) -> float:
+        """Seconds one byte takes on the line."""
+        return 1 / line_rate(self.baudrate, self.bytesize, self.parity, self.stopbits)
 
 
 def forbid_other_openers(fd: int) -> None:
