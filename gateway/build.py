@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from drivers.base import BusEstimate, Driver, ReadingSink, discard
+from drivers.base import BusEstimate, DevicePlan, Driver, ReadingSink, discard
 from drivers.registry import by_plugin
 from gateway.settings import GatewayConfig
 
@@ -25,11 +25,15 @@ class PlanSummary:
     line_time: dict[str, float] = field(default_factory=dict)
     """Seconds on the wire one poll of each device on a serial bus takes (see `BusEstimate`)."""
     buses: tuple[BusEstimate, ...] = ()
+    plans: tuple[DevicePlan, ...] = ()
+    """Each device's plan: the summary line, and the lines under it (its requests)."""
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain data for `validate --json`."""
-        data = asdict(self)
+        """Plain data for `validate --json`: the figures, and what each device's requests
+        read (`reads`, by device name)."""
+        data = {key: value for key, value in asdict(self).items() if key != "plans"}
         data["buses"] = [{**asdict(bus), "load": bus.load} for bus in self.buses]
+        data["reads"] = {plan.name: list(plan.reads) for plan in self.plans if plan.reads}
         return data
 
 
@@ -55,4 +59,5 @@ def summarize(config: GatewayConfig) -> PlanSummary:
         details=[d.summary for d in devices],
         line_time={d.name: d.line_time for d in devices if d.line_time is not None},
         buses=tuple(plan.bus for plan in plans if plan.bus is not None),
+        plans=tuple(devices),
     )

@@ -1,16 +1,19 @@
 """Modbus configs into drivers, once, at start-up: each device's read plan, and one
 `ModbusEndpoint` per line (a TCP host:port or a serial bus), which polls every unit
-configured on it over one connection."""
+configured on it over one connection. Its plan (what `validate` prints) says what
+each request reads (report.py)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 
-from drivers.base import DeviceHealth, ReadingSink
+from drivers.base import DeviceHealth, DriverPlan, ReadingSink
 from drivers.modbus.config import ModbusConfig, ModbusRtuDeviceConfig, ModbusRtuOverTcpDeviceConfig
 from drivers.modbus.driver import ModbusDevice, ModbusEndpoint, Transport
 from drivers.modbus.plan import PointSpec, plan_reads
+from drivers.modbus.report import line_time_text, read_data, read_lines
 from drivers.modbus.timing import default_inter_frame_delay
 
 
@@ -64,10 +67,26 @@ def compile_device(dev: ModbusConfig, transport: Transport) -> ModbusDevice:
     )
 
 
+class PlannedEndpoint(ModbusEndpoint):
+    """A `ModbusEndpoint` whose plan also says, per device, what each request reads and
+    the line time of a poll on a serial bus (report.py words it)."""
+
+    def plan(self) -> DriverPlan:
+        plan = super().plan()
+        devices = []
+        for described, device in zip(plan.devices, self.devices, strict=True):
+            details = read_lines(device.requests)
+            if described.line_time is not None:
+                details.append(line_time_text(described.line_time, device.interval))
+            reads = tuple(read_data(device.requests))
+            devices.append(replace(described, details=tuple(details), reads=reads))
+        return replace(plan, devices=tuple(devices))
+
+
 def build(devices: Sequence[ModbusConfig], sink: ReadingSink) -> list[ModbusEndpoint]:
     """One endpoint per line, in the order the lines first appear; units on a line share it."""
     lines: dict[Transport, list[ModbusDevice]] = defaultdict(list)
     for dev in devices:
         transport = transport_of(dev)
         lines[transport].append(compile_device(dev, transport))
-    return [ModbusEndpoint(transport, line, sink) for transport, line in lines.items()]
+    return [PlannedEndpoint(transport, line, sink) for transport, line in lines.items()]

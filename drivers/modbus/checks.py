@@ -7,8 +7,9 @@ check, across protocols (gateway/settings.py).
 
 Warnings (valid, but probably not meant): a `timeout` not shorter than
 `poll_interval`, a serial port that is not there, an address that reads like a
-datasheet's register number (`30053`: input register 52), an RS-485 bus whose polls
-need more line time than the poll cycle (the estimate of each driver's plan).
+datasheet's register number (`address = 30053`: input register 52, or
+`register = 30053`), an RS-485 bus whose polls need more line time than the poll
+cycle (the estimate of each driver's plan).
 """
 
 from __future__ import annotations
@@ -73,16 +74,20 @@ def warn(devices: Indexed[ModbusConfig]) -> list[Problem]:
 
 
 def _datasheet_addresses(devices: Indexed[ModbusConfig]) -> list[Problem]:
+    """An `address` that reads like the datasheet's number of a register of its table."""
     found: list[Problem] = []
     for i, dev in devices:
         for j, point in enumerate(dev.points):
+            if point.datasheet_register is not None:
+                continue  # the address came from the register: the user wrote no address
             notation = datasheet_address(point.address)
             if notation is not None and notation[0] is point.table:
                 found.append(
                     (
                         ("devices", i, "points", j, "address"),
                         f"{point.address} looks like register {point.address} of a "
-                        f"datasheet; addresses here are 0-based: {point.table} {notation[1]}",
+                        f"datasheet; addresses here are 0-based: {point.table} {notation[1]}; "
+                        f"write register = {point.address}, or address = {notation[1]}",
                     )
                 )
     return found

@@ -1,5 +1,10 @@
 """`edge-gateway validate FILE`: every problem of a config (exit 2), or its read plan
-and warnings (exit 0)."""
+and warnings (exit 0).
+
+The plan: a summary line, then per device its line and, under it, what its driver
+says it will do (a Modbus device: each request with its table, 0-based addresses,
+size and datasheet numbers, the points it serves, and on a serial bus the line time of
+a poll), then each serial bus's line time per cycle against its poll interval."""
 
 from __future__ import annotations
 
@@ -61,8 +66,12 @@ def run(args: argparse.Namespace) -> int:
         f"{summary.points} point(s), {summary.requests_per_cycle} request(s) per cycle "
         f"on {summary.lines} line(s)"
     )
-    for line in summary.details:
-        print(f"  {line}")
+    for plan in summary.plans:
+        print(f"  {plan.summary}")
+        for line in plan.details:
+            print(f"    {line}")
+    for bus in summary.buses:
+        print(f"  {bus.summary}")
     if loaded.warnings:
         print(f"{len(loaded.warnings)} warning(s):")
         for warning in loaded.warnings:

@@ -487,8 +487,8 @@ def test_a_six_digit_datasheet_address_is_refused_with_the_0_based_address(
     found = one_problem(MINIMAL.replace("address = 0", f"address = {address}"))
     assert found == (
         f"devices[0].points[0].address: {address} is above 65535; it looks like register "
-        f"{address} of a datasheet (6-digit notation); addresses here are 0-based: "
-        f'table = "{table}", address = {zero_based}'
+        f"{address} of a datasheet (6-digit notation); addresses here are 0-based: write "
+        f'register = {address}, or table = "{table}", address = {zero_based}'
     )
 
 

@@ -34,7 +34,7 @@ def test_validate_prints_the_summary_then_the_warnings_and_exits_zero(tmp_path: 
         "not answer makes polls late (and on a shared line, its neighbours' polls too); make "
         "timeout shorter than poll_interval",
         "  devices[0].points[0].address: 30053 looks like register 30053 of a datasheet; "
-        "addresses here are 0-based: input 52",
+        "addresses here are 0-based: input 52; write register = 30053, or address = 52",
     ]
 
 
@@ -82,7 +82,7 @@ def test_validate_prints_every_problem_on_stderr_and_nothing_on_stdout(tmp_path:
     code, out, err = validate(tmp_path, GOOD.replace("30053", "400001"))
     assert code == 2 and out == ""
     assert "1 problem(s) in the configuration" in err
-    assert 'addresses here are 0-based: table = "holding", address = 0' in err
+    assert 'write register = 400001, or table = "holding", address = 0' in err
 
 
 def test_every_argument_of_validate_has_help_text(capsys: pytest.CaptureFixture[str]) -> None:

@@ -55,16 +55,22 @@ def test_a_streaming_instrument_has_no_timeout_to_warn_about() -> None:
         (
             "input",
             30053,
-            "30053 looks like register 30053 of a datasheet; addresses here are 0-based: input 52",
+            "30053 looks like register 30053 of a datasheet; addresses here are 0-based: "
+            "input 52; write register = 30053, or address = 52",
         ),
-        ("input", 30001, "addresses here are 0-based: input 0"),
+        ("input", 30001, "0-based: input 0; write register = 30001, or address = 0"),
         (
             "holding",
             40001,
-            "40001 looks like register 40001 of a datasheet; addresses here are 0-based: holding 0",
+            "40001 looks like register 40001 of a datasheet; addresses here are 0-based: "
+            "holding 0; write register = 40001, or address = 0",
         ),
-        ("holding", 49999, "addresses here are 0-based: holding 9998"),
-        ("discrete_input", 10001, "addresses here are 0-based: discrete_input 0"),
+        ("holding", 49999, "0-based: holding 9998; write register = 49999, or address = 9998"),
+        (
+            "discrete_input",
+            10001,
+            "0-based: discrete_input 0; write register = 10001, or address = 0",
+        ),
     ],
 )
 def test_an_address_in_datasheet_notation_is_warned_about_with_the_0_based_address(
