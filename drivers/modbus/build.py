@@ -54,7 +54,12 @@ def compile_device(dev: ModbusConfig, transport: Transport) -> ModbusDevice:
         )
         for p in dev.points
     ]
-    requests = plan_reads(specs, max_gap_registers=dev.max_gap, max_gap_bits=dev.max_gap_bits)
+    requests = plan_reads(
+        specs,
+        max_gap_registers=dev.max_gap,
+        max_gap_bits=dev.max_gap_bits,
+        max_registers=dev.max_registers,
+    )
     return ModbusDevice(
         name=dev.name,
         unit=dev.unit,

@@ -1,5 +1,6 @@
 """The Modbus device sections of the config file (`protocol = "modbus_tcp"`,
-`"modbus_rtu_over_tcp"`, `"modbus_rtu"`) and what one device's section must satisfy.
+`"modbus_rtu_over_tcp"`, `"modbus_rtu"`), the device profiles they may name, and what
+one device's section must satisfy.
 
 Where a point is read is written either as `table` + a 0-based `address` (as on the
 wire), or as `register`: the number a datasheet prints, whose leading digit names the
@@ -11,12 +12,21 @@ refused. Setting both `register` and `address` is refused; so is a `table` that
 disagrees with the register. An `address` above 65535 that reads like a datasheet's
 number (`300053`) is refused with both ways to write it.
 
+`profile = "<name>"` pulls a device's register map from a shipped profile
+(profile.py finds the files): `points` may choose profile points by name (all of them
+when it names none) and add points of the device's own; `[devices.overrides.<point>]`
+replaces keys of a profile point. The profile's `byte_order` and `max_registers` are
+the device's defaults. The composed points are what the rest of the gateway sees.
+
 Unit 0 on a serial bus (RTU, RTU over TCP) is the broadcast address no slave answers.
 What concerns several devices (a shared bus, unit ids on one line) is in checks.py.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
@@ -24,17 +34,22 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from drivers.core.config_types import (
+    PROBLEM,
     Duration,
     DurationOrZero,
     Float,
     Host,
     Int,
+    Loc,
     Name,
     Problems,
     StrictModel,
@@ -42,6 +57,8 @@ from drivers.core.config_types import (
 )
 from drivers.core.processing import ProcessingConfig
 from drivers.modbus.decode import ByteOrder, DataType, Table, register_count
+from drivers.modbus.plan import MAX_REGISTERS
+from drivers.modbus.profile import ProfileFileError, profile_names, read_profile
 from drivers.serial_port import SerialPortConfig
 
 # --- datasheet notation ------------------------------------------------------------------
@@ -133,6 +150,8 @@ DatasheetRegister = Annotated[
 ]
 
 # --- points ------------------------------------------------------------------------------
+
+_LOCATION_KEYS: Final = frozenset({"register", "table", "address"})
 
 
 def _point_schema(schema: dict[str, Any]) -> None:
@@ -233,8 +252,192 @@ class ModbusPointConfig(StrictModel):
         return self
 
 
+# --- profiles ----------------------------------------------------------------------------
+
+
+class ModbusProfileConfig(StrictModel):
+    """A device profile: one device model's register map, from its manufacturer's
+    document (a file in drivers/modbus/profiles/, linked from config/profiles/)."""
+
+    manufacturer: str
+    model: str
+    source: str = Field(description="the document the map is taken from, with its version")
+    byte_order: ByteOrder = Field(ByteOrder.ABCD, description="the device's byte_order default")
+    max_registers: Int = Field(
+        MAX_REGISTERS, ge=1, le=MAX_REGISTERS, description="the device's max_registers default"
+    )
+    points: list[ModbusPointConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> ModbusProfileConfig:
+        problems = Problems()
+        seen: set[str] = set()
+        for j, point in enumerate(self.points):
+            if point.name in seen:
+                problems.add(("points", j, "name"), f"point name {point.name!r} is used twice")
+            seen.add(point.name)
+        problems.raise_any(self)
+        return self
+
+
+@functools.cache
+def load_profile(name: str) -> tuple[ModbusProfileConfig, tuple[dict[str, Any], ...]]:
+    """The profile `name`, validated, and its points as the file writes them (what a
+    device composes its own from); ValueError naming the shipped ones, or the file's
+    problems."""
+    try:
+        document = read_profile(name)
+        profile = ModbusProfileConfig.model_validate(document)
+    except ProfileFileError as err:
+        raise ValueError(str(err)) from err
+    except ValidationError as err:
+        found = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors(include_url=False)
+        )
+        raise ValueError(f"profile {name!r} is broken: {found}") from err
+    return profile, tuple(dict(point) for point in document["points"])
+
+
+def _profile_name_schema() -> dict[str, Any]:
+    return {"type": "string", "enum": list(profile_names())}
+
+
+ProfileName = Annotated[str, WithJsonSchema(_profile_name_schema())]
+
+
+def _relocated(err: ValidationError, prefix: Loc = ()) -> list[InitErrorDetails]:
+    """The errors of `err`, as if found at `prefix` (their own types, inputs and context)."""
+    return [
+        InitErrorDetails(
+            type=PydanticCustomError(e["type"], e["msg"], e.get("ctx")),
+            loc=(*prefix, *e["loc"]),
+            input=e["input"],
+        )
+        for e in err.errors(include_url=False)
+    ]
+
+
+def _problem(loc: Loc, reason: str, data: object) -> InitErrorDetails:
+    return InitErrorDetails(
+        type=PydanticCustomError(PROBLEM, "{reason}", {"reason": reason}), loc=loc, input=data
+    )
+
+
+def _no_such_point(profile: str, name: object, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(name), known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"its {len(known)} points are in "
+    where = "" if close else f"config/profiles/{profile}.toml"
+    return f"profile {profile!r} has no point {shown(name)} ({hint}{where})"
+
+
+def _stand_in(i: int) -> dict[str, Any]:
+    """A valid point in the place of an entry that is refused, so that the entries after
+    it keep their index in the errors."""
+    return {"name": f"refused-entry-{i}", "address": 0}
+
+
+def _compose(data: dict[str, Any]) -> tuple[dict[str, Any], list[InitErrorDetails]]:
+    """The device section with its points composed from its profile (see the module
+    docstring), and the problems of the composition at their keys."""
+    found: list[InitErrorDetails] = []
+    entries = data.get("points", [])
+    overrides = data.get("overrides", {})
+    name = data.get("profile")
+    if not isinstance(entries, list) or not isinstance(overrides, dict):
+        return data, found  # the fields say what is wrong
+    if name is None:
+        for i, entry in enumerate(entries):
+            if isinstance(entry, str):
+                reason = (
+                    f"{shown(entry)} names a profile point, but the device has no profile; "
+                    "write a point as a table: { name = ..., register = ..., type = ... }"
+                )
+                found.append(_problem(("points", i), reason, entry))
+        if overrides:
+            reason = "overrides change the points of a profile: set profile = ..."
+            found.append(_problem(("overrides",), reason, overrides))
+        points = [_stand_in(i) if isinstance(e, str) else e for i, e in enumerate(entries)]
+        return {**data, "points": points} if found else data, found
+    if not isinstance(name, str):
+        return data, found  # the field says what is wrong
+    try:
+        profile, profile_points = load_profile(name)
+    except ValueError as err:
+        found.append(_problem(("profile",), str(err), name))
+        points = [_stand_in(i) if not isinstance(e, dict) else e for i, e in enumerate(entries)]
+        return {**data, "points": points or [_stand_in(0)]}, found
+    known = [point.name for point in profile.points]
+    chosen: list[str] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, str):
+            continue
+        if entry not in known:
+            found.append(_problem(("points", i), _no_such_point(name, entry, known), entry))
+        elif entry in chosen:
+            found.append(_problem(("points", i), f"{shown(entry)} is chosen twice", entry))
+        else:
+            chosen.append(entry)
+    read = chosen or known
+    for point_name, override in overrides.items():
+        if point_name not in known:
+            reason = _no_such_point(name, point_name, known)
+            found.append(_problem(("overrides", point_name), reason, override))
+        elif point_name not in read:
+            reason = f"{shown(point_name)} is not read: points chooses {', '.join(read)}"
+            found.append(_problem(("overrides", point_name), reason, override))
+    for i, entry in enumerate(entries):
+        if isinstance(entry, dict) and entry.get("name") in read:
+            reason = (
+                f"{shown(entry['name'])} is a point of profile {name!r} too; change it with "
+                f"[devices.overrides.{entry['name']}], or give yours another name"
+            )
+            found.append(_problem(("points", i, "name"), reason, entry["name"]))
+    composed: dict[str, dict[str, Any]] = {}
+    for raw in profile_points:
+        override = overrides.get(raw["name"])
+        composed[raw["name"]] = raw
+        if raw["name"] not in read or not isinstance(override, dict):
+            continue
+        if "name" in override:
+            reason = "a profile point keeps its name"
+            found.append(_problem(("overrides", raw["name"], "name"), reason, override["name"]))
+            continue
+        moved = _LOCATION_KEYS & override.keys()  # the override says where: all of it
+        point = {**{k: v for k, v in raw.items() if not moved or k not in _LOCATION_KEYS}}
+        point.update(override)
+        try:
+            ModbusPointConfig.model_validate(point)
+        except ValidationError as err:
+            found += _relocated(err, ("overrides", raw["name"]))
+        else:
+            composed[raw["name"]] = point
+    points = [
+        composed.get(entry, _stand_in(i)) if isinstance(entry, str) else entry
+        for i, entry in enumerate(entries)
+    ]
+    if not chosen:
+        points += [composed[point_name] for point_name in known]
+    defaults = {"byte_order": profile.byte_order.value, "max_registers": profile.max_registers}
+    return {**defaults, **data, "points": points}, found
+
+
+def _device_schema(schema: dict[str, Any]) -> None:
+    """`points` or `profile`; a point of `points` may be a profile point's name."""
+    schema["required"] = [key for key in schema.get("required", []) if key != "points"]
+    schema["anyOf"] = [{"required": ["points"]}, {"required": ["profile"]}]
+    points = schema["properties"]["points"]
+    points["items"] = {
+        "anyOf": [
+            points["items"],
+            {"type": "string", "description": "the name of a point of the device's profile"},
+        ]
+    }
+
+
 class _ModbusDeviceConfig(StrictModel):
     """What every Modbus device has, whatever the transport."""
+
+    model_config = ConfigDict(json_schema_extra=_device_schema)
 
     name: Name
     unit: Int = Field(1, ge=0, le=255, description="Modbus unit id (slave id)")
@@ -249,7 +452,45 @@ class _ModbusDeviceConfig(StrictModel):
     max_gap_bits: Int = Field(
         64, ge=0, le=1999, description="unused coils/inputs a request may read across"
     )
-    points: list[ModbusPointConfig] = Field(min_length=1)
+    max_registers: Int = Field(
+        MAX_REGISTERS,
+        ge=1,
+        le=MAX_REGISTERS,
+        description="most registers one request reads (some devices refuse more than 125)",
+    )
+    profile: ProfileName | None = Field(
+        None, description="the device's register map from a shipped profile (config/profiles/)"
+    )
+    points: list[ModbusPointConfig] = Field(
+        min_length=1,
+        description="the points read; with a profile: names of its points to read (all when "
+        "none is named) and points of the device's own",
+    )
+    overrides: dict[Name, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per profile point, keys that replace the profile's (any key of a point "
+        "but name)",
+    )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _points_of_the_profile(
+        cls, data: object, handler: ModelWrapValidatorHandler[_ModbusDeviceConfig]
+    ) -> _ModbusDeviceConfig:
+        """The points of a device with a profile, composed; the problems of the
+        composition and those of the composed section, together."""
+        if not isinstance(data, Mapping):
+            return handler(data)
+        composed, found = _compose(dict(data))
+        try:
+            device = handler(composed)
+        except ValidationError as err:
+            if not found:
+                raise
+            found += _relocated(err)
+        if found:
+            raise ValidationError.from_exception_data(cls.__name__, found)
+        return device
 
 
 class ModbusTcpDeviceConfig(_ModbusDeviceConfig):
