@@ -7,7 +7,10 @@ build these types; nothing else writes JSON to the broker.
 
 - `Status` on `{prefix}/{id}/status` (retained; birth, goodbye and last will);
 - `Health` on `{prefix}/{id}/health` (periodic);
-- `AlarmMessage` on `{prefix}/{id}/alarm` (raised / cleared, kept on disk until acked).
+- `AlarmMessage` on `{prefix}/{id}/alarm` (raised / cleared, kept on disk until acked);
+- `CommandEnvelope` on `{prefix}/{id}/cmd/{verb}`: what the centre sends, a `Command` and
+  its Ed25519 signature (the rules, and the bytes signed: gateway/control/signing.py);
+- `Reply` on `{prefix}/{id}/reply/{verb}` (or the MQTT 5 response topic): the answer.
 
 Like the batch codec, this module imports nothing beyond the standard library, so
 the centre can read what gateways send with `gateway.wire` alone.
@@ -26,19 +29,28 @@ __all__ = [
     "AlarmsHealth",
     "BufferHealth",
     "ClockHealth",
+    "Command",
+    "CommandEnvelope",
     "DenialHealth",
     "EvictionHealth",
     "Health",
     "Identity",
     "PipelineHealth",
     "ReloadsHealth",
+    "Reply",
     "Status",
     "UplinkHealth",
     "encode",
     "to_json",
 ]
 
-SCHEMAS = {"status": "status", "health": "health", "alarm": "alarm"}
+SCHEMAS = {
+    "status": "status",
+    "health": "health",
+    "alarm": "alarm",
+    "command": "command",
+    "reply": "reply",
+}
 """Message name -> the stem of its schema file in docs/schemas/."""
 
 
@@ -88,6 +100,64 @@ class AlarmMessage:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# --- remote commands ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A remote command, as signed: every field is covered by the signature."""
+
+    verb: str  # also the last level of the topic it is published on
+    gateway_id: str  # the one gateway that may act on it
+    issued_at: int  # unix time (s, an integer) at which the sender made it
+    nonce: str  # 16 random bytes as 32 lowercase hex digits: never used twice
+    body: dict[str, Any]  # the verb's arguments ({} for none)
+    key_id: str  # the signer's key: <key_id>.pub in the gateway's trusted-keys directory
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "verb": self.verb,
+            "gateway_id": self.gateway_id,
+            "issued_at": self.issued_at,
+            "nonce": self.nonce,
+            "body": self.body,
+            "key_id": self.key_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CommandEnvelope:
+    """What is published on `{prefix}/{id}/cmd/{verb}`: a command and its signature."""
+
+    command: Command
+    signature: str  # base64 (RFC 4648, padded) of the 64-byte Ed25519 signature
+
+    def to_json(self) -> dict[str, Any]:
+        return {"command": self.command.to_json(), "signature": self.signature}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The gateway's answer to a command: carried out (`ok`), not carried out because it
+    was refused before anything was done (`refused`, with a `code`), or tried and failed
+    (`failed`). `reason` says why in words; `result` is the verb's answer."""
+
+    outcome: Literal["ok", "refused", "failed"]
+    verb: str
+    gateway_id: str
+    nonce: str | None  # None only when the payload was too malformed to name one
+    ts: float  # unix time of the reply, by the gateway's clock
+    code: str | None = None  # refused: the refusal's code (bad_signature, expired, ...)
+    reason: str | None = None
+    result: dict[str, Any] | None = None
+    note: str | None = None  # e.g. accepted while the gateway's clock was unsynchronised
+
+    def to_json(self) -> dict[str, Any]:
+        doc = dataclasses.asdict(self)
+        doc["ts"] = round(self.ts, 3)
+        return doc
 
 
 # --- health ------------------------------------------------------------------------------
@@ -219,7 +289,7 @@ class Health:
         return doc
 
 
-Message = Status | Health | AlarmMessage
+Message = Status | Health | AlarmMessage | CommandEnvelope | Reply
 
 
 def to_json(message: Message) -> dict[str, Any]:

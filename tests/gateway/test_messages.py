@@ -24,6 +24,7 @@ from gateway.wire.messages import (
     Identity,
     PipelineHealth,
     ReloadsHealth,
+    Reply,
     Status,
     UplinkHealth,
     encode,
@@ -170,3 +171,68 @@ def test_the_examples_in_docs_topics_match_their_schemas(section: str) -> None:
     example = re.search(r"```json\n(.*?)```", part, re.DOTALL)
     assert example is not None, f"docs/topics.md has no JSON example under '## {section}'"
     jsonschema.validate(json.loads(example.group(1)), schema(section))
+
+
+# --- signed commands and their replies ----------------------------------------------------
+
+
+def test_a_signed_command_envelope_matches_its_schema(tmp_path: Path) -> None:
+    from gateway.control import generate_key_pair, load_private_key, new_command, sign
+
+    pair = generate_key_pair(tmp_path, "ops-2026")
+    command = new_command(
+        "config-apply", "cabinet-0412", {"config": "[gateway]\nid = 'x'\n"}, "ops-2026", now=1.7e9
+    )
+    doc = check("command", encode(sign(command, load_private_key(pair.private))))
+    assert doc["command"]["nonce"] == command.nonce and len(doc["signature"]) == 88
+
+
+def test_a_command_without_its_nonce_is_caught_by_the_schema() -> None:
+    doc = {
+        "command": {"verb": "ping", "gateway_id": "gw", "issued_at": 1, "body": {}, "key_id": "k"},
+        "signature": "A" * 86 + "==",
+    }
+    with pytest.raises(jsonschema.ValidationError, match="nonce"):
+        jsonschema.validate(doc, schema("command"))
+
+
+def _replies() -> list[Reply]:
+    """A reply of every kind the gateway sends: from the gate itself, as it builds them."""
+    from drivers.core.clock import ManualClock
+    from gateway.control import Accepted, Refusal, Refused
+    from gateway.control.refusals import REFUSAL_CODES
+    from gateway.wire.messages import Command
+
+    command = Command("read", "cabinet-0412", 1795438722, "9f" * 16, {"device": "gas-3"}, "ops")
+    ts = ManualClock().time()
+    accepted = Accepted(command, "cabinet-0412", True, None)
+    unsynchronised = Accepted(command, "cabinet-0412", False, "accepted on its new nonce alone")
+    replies = [
+        accepted.reply("ok", ts=ts, result={"values": {"gas-3/ch4": 1.5}}),
+        accepted.reply("failed", ts=ts, reason="gas-3 did not answer within 1s"),
+        unsynchronised.reply("ok", ts=ts, result={}),
+    ]
+    for code in REFUSAL_CODES:
+        nonce = None if code == "malformed" else command.nonce
+        refused = Refused(Refusal(code, f"why: {code}"), "read", "cabinet-0412", nonce, "ops")
+        replies.append(refused.reply(ts=ts))
+    return replies
+
+
+@pytest.mark.parametrize("reply", _replies(), ids=lambda r: r.code or r.note or r.outcome)
+def test_every_reply_the_gate_builds_matches_its_schema(reply: Reply) -> None:
+    doc = check("reply", encode(reply))
+    assert doc["outcome"] == reply.outcome and doc["code"] == reply.code
+
+
+def test_the_reply_schema_lists_exactly_the_refusal_codes() -> None:
+    from gateway.control.refusals import REFUSAL_CODES
+
+    listed = schema("reply")["allOf"][0]["then"]["properties"]["code"]["enum"]
+    assert listed == list(REFUSAL_CODES)
+
+
+def test_a_refusal_without_a_code_is_caught_by_the_schema() -> None:
+    doc = json.loads(encode(Reply("refused", "ping", "gw", None, 1.0, reason="no")))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, schema("reply"))
