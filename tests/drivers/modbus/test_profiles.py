@@ -225,3 +225,23 @@ def test_the_profiles_are_package_data_so_an_installed_gateway_finds_them() -> N
     package_data = pyproject["tool"]["setuptools"]["package-data"]["drivers.modbus"]
     assert "profiles/*.toml" in package_data
     assert (REPO / "config" / "profiles").resolve() == REPO / "drivers" / "modbus" / "profiles"
+
+
+def test_the_profile_device_commented_in_the_example_config_is_valid_when_uncommented() -> None:
+    text = (REPO / "config" / "example.toml").read_text()
+    start = text.index('# [[devices]]\n# name = "energy-meter-13"')
+    block = text[start : text.index("\n\n", start)]
+    uncommented = "\n".join(line.removeprefix("#").removeprefix(" ") for line in block.split("\n"))
+    devices = parse_config((text + "\n" + uncommented + "\n").encode()).config.devices
+    meter = next(dev for dev in devices if dev.name == "energy-meter-13")
+    assert [p.name for p in meter.points][:3] == ["voltage_l1", "voltage_l2", "voltage_l3"]
+    assert meter.points[-1].process is not None and meter.points[-1].process.deadband == 0.1
+
+
+def test_the_profile_example_of_the_modbus_readme_is_valid() -> None:
+    readme = (REPO / "drivers" / "modbus" / "README.md").read_text()
+    (example,) = [
+        block for block in re.findall(r"```toml\n(.*?)```", readme, re.S) if "profile" in block
+    ]
+    (meter,) = parse_config((GATEWAY + example).encode()).config.devices
+    assert [p.name for p in meter.points] == ["voltage_l1", "total_power", "import_energy", "door"]
