@@ -45,6 +45,7 @@ __all__ = [
     "RegisterRow",
     "Start",
     "WideValue",
+    "datasheet_number",
     "interpret",
     "parse_start",
     "shown",
