@@ -34,6 +34,22 @@ class Clock(Protocol):
         """Wait this long on the monotonic clock."""
 
 
+async def wait_event(clock: Clock, event: asyncio.Event, seconds: float | None) -> bool:
+    """Wait until `event` is set or `seconds` pass on `clock` (for ever with None);
+    whether the event was set."""
+    if seconds is None:
+        await event.wait()
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    try:
+        await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        sleeper.cancel()
+    return event.is_set()
+
+
 class SystemClock:
     """The machine's clocks. `trust=True` ([gateway] clock_sync = "assume") reports
     the wall clock as synchronised whatever the kernel says (an RTC without NTP)."""

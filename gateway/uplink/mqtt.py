@@ -47,7 +47,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from buffer import Entry
 from drivers.core.backoff import backoff_delay
-from drivers.core.clock import Clock, SystemClock
+from drivers.core.clock import Clock, SystemClock, wait_event
 from gateway.store import Store
 from gateway.uplink.config import MqttConfig
 from gateway.uplink.topics import Topics
@@ -969,16 +969,39 @@ class MqttUplink:
             tg.create_task(self._publish_state(client), name="uplink-state")
 
     async def _publish_state(self, client: _Client) -> None:
-        """The present (retained states) at once, then events and changes as they come."""
-        for topic, payload in self.retained():
-            await self._publish_side(client, topic, payload, "a retained state", retain=True)
+        """The present (retained states) at once, then events and changes as they come.
+
+        A topic the broker refused is offered again on its own back-off (`_side_due`),
+        in this session too: an ACL fixed without a reconnect clears its denial. A
+        refused event waits at the head of the queue (events keep their order); a
+        refused retained state is replaced by a newer one for the same topic."""
+        present = dict(self.retained())
         while True:
+            for topic, _payload, retain in self._side:
+                if retain:
+                    present.pop(topic, None)  # a newer state for it is queued
+            now = self.clock.monotonic()
+            for topic, payload in list(present.items()):
+                if self._side_due(topic) <= now:
+                    await self._publish_side(
+                        client, topic, payload, "a retained state", retain=True
+                    )
+                    if topic not in self._side_retry:
+                        del present[topic]
             while self._side:
                 topic, payload, retain = self._side[0]
+                if self._side_due(topic) > self.clock.monotonic():
+                    break
                 await self._publish_side(client, topic, payload, "an event", retain=retain)
+                if topic in self._side_retry:
+                    break  # refused: it stays first and is offered again after its pause
                 self._side.popleft()  # only once the broker answered: none lost to a drop
+            due = [self._side_due(t) for t in present]
+            if self._side:
+                due.append(self._side_due(self._side[0][0]))
             self._side_ready.clear()
-            await self._side_ready.wait()
+            wait = max(min(due) - self.clock.monotonic(), 0.05) if due else None
+            await wait_event(self.clock, self._side_ready, wait)
 
     async def _leave_for_new_config(self, client: _Client, old_status: str) -> None:
         await self._reconfigure.wait()
