@@ -138,7 +138,9 @@ def test_keygen_writes_a_private_key_only_its_owner_reads_and_says_where_the_pub
     assert again.returncode == 2 and "never overwritten" in again.stderr
 
 
-def test_send_gets_the_reply_and_exits_0(broker: Mosquitto, keys: Path, responder: Responder) -> None:
+def test_send_gets_the_reply_and_exits_0(
+    broker: Mosquitto, keys: Path, responder: Responder
+) -> None:
     result = send(broker.port, keys / "centre" / "ops.key", "ping")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"ok: ping on {GATEWAY}, answered in ")
