@@ -43,7 +43,9 @@ command, or no reply came within --timeout (one sentence says which)."""
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = parser.add_subparsers(
+        dest="action", required=True, metavar="ACTION", help="keygen or send"
+    )
 
     keygen = actions.add_parser(
         "keygen",
@@ -127,12 +129,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="read the JSON object of arguments from FILE ('-': standard input)",
     )
+    body.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE.toml",
+        help='for config-apply: the new config file (the body becomes {"config": <its text>}); '
+        "validated here first",
+    )
     send.add_argument(
         "--timeout",
         type=_duration,
-        default=10.0,
         metavar="DURATION",
-        help="give up waiting after this long, connecting included (default 10s)",
+        help="give up waiting after this long, connecting included (default 10s; 330s for "
+        "reload, config-apply and config-rollback, which answer once the new config has "
+        "shown it works or was rolled back)",
     )
     send.add_argument(
         "--json", action="store_true", help="print the reply as JSON (docs/schemas/reply)"
@@ -219,6 +229,8 @@ def _send(args: argparse.Namespace) -> int:
         key = load_private_key(args.key)
         key_id = args.key_id or args.key.name.removesuffix(".key")
         body = _body(args)
+        if args.timeout is None:
+            args.timeout = 330.0 if args.verb in FLASHING_VERBS else 10.0
     except (ValueError, _BadInput) as err:  # KeyFileError is a ValueError
         print(f"edge-gateway command send: {err}", file=sys.stderr)
         return EXIT_CONFIG
@@ -256,7 +268,21 @@ def _send(args: argparse.Namespace) -> int:
     return EXIT_OK if answer.reply.outcome == "ok" else EXIT_FAILURE
 
 
+FLASHING_VERBS = ("reload", "config-apply", "config-rollback")
+
+
 def _body(args: argparse.Namespace) -> dict[str, Any]:
+    if args.config is not None:
+        from gateway.errors import ConfigError
+        from gateway.settings import load_config
+
+        try:
+            load_config(args.config)
+            return {"config": args.config.read_text(encoding="utf-8")}
+        except ConfigError as err:
+            raise _BadInput(str(err)) from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise _BadInput(f"{args.config}: cannot be read ({err})") from None
     if args.body_file is not None:
         source = str(args.body_file)
         try:

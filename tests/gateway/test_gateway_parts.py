@@ -79,7 +79,7 @@ async def test_the_age_bound_applies_on_a_timer_when_nothing_is_appended(tmp_pat
         await clock.advance(3599)
         assert gw.store.stats.batches == 2
         await clock.advance(3)  # every device dead: no append, the timer alone ages out
-        for _ in range(50):  # the eviction runs on the buffer's worker thread
+        for _ in range(500):  # the eviction runs on the buffer's worker thread (<= 5 s)
             if gw.store.stats.batches == 0:
                 break
             await asyncio.sleep(0.01)
