@@ -25,6 +25,12 @@ What the broker can say, and what the uplink does about it (docs/topics.md):
 
 A retained status topic carries a birth message on connect and the MQTT last
 will ("offline") when the gateway disappears without saying goodbye.
+
+Signed commands come in on `{prefix}/{id}/cmd/{verb}` (docs/topics.md, "Commands"):
+when the app sets `on_command`, every session subscribes to them at QoS 1; the
+handler judges and carries out each one, one at a time in arrival order, in a task of
+the uplink's lifetime, and the reply goes out in the session the command came in on.
+The transport only moves bytes: it never looks inside a command or a reply.
 """
 
 from __future__ import annotations
@@ -33,15 +39,17 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiomqtt
 import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -50,7 +58,7 @@ from drivers.core.backoff import backoff_delay
 from drivers.core.clock import Clock, SystemClock, wait_event
 from gateway.store import Store
 from gateway.uplink.config import MqttConfig
-from gateway.uplink.topics import Topics
+from gateway.uplink.topics import Topics, is_topic_name
 from gateway.wire.messages import DenialHealth, Identity, Status, UplinkHealth, encode
 
 log = logging.getLogger("gateway.uplink")
@@ -81,6 +89,7 @@ SUSPECT_SESSION = 15.0
 SUSPECT_DROPS = 3
 SESSION_TAKEN_OVER = 0x8E
 OVERTAKEN_GRACE = 1.0  # seconds a publish may stay unanswered after later ones were answered
+COMMAND_QUEUE = 16  # commands waiting their turn; beyond it a command is dropped
 
 
 class _Stopping(Exception):
@@ -323,11 +332,17 @@ class _Client(aiomqtt.Client):
     # Publishing with the reason code.
 
     async def publish_acked(
-        self, topic: str, payload: bytes | str, *, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        retain: bool = False,
+        properties: Properties | None = None,
     ) -> ReasonCode:
         """Publish at QoS 1; return the PUBACK's reason code (MQTT 3.1.1: always Success).
-        No timeout of its own: the uplink's watchdog judges the link."""
-        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        No timeout of its own: the uplink's watchdog judges the link. `properties`: MQTT 5
+        PUBLISH properties (a reply's correlation data)."""
+        info = self._client.publish(topic, payload, qos=1, retain=retain, properties=properties)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
         # The PUBACK is read by a callback of this event loop, so it cannot have arrived
@@ -552,6 +567,24 @@ class _Takeover:
     count: int = 0
 
 
+CommandHandler = Callable[[str, bytes], Awaitable[bytes]]
+"""(verb, payload) -> the reply's payload. Judges and carries out one command; never raises
+by contract (a handler that does is a bug: logged with its traceback, no reply sent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Command:
+    """A command as it arrived, and where its reply goes."""
+
+    verb: str
+    payload: bytes
+    reply_topic: str  # the MQTT 5 response topic, or the gateway's reply topic
+    correlation: bytes | None  # MQTT 5 correlation data, copied onto the reply
+    # The replies of the session it came in on: once that session has ended, the reply
+    # is lost (never sent in a later session).
+    replies: asyncio.Queue[tuple[_Command, bytes]]
+
+
 # --- the uplink ----------------------------------------------------------------------
 
 
@@ -618,6 +651,21 @@ class MqttUplink:
         self._side_ready = asyncio.Event()
         self.side_dropped = 0
         self.retained: Callable[[], list[tuple[str, bytes]]] = list
+        # Signed commands (docs/topics.md, "Commands"): set by the app before `run`; when
+        # None, the uplink does not subscribe to commands at all.
+        self.on_command: CommandHandler | None = None
+        self._commands: asyncio.Queue[_Command] = asyncio.Queue(COMMAND_QUEUE)
+        self._replies: asyncio.Queue[tuple[_Command, bytes]] | None = None  # this session's
+        self._subscription = "pending"  # see `command_subscription`
+        self._refusal_logged = False  # the command subscription's refusal has been said
+        self._retained_logged: set[str] = set()  # retained command topics said
+        self._bad_response_logged = False
+        self._burst_dropped = 0  # commands dropped since the queue was last empty
+        self.commands_received = 0  # commands that arrived (retained ones not counted)
+        self.commands_dropped = 0  # never carried out: the queue was full, or the session ended
+        self.commands_retained_ignored = 0
+        self.command_subscription_refusals = 0  # SUBACKs with a failure reason code
+        self.command_handler_failures = 0  # the handler raised: a bug
         self._attempt_started: float | None = None  # monotonic; None between attempts
         self._ticked = self.clock.monotonic()  # the last sign of life of a session
 
@@ -630,6 +678,13 @@ class MqttUplink:
         return self._link
 
     @property
+    def command_subscription(self) -> str:
+        """`off` (no command handler), `pending` (not connected, or no SUBACK yet in this
+        session), `subscribed`, or `refused: <reason>` (the broker's SUBACK refused the
+        subscription, e.g. `refused: Not authorized (reason code 0x87)`)."""
+        return "off" if self.on_command is None else self._subscription
+
+    @property
     def _inflight(self) -> int:
         return len(self._pending)
 
@@ -640,6 +695,14 @@ class MqttUplink:
     # --- lifecycle ------------------------------------------------------------------
 
     async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            commands = tg.create_task(self._carry_out_commands(), name="uplink-commands")
+            try:
+                await self._connect_and_serve()
+            finally:
+                commands.cancel()  # at stop, a command still being carried out is cancelled
+
+    async def _connect_and_serve(self) -> None:
         if self.config.protocol == "3.1.1":
             log.info(
                 "speaking MQTT 3.1.1: a publish the broker refuses (an ACL denial) is "
@@ -736,6 +799,7 @@ class MqttUplink:
             # A goodbye was said (stop, new config): a clean DISCONNECT, so no last will.
             stopping = any(isinstance(e, _Stopping | _Reconfigured) for e in leaves)
             await client.close(graceful=stopping)
+            self._commands_session_ended()
             with contextlib.suppress(Exception):
                 await self._flush_acks()
         up_for = self.clock.monotonic() - connected_at
@@ -934,6 +998,7 @@ class MqttUplink:
         self._link = "online"
         self._ticked = self.clock.monotonic()
         self.connected_since = self.clock.time()
+        self._replies = asyncio.Queue() if self.on_command is not None else None
         level = logging.INFO if self._down_announced or self.connects == 1 else logging.DEBUG
         self._down_announced = False
         log.log(
@@ -958,6 +1023,9 @@ class MqttUplink:
                     "the online status; the retained status may be stale",
                     retain=True,
                 )
+            if self._replies is not None:
+                tg.create_task(self._subscribe_commands(client), name="uplink-subscribe")
+                tg.create_task(self._send_replies(client, self._replies), name="uplink-replies")
             for lane in self.lanes:
                 tg.create_task(self._pump(client, lane), name=f"uplink-{lane.name}")
             tg.create_task(self._ack_flusher(), name="uplink-acks")
@@ -1016,8 +1084,205 @@ class MqttUplink:
     async def _watch_connection(self, client: _Client) -> None:
         # The message iterator raises MqttError when the connection is lost; that
         # tears the session down, cancelling publishes still waiting for PUBACK.
-        async for _message in client.messages:
-            pass
+        async for message in client.messages:
+            self._command_arrived(message)
+
+    # --- commands (docs/topics.md, "Commands") ----------------------------------------
+
+    async def _subscribe_commands(self, client: _Client) -> None:
+        """Subscribe to every verb at QoS 1. A refusal is said once, counted and shown in
+        health; the session carries on without commands."""
+        topic = self.topics.command("+")
+        limit = self.config.publish_timeout
+        try:
+            async with asyncio.timeout(limit):
+                granted = await client.subscribe(topic, qos=1, timeout=math.inf)
+        except TimeoutError:
+            raise _LinkDead(
+                f"no SUBACK for {limit:g}s to our subscription to {topic}: the link carries "
+                "nothing back"
+            ) from None
+        code = granted[0]
+        value = code if isinstance(code, int) else code.value
+        if value >= 0x80:
+            self.command_subscription_refusals += 1
+            self._subscription = f"refused: {reason_text(code)}"
+            if not self._refusal_logged:
+                self._refusal_logged = True
+                log.warning(
+                    "the broker refused our subscription to %s (%s): commands cannot reach "
+                    "this gateway; data flows as before (the broker's ACL must let this user "
+                    "subscribe to %s); tried again at every connect",
+                    topic,
+                    reason_text(code),
+                    topic,
+                )
+            return
+        self._subscription = "subscribed"
+        if self._refusal_logged:
+            self._refusal_logged = False
+            log.info("subscribed to %s: commands can reach this gateway again", topic)
+
+    def _command_arrived(self, message: aiomqtt.Message) -> None:
+        """Route one received message: a command joins the queue, or is dropped if it is
+        full; anything else (a retained command, another topic) is not carried out."""
+        topic = str(message.topic)
+        verb = self.topics.command_verb(topic)
+        replies = self._replies
+        if verb is None or replies is None:
+            return  # not subscribed to anything else
+        if message.retain:
+            # A command is an act in time; a retained one is a broker artefact that every
+            # subscribe would replay.
+            self.commands_retained_ignored += 1
+            if topic not in self._retained_logged:
+                self._retained_logged.add(topic)
+                log.warning(
+                    "ignored a retained command on %s: commands are acts in time, never "
+                    "retained (the broker replays it at every connect; clear it by "
+                    "publishing an empty retained message there)",
+                    topic,
+                )
+            return
+        self.commands_received += 1
+        props = message.properties
+        correlation = getattr(props, "CorrelationData", None)
+        command = _Command(
+            verb,
+            bytes(message.payload),
+            self._reply_topic(topic, verb, getattr(props, "ResponseTopic", None)),
+            bytes(correlation) if isinstance(correlation, bytes | bytearray) else None,
+            replies,
+        )
+        try:
+            self._commands.put_nowait(command)
+        except asyncio.QueueFull:
+            self.commands_dropped += 1
+            self._burst_dropped += 1
+            if self._burst_dropped == 1:
+                log.warning(
+                    "dropped a command on %s: %d are already waiting their turn (commands "
+                    "are carried out one at a time); more are dropped until they are done",
+                    topic,
+                    COMMAND_QUEUE,
+                )
+
+    def _reply_topic(self, topic: str, verb: str, asked: object) -> str:
+        """The command's MQTT 5 response topic, wherever it points (MQTT 5 semantics: the
+        broker's ACL bounds where we may publish); the gateway's reply topic when there is
+        none, or when it is not a topic name one can publish to."""
+        default = self.topics.reply(verb)
+        if asked is None:
+            return default
+        if is_topic_name(asked):
+            return asked
+        if not self._bad_response_logged:
+            self._bad_response_logged = True
+            log.warning(
+                "a command on %s named a response topic that cannot be published to (%.80r: "
+                "empty, a wildcard, or too long); replying on %s instead (said once)",
+                topic,
+                asked,
+                default,
+            )
+        return default
+
+    async def _carry_out_commands(self) -> None:
+        """One command at a time, in arrival order, for the uplink's whole life: a
+        connection that drops does not cancel the command being carried out (a config
+        apply is not cut in half), and the next session's commands wait for it. Its reply
+        is then lost: replies go out only in the session their command came in on, so the
+        sender times out and may ask again (the command's nonce keeps a resend of the same
+        command from acting twice)."""
+        while True:
+            command = await self._commands.get()
+            reply = await self._handle(command)
+            if reply is not None:
+                if command.replies is self._replies:
+                    command.replies.put_nowait((command, reply))
+                else:
+                    log.info(
+                        "the reply to a '%s' command is lost: the connection ended while it "
+                        "was carried out (its sender times out and may ask again)",
+                        command.verb,
+                    )
+            if self._burst_dropped and self._commands.empty():
+                log.info(
+                    "every waiting command has been carried out; %d were dropped meanwhile",
+                    self._burst_dropped,
+                )
+                self._burst_dropped = 0
+
+    async def _handle(self, command: _Command) -> bytes | None:
+        handler = self.on_command
+        if handler is None:  # taken away after subscribing: nobody to judge it
+            return None
+        try:
+            reply = await handler(command.verb, command.payload)
+            if not isinstance(reply, bytes | bytearray):
+                raise TypeError(f"the command handler returned {type(reply).__name__}, not bytes")
+        except (Exception, asyncio.CancelledError) as err:
+            # The handler never raises by contract: a bug, said, not fatal. A CancelledError
+            # nobody asked for would end this task for good (a task group lets it go).
+            task = asyncio.current_task()
+            if isinstance(err, asyncio.CancelledError) and task is not None and task.cancelling():
+                raise
+            self.command_handler_failures += 1
+            log.error(
+                "the command handler failed on a '%s' command (a bug); no reply is sent",
+                command.verb,
+                exc_info=self.command_handler_failures == 1 or log.isEnabledFor(logging.DEBUG),
+            )
+            return None
+        return bytes(reply)
+
+    async def _send_replies(
+        self, client: _Client, replies: asyncio.Queue[tuple[_Command, bytes]]
+    ) -> None:
+        """Publish each reply (QoS 1, not retained) with its command's correlation data, as
+        a side publish: in flight for the watchdog, and a refused one is a denial in health.
+
+        A reply is sent once, in this session: refused, or not yet acknowledged when the
+        connection drops, it is not sent again, and one still waiting here when the session
+        ends is lost (never queued for the next session). Its sender times out and may ask
+        again; the command's nonce keeps a resend of the same command from acting twice."""
+        while True:
+            command, reply = await replies.get()
+            properties = None
+            if command.correlation is not None:  # MQTT 5 only
+                properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                properties.CorrelationData = command.correlation
+            await self._publish_side(
+                client,
+                command.reply_topic,
+                reply,
+                f"the reply to a '{command.verb}' command (not sent again: its sender times "
+                "out and may ask again)",
+                properties=properties,
+            )
+
+    def _commands_session_ended(self) -> None:
+        """What the ended session received and did not carry out is dropped: its replies
+        could not be sent, and a sender that times out may ask again."""
+        replies, self._replies = self._replies, None
+        self._subscription = "pending"
+        if replies is not None and not replies.empty():
+            log.info(
+                "%d reply(ies) to commands lost: the connection ended before they were sent "
+                "(their senders time out and may ask again)",
+                replies.qsize(),
+            )
+        waiting = 0
+        while not self._commands.empty():
+            self._commands.get_nowait()
+            waiting += 1
+        if waiting:
+            self.commands_dropped += waiting
+            log.warning(
+                "the connection ended with %d command(s) waiting their turn: dropped, not "
+                "carried out (their senders time out and may ask again)",
+                waiting,
+            )
 
     async def _goodbye_on_stop(self, client: _Client) -> None:
         await self._stop.wait()
@@ -1046,13 +1311,20 @@ class MqttUplink:
         raise _Stopping
 
     async def _publish_side(
-        self, client: _Client, topic: str, payload: bytes, what: str, *, retain: bool = False
+        self,
+        client: _Client,
+        topic: str,
+        payload: bytes,
+        what: str,
+        *,
+        retain: bool = False,
+        properties: Properties | None = None,
     ) -> None:
-        """A status or health publish: awaited without a timeout of its own, but counted in
-        flight, so that the watchdog gives the link up if its PUBACK never comes. A refused
-        one is next offered after a growing pause (`_side_due`): some brokers hang up on
-        every refusal, and a reconnect must not bring the refusal straight back."""
-        code = await self._send(client, topic, payload, retain=retain)
+        """A status, health or reply publish: awaited without a timeout of its own, but
+        counted in flight, so that the watchdog gives the link up if its PUBACK never comes.
+        A refused one is next offered after a growing pause (`_side_due`): some brokers hang
+        up on every refusal, and a reconnect must not bring the refusal straight back."""
+        code = await self._send(client, topic, payload, retain=retain, properties=properties)
         if code.is_failure:
             refusals = self._side_retry.get(topic, (0, 0.0))[0] + 1
             due = self.clock.monotonic() + backoff_delay(refusals, *DENIED_RETRY)
@@ -1115,7 +1387,13 @@ class MqttUplink:
         return seq - 1  # read() returns entries after this seq
 
     async def _send(
-        self, client: _Client, topic: str, payload: bytes | str, *, retain: bool = False
+        self,
+        client: _Client,
+        topic: str,
+        payload: bytes | str,
+        *,
+        retain: bool = False,
+        properties: Properties | None = None,
     ) -> ReasonCode:
         """Publish and await the PUBACK, keeping the books the watchdog reads."""
         if not self._pending:
@@ -1124,7 +1402,7 @@ class MqttUplink:
         number = self._sent
         self._pending.add(number)
         try:
-            code = await client.publish_acked(topic, payload, retain=retain)
+            code = await client.publish_acked(topic, payload, retain=retain, properties=properties)
         finally:
             self._pending.discard(number)
         self._ack_clock = self.clock.monotonic()

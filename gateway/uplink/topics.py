@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeGuard
+
+MAX_TOPIC_BYTES = 65535  # MQTT: a topic name is a UTF-8 string of at most 65,535 bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +68,23 @@ class Topics:
     def reply(self, verb: str) -> str:
         """Replies to commands, unless the command named an MQTT 5 response topic."""
         return f"{self.base}/reply/{verb}"
+
+    def command_verb(self, topic: str) -> str | None:
+        """The verb of a command to this gateway (the last level of `cmd/{verb}`), or None
+        when `topic` is not one of this gateway's command topics."""
+        head = f"{self.base}/cmd/"
+        if not topic.startswith(head):
+            return None
+        verb = topic[len(head) :]
+        return None if "/" in verb else verb
+
+
+def is_topic_name(name: object) -> TypeGuard[str]:
+    """Whether `name` can be published to: a non-empty string without wildcards (`+`, `#`)
+    or U+0000, at most 65,535 bytes of UTF-8 (MQTT 5, section 4.7)."""
+    if not isinstance(name, str) or not name or any(c in name for c in "+#\0"):
+        return False
+    try:
+        return len(name.encode("utf-8")) <= MAX_TOPIC_BYTES
+    except UnicodeEncodeError:  # a lone surrogate: not UTF-8
+        return False
