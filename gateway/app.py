@@ -25,6 +25,7 @@ sentence, exit code 3.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -46,17 +47,36 @@ from buffer import (
     PayloadTooLargeError,
 )
 from drivers.base import DeviceHealth, Driver
-from drivers.core.clock import Clock, SystemClock
-from drivers.core.model import Reading
+from drivers.core.clock import Clock, SystemClock, wait_event
+from drivers.core.model import Quality, Reading, value_problem
 from gateway import __version__, systemd
 from gateway.build import build_drivers
 from gateway.clock import ClockWatch, format_span
+from gateway.control import CommandGate
 from gateway.errors import ConfigError, StartupError
+from gateway.flashing import (
+    INCOMING_FILE,
+    Applied,
+    Baseline,
+    ConfigHistory,
+    HealthWindow,
+    HistoryEntry,
+    KeptConfigs,
+    Outcome,
+    baseline,
+    one_poll_seconds,
+    sha256_hash,
+    state_dir,
+    window_seconds,
+    write_atomically,
+)
 from gateway.health import HealthModel, HealthSources
 from gateway.pipeline.alarms import AlarmEvent
 from gateway.pipeline.batcher import Batcher, SealedBatch
 from gateway.pipeline.processing import Processing, compile_processing
-from gateway.settings import LoadedConfig, load_config
+from gateway.remote import MAX_READ_WAIT, VERBS, Remote
+from gateway.settings import LoadedConfig, parse_config
+from gateway.state import FILE_MODE
 from gateway.store import Store
 from gateway.tasks import cancel_and_wait
 from gateway.uplink.mqtt import MqttUplink
@@ -94,6 +114,14 @@ SYNC_INTERVAL = 1.0  # sync = "normal": the WAL is fsynced this often
 AGE_CHECK_INTERVAL = 1.0  # the age bound applies this often, appends or not (free if none expired)
 REOPEN_INTERVAL = 5.0  # a buffer that could not be opened (full disk) is retried this often
 SET_ASIDE_MAX_BYTES = 10_000_000  # the set-aside file stops growing here (still counted)
+WINDOW_CHECK = 0.25  # a new config's health window is judged this often
+
+
+def _quality_name(code: int) -> str:
+    try:
+        return Quality(code).name.lower()
+    except ValueError:
+        return str(code)
 
 
 def open_queue(path: Path, **options: Any) -> DurableQueue:
@@ -156,6 +184,18 @@ class Gateway:
         self.reloads_applied = 0
         self.reloads_refused = 0
         self.reload_error: str | None = None
+        self.rolled_back = 0
+        # Flashing and remote commands (gateway/flashing.py, gateway/remote.py): the file
+        # the service was started with, the small state beside the buffer (opened in run).
+        self.config_file = Path(loaded.source)
+        self.state_dir = state_dir(cfg)
+        self.history: ConfigHistory | None = None
+        self.kept: KeptConfigs | None = None
+        self.gate: CommandGate | None = None
+        self._apply_lock = asyncio.Lock()
+        self._read_waiters: list[Callable[[Sequence[Reading]], None]] = []
+        self._log_level_until: float | None = None
+        self._log_level_task: asyncio.Task[None] | None = None
         self.batches_set_aside = 0
         self.readings_set_aside = 0
         self._invalid_logged: set[tuple[str, str]] = set()
@@ -173,7 +213,7 @@ class Gateway:
         )
         self._alarm_events: asyncio.Queue[AlarmEvent] = asyncio.Queue()
         self.processing = self._build_processing(loaded, None)
-        self.drivers = build_drivers(cfg, self.processing.add)
+        self.drivers = build_drivers(cfg, self._tapped(self.processing.add))
         self.store, self.alarm_store = self._stores()
         self.health_model = HealthModel(
             HealthSources(
@@ -185,8 +225,9 @@ class Gateway:
                 processing=lambda: self.processing.counters(),
                 pipeline=self._pipeline_health,
                 reloads=lambda: ReloadsHealth(
-                    self.reloads_applied, self.reloads_refused, self.reload_error
+                    self.reloads_applied, self.reloads_refused, self.reload_error, self.rolled_back
                 ),
+                commands=lambda: None if self.gate is None else self.gate.health().to_json(),
                 devices=lambda: [d.as_dict() for e in self.drivers for d in e.health()],
             ),
             self.clock,
@@ -271,6 +312,8 @@ class Gateway:
         store, alarm_store = self.store, self.alarm_store
         try:
             self._log_start()
+            await asyncio.to_thread(self._open_state)
+            await asyncio.to_thread(self._open_gate)
             for warning in self.loaded.warnings:
                 log.warning("config %s: %s", self.loaded.source, warning)
             self.batcher.mark_clock(self.clock_watch.synchronised)
@@ -297,6 +340,8 @@ class Gateway:
                 ]
                 self._start_drivers()
                 await self.stop_requested.wait()
+                if self.gate is not None:
+                    await asyncio.to_thread(self.gate.flush)
                 systemd.notify("STOPPING=1", "STATUS=stopping: the open batch goes to the buffer")
                 log.info("stopping: polling ends, the open batch goes to the buffer")
                 await cancel_and_wait(helpers)
@@ -337,12 +382,33 @@ class Gateway:
     # --- reload ---------------------------------------------------------------------------
 
     async def _reload_on_request(self) -> None:
+        """SIGHUP: a file handed over by `edge-gateway apply` (or `config rollback`) if
+        there is one, else the config file again; through the one path of flashing."""
         while True:
             await self.reload_requested.wait()
             self.reload_requested.clear()
             systemd.notify("RELOADING=1", "STATUS=reloading the config")
-            await self.reload()
+            raw, source = await asyncio.to_thread(self._take_incoming)
+            await self.apply_config(raw, source)
             systemd.notify("READY=1", f"STATUS={self._status_line()}")
+
+    def _take_incoming(self) -> tuple[bytes | None, str]:
+        incoming = self.state_dir / INCOMING_FILE
+        try:
+            raw = incoming.read_bytes()
+        except FileNotFoundError:
+            return None, "sighup"
+        except OSError as err:
+            log.error(
+                "cannot read the config handed over in %s (%s); reading %s",
+                incoming,
+                err,
+                self.config_file,
+            )
+            return None, "sighup"
+        with contextlib.suppress(OSError):
+            incoming.unlink()
+        return raw, "apply"
 
     def _status_line(self) -> str:
         """For `systemctl status`: what the gateway is doing, in one line."""
@@ -357,40 +423,216 @@ class Gateway:
         question). A blocked event loop cannot even ask: the watchdog starves."""
         return self.uplink.stalled()
 
-    async def reload(self, source: str | Path | None = None) -> bool:
-        """Validate the config file and switch to it; False (logged) when it is refused."""
-        path = source if source is not None else self.loaded.source
+    async def reload(self) -> bool:
+        """Read the config file again and flash it; True when it was committed."""
+        return (await self.apply_config(None, "sighup")).outcome == "committed"
+
+    async def apply_config(self, raw: bytes | None, source: str) -> Applied:
+        """The one path of every new config (gateway/flashing.py): validate, keep aside,
+        switch, watch the health window, commit or roll back. `raw` None reads the
+        config file. One at a time."""
+        async with self._apply_lock:
+            return await self._apply(raw, source)
+
+    async def _apply(self, raw: bytes | None, source: str) -> Applied:
+        old = self.loaded
+        where = str(self.config_file) if raw is None else f"the config from {source}"
+        if raw is None:
+            try:
+                raw = await asyncio.to_thread(self.config_file.read_bytes)
+            except OSError as err:
+                return self._refused(
+                    source, None, f"{self.config_file}: cannot read the file: {err.strerror or err}"
+                )
+        config_hash = sha256_hash(raw)
         try:
-            loaded = await asyncio.to_thread(load_config, path)
+            loaded = parse_config(raw, str(self.config_file) if source == "sighup" else where)
         except ConfigError as err:
-            return self._reload_refused(f"{err}")
+            return self._refused(source, config_hash, str(err))
         if loaded.config.buffer.path != self.config.buffer.path:
-            return self._reload_refused(
-                f"{path}: buffer.path changes from {self.config.buffer.path} to "
-                f"{loaded.config.buffer.path}; moving the buffer needs a restart"
+            return self._refused(
+                source,
+                config_hash,
+                f"{where}: buffer.path changes from {self.config.buffer.path} to "
+                f"{loaded.config.buffer.path}; moving the buffer needs a restart",
             )
+        if config_hash == old.config_hash:
+            log.info("config %s is the one running; nothing to apply", config_hash)
+            return Applied("committed", config_hash, old.config_hash, "already running", 0.0)
         processing = self._build_processing(loaded, self.processing)
         try:
-            drivers = build_drivers(loaded.config, processing.add)
+            drivers = build_drivers(loaded.config, self._tapped(processing.add))
         except ValueError as err:  # the planner refuses what the models let through
-            return self._reload_refused(f"{path}: {err}")
-        await self._switch(loaded, processing, drivers)
-        return True
+            return self._refused(source, config_hash, f"{where}: {err}")
+        await asyncio.to_thread(self._keep, raw)
+        entry = self._history_record(config_hash, source, "applying", old.config_hash)
+        before = baseline(self.uplink.state, self._device_healths())
+        reconnects = (
+            loaded.config.gateway.id != self.gateway_id or loaded.config.mqtt != old.config.mqtt
+        )
+        await self._switch(loaded, processing, drivers, source)
+        window = window_seconds(loaded.config, reconnects=reconnects)
+        problems = await self._watch_window(before, window)
+        if not problems:
+            note = await asyncio.to_thread(self._write_config_file, raw, source)
+            self._history_finish(entry, "committed", note)
+            log.info(
+                "config %s committed: it works as well as %s did", config_hash, old.config_hash
+            )
+            return Applied("committed", config_hash, old.config_hash, note, window)
+        why = "; ".join(problems)
+        log.error(
+            "config %s does not work (%s) within %.0fs; rolling back to %s",
+            config_hash,
+            why,
+            window,
+            old.config_hash,
+        )
+        await self._roll_back(old, why)
+        self._history_finish(entry, "rolled_back", why)
+        self.rolled_back += 1
+        self._event(
+            "config_rolled_back",
+            f"config {config_hash} rolled back to {old.config_hash}: {why}",
+            config_hash=config_hash,
+            running=old.config_hash,
+            reason=why,
+        )
+        return Applied("rolled_back", config_hash, old.config_hash, why, window)
 
-    def _reload_refused(self, why: str) -> bool:
+    async def _watch_window(self, before: Baseline, window: float) -> list[str]:
+        judge = HealthWindow(before, lambda: self.uplink.state, self._device_healths)
+        deadline = self.clock.monotonic() + window
+        while True:
+            problems = judge.missing()
+            if not problems or self.stop_requested.is_set():
+                return []
+            if self.clock.monotonic() >= deadline:
+                return problems
+            await wait_event(self.clock, self.stop_requested, WINDOW_CHECK)
+
+    async def _roll_back(self, good: LoadedConfig, why: str) -> None:
+        processing = self._build_processing(good, self.processing)
+        drivers = build_drivers(good.config, self._tapped(processing.add))
+        await self._switch(good, processing, drivers, "rollback", rolled_back=True)
+        raw = self.kept.read(good.config_hash) if self.kept is not None else None
+        if raw is not None:
+            note = await asyncio.to_thread(self._write_config_file, raw, "rollback")
+            if note:
+                log.warning("%s", note)
+
+    def _refused(self, source: str, config_hash: str | None, why: str) -> Applied:
         self.reloads_refused += 1
         self.reload_error = why
-        log.error("reload refused, the running config (%s) stays: %s", self.loaded.config_hash, why)
+        log.error("config refused, the running config (%s) stays: %s", self.loaded.config_hash, why)
         self._event(
             "config_refused",
             f"a new config was refused; {self.loaded.config_hash} stays: {why}",
             running=self.loaded.config_hash,
             reason=why,
         )
-        return False
+        if config_hash is not None:
+            entry = self._history_record(config_hash, source, "refused", self.loaded.config_hash)
+            self._history_finish(entry, "refused", why)
+        return Applied("refused", config_hash, self.loaded.config_hash, why, 0.0)
+
+    # --- the small state of flashing ------------------------------------------------------
+
+    def _open_state(self) -> None:
+        """Config history and kept configs beside the buffer; trouble here is logged,
+        never fatal (the gateway's data path does not depend on it)."""
+        try:
+            self.history = ConfigHistory.open(self.state_dir)
+            self.kept = KeptConfigs(self.state_dir)
+            raw = self.config_file.read_bytes()
+            if sha256_hash(raw) == self.loaded.config_hash:
+                self.kept.keep(raw)
+            last = self.history.entries()
+            if (
+                not last
+                or last[-1].hash != self.loaded.config_hash
+                or last[-1].outcome != "committed"
+            ):
+                entry = self._history_record(
+                    self.loaded.config_hash, "start", "applying", last[-1].hash if last else None
+                )
+                self._history_finish(entry, "committed", None)
+        except OSError as err:
+            log.error(
+                "cannot keep the config history in %s (%s): configs are still applied and "
+                "rolled back, but not recorded",
+                self.state_dir,
+                err,
+            )
+
+    def _keep(self, raw: bytes) -> None:
+        if self.kept is None:
+            return
+        try:
+            self.kept.keep(raw)
+        except OSError as err:
+            log.warning("cannot keep the candidate config in %s (%s)", self.kept.directory, err)
+
+    def _history_record(
+        self, config_hash: str, source: str, outcome: Outcome, previous: str | None
+    ) -> HistoryEntry:
+        entry = HistoryEntry(0, config_hash, source, self.clock.time(), outcome, previous)
+        return self.history.record(entry) if self.history is not None else entry
+
+    def _history_finish(self, entry: HistoryEntry, outcome: Outcome, reason: str | None) -> None:
+        if self.history is None:
+            return
+        self.history.finish(entry, outcome, reason)
+        if self.kept is not None:
+            self.kept.prune({e.hash for e in self.history.entries()} | {self.loaded.config_hash})
+
+    def _write_config_file(self, raw: bytes, source: str) -> str | None:
+        """The committed config into the file the service starts from (a restart runs
+        it too); None, or a note saying why the file could not be written."""
+        try:
+            if self.config_file.read_bytes() == raw:
+                return None  # SIGHUP: the file is the candidate already
+        except OSError:
+            pass
+        try:
+            mode = self.config_file.stat().st_mode & 0o777
+        except OSError:
+            mode = FILE_MODE
+        try:
+            write_atomically(self.config_file, raw, mode)
+        except OSError as err:
+            return (
+                f"{self.config_file} could not be written ({err.strerror or err}): it still "
+                f"holds another config, which a restart would run"
+            )
+        log.info("%s now holds config %s (%s)", self.config_file, sha256_hash(raw), source)
+        return None
+
+    def _device_healths(self) -> list[DeviceHealth]:
+        return [h for d in self.drivers for h in d.health()]
+
+    def _tapped(
+        self, sink: Callable[[Sequence[Reading]], None]
+    ) -> Callable[[Sequence[Reading]], None]:
+        """The drivers' sink, with the read command listening in when it waits."""
+        waiters = self._read_waiters
+
+        def add(readings: Sequence[Reading]) -> None:
+            sink(readings)
+            if waiters:
+                for waiter in list(waiters):
+                    waiter(readings)
+
+        return add
 
     async def _switch(
-        self, loaded: LoadedConfig, processing: Processing, drivers: list[Driver]
+        self,
+        loaded: LoadedConfig,
+        processing: Processing,
+        drivers: list[Driver],
+        source: str,
+        *,
+        rolled_back: bool = False,
     ) -> None:
         old = self.loaded
         cfg = loaded.config
@@ -425,22 +667,163 @@ class Gateway:
             self.uplink.send(self.uplink.topics.device(name), b"", retain=True)
         self.uplink.send(self.uplink.topics.meta(loaded.config_hash), self._metadata(), retain=True)
         self._start_drivers()
+        if self.gate is not None:
+            await asyncio.to_thread(self.gate.reload_keys)
+        if rolled_back:
+            log.info("rolled back to config %s, %d device(s)", loaded.config_hash, len(cfg.devices))
+            return
         self.reloads_applied += 1
         self.reload_error = None
         self._event(
             "config_applied",
-            f"config {loaded.config_hash} applied (was {old.config_hash})",
+            f"config {loaded.config_hash} applied (was {old.config_hash}); watching that it works",
             config_hash=loaded.config_hash,
             previous=old.config_hash,
-            source=str(loaded.source),
+            source=source,
         )
         log.info(
-            "reloaded the config from %s: %s -> %s, %d device(s)",
-            loaded.source,
-            old.config_hash,
+            "switched to config %s (from %s, was %s), %d device(s); watching that it works",
             loaded.config_hash,
+            source,
+            old.config_hash,
             len(cfg.devices),
         )
+
+    # --- remote commands ---------------------------------------------------------------
+
+    def _open_gate(self) -> None:
+        """The command gate (trusted keys, nonces, audit log) and the uplink's
+        subscription; with [commands] enabled = false, neither."""
+        commands = self.config.commands
+        if not commands.enabled:
+            log.info("remote commands are off ([commands] enabled = false)")
+            return
+        try:
+            self.gate = CommandGate.open(
+                self.gateway_id,
+                state_dir=self.state_dir,
+                clock=self.clock,
+                keys_dir=commands.trusted_keys,
+                window=commands.window,
+                verbs=VERBS,
+            )
+        except OSError as err:
+            log.error(
+                "remote commands are off: their state in %s cannot be kept (%s)",
+                self.state_dir,
+                err,
+            )
+            return
+        remote = Remote(self.gate, self, log_level_max=commands.log_level_max)
+        self.uplink.on_command = remote.handle
+
+    def ping(self) -> dict[str, Any]:
+        return {
+            "gateway_id": self.gateway_id,
+            "boot_id": self.boot_id,
+            "version": __version__,
+            "config_hash": self.loaded.config_hash,
+            "uptime_s": round(self.clock.monotonic() - self.health_model.started, 1),
+        }
+
+    def event(self, kind: EventKind, message: str, **data: Any) -> None:
+        self._event(kind, message, **data)
+
+    async def read_device(self, device: str, point: str | None) -> dict[str, Any]:
+        """The readings of `device`'s next poll (or of its point), as its driver made them."""
+        settings = next((d for d in self.config.devices if d.name == device), None)
+        if settings is None:
+            names = ", ".join(d.name for d in self.config.devices)
+            return {"error": f"no device {device!r} in config {self.loaded.config_hash} ({names})"}
+        if point is not None and all(p.name != point for p in settings.points):
+            return {"error": f"device {device!r} has no point {point!r}"}
+        wait = min(one_poll_seconds(settings) + 1.0, MAX_READ_WAIT)
+        got: asyncio.Future[list[Reading]] = asyncio.get_running_loop().create_future()
+
+        def listen(readings: Sequence[Reading]) -> None:
+            mine = [r for r in readings if r.device == device and point in (None, r.point)]
+            if mine and not got.done():
+                got.set_result(mine)
+
+        self._read_waiters.append(listen)
+        try:
+            async with asyncio.timeout(wait):
+                readings = await got
+        except TimeoutError:
+            health = self._device_health(device)
+            state = f" (device {health.state}: {health.last_error})" if health else ""
+            return {"error": f"no reading from {device!r} within {wait:g}s{state}"}
+        finally:
+            self._read_waiters.remove(listen)
+        return {
+            "device": device,
+            "readings": [
+                {
+                    "point": r.point,
+                    "ts_ms": r.ts_ms,
+                    "value": r.value if value_problem(r.value) is None else None,
+                    "quality": _quality_name(r.quality),
+                }
+                for r in readings
+            ],
+        }
+
+    async def rollback_config(self, to: str | None, source: str) -> Applied:
+        """Flash a config kept on this gateway: `to`, or the last committed before the
+        running one."""
+        if self.history is None or self.kept is None:
+            return Applied("refused", None, self.loaded.config_hash, "no config history here", 0.0)
+        target = to or next(
+            (
+                e.hash
+                for e in reversed(self.history.entries())
+                if e.outcome == "committed" and e.hash != self.loaded.config_hash
+            ),
+            None,
+        )
+        if target is None:
+            return Applied(
+                "refused",
+                None,
+                self.loaded.config_hash,
+                "no earlier committed config in the history",
+                0.0,
+            )
+        raw = await asyncio.to_thread(self.kept.read, target)
+        if raw is None:
+            return Applied(
+                "refused",
+                target,
+                self.loaded.config_hash,
+                f"config {target} is not kept on this gateway",
+                0.0,
+            )
+        return await self.apply_config(raw, source)
+
+    def set_log_level(self, level: str, seconds: float) -> dict[str, Any]:
+        """Log at `level` for `seconds`, then at the config's level again."""
+        root = logging.getLogger()
+        root.setLevel(level.upper())
+        log.warning(
+            "log level %s for %.0fs (by command), then %s",
+            level,
+            seconds,
+            self.config.gateway.log_level,
+        )
+        if self._log_level_task is not None:
+            self._log_level_task.cancel()
+        self._log_level_task = asyncio.get_running_loop().create_task(self._log_level_back(seconds))
+        return {
+            "level": level,
+            "until": round(self.clock.time() + seconds, 3),
+            "then": self.config.gateway.log_level,
+        }
+
+    async def _log_level_back(self, seconds: float) -> None:
+        await self.clock.sleep(seconds)
+        logging.getLogger().setLevel(self.config.gateway.log_level.upper())
+        log.warning("log level back to %s", self.config.gateway.log_level)
+        self._log_level_task = None
 
     # --- events and the present state -------------------------------------------------------
 

@@ -41,6 +41,7 @@ class HealthSources:
     pipeline: Callable[[], PipelineHealth]
     reloads: Callable[[], ReloadsHealth]
     devices: Callable[[], list[dict[str, Any]]]
+    commands: Callable[[], dict[str, Any] | None] = lambda: None
 
 
 class HealthModel:
@@ -63,6 +64,7 @@ class HealthModel:
             pipeline=s.pipeline(),
             reloads=s.reloads(),
             devices=s.devices(),
+            commands=s.commands(),
         )
 
     def payload(self) -> bytes:

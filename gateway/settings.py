@@ -157,6 +157,30 @@ class BufferConfig(StrictModel):
         return path
 
 
+class CommandsConfig(StrictModel):
+    """Signed remote commands (docs/operations.md)."""
+
+    enabled: bool = Field(
+        True,
+        description="subscribe to {prefix}/{id}/cmd/+ and carry out commands signed by a "
+        "trusted key; false: subscribe to nothing",
+    )
+    trusted_keys: Path = Field(
+        Path("/etc/edge-gateway/trusted-keys"),
+        description="directory of trusted public keys, one <key id>.pub per key (read "
+        "again at every reload); missing: every command is refused",
+    )
+    window: Duration = Field(
+        300.0,
+        le=3600.0,
+        description="a command is accepted this long either side of its issued_at",
+    )
+    log_level_max: Duration = Field(
+        3600.0,
+        description="the log-level command changes the level for at most this long",
+    )
+
+
 class BatchConfig(StrictModel):
     max_readings: Int = Field(500, ge=1, le=100_000)
     max_age: Duration = Field(
@@ -234,6 +258,7 @@ class GatewayConfig(StrictModel):
     mqtt: MqttConfig = MqttConfig()
     buffer: BufferConfig = BufferConfig()
     batch: BatchConfig = BatchConfig()
+    commands: CommandsConfig = CommandsConfig()
     devices: list[DeviceConfig] = Field(min_length=1)
     alarms: list[AlarmConfig] = Field(default_factory=list)
 

@@ -1562,6 +1562,10 @@ class MqttUplink:
             refused_publishes=self.refused_publishes,
             session_takeovers=self.session_takeovers,
             takeover_since=self._takeover.since if self._takeover is not None else None,
+            events_dropped=self.side_dropped,
+            commands=self.command_subscription,
+            commands_received=self.commands_received,
+            commands_dropped=self.commands_dropped,
         )
 
 

@@ -234,6 +234,10 @@ class UplinkHealth:
     refused_publishes: int
     session_takeovers: int
     takeover_since: float | None
+    events_dropped: int = 0  # events and state changes dropped while offline (oldest first)
+    commands: str = "off"  # the command subscription: off, pending, subscribed, refused: ...
+    commands_received: int = 0
+    commands_dropped: int = 0  # the queue was full, or the connection ended while waiting
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,9 +259,10 @@ class PipelineHealth:
 
 @dataclass(frozen=True, slots=True)
 class ReloadsHealth:
-    applied: int
-    refused: int
+    applied: int  # configs switched in (then committed or rolled back)
+    refused: int  # configs refused before anything changed (problems in the file)
     last_error: str | None
+    rolled_back: int = 0  # configs switched back out: they broke what worked before
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +280,7 @@ class Health:
     pipeline: PipelineHealth
     reloads: ReloadsHealth
     devices: list[dict[str, Any]] = field(default_factory=list)  # drivers' DeviceHealth
+    commands: dict[str, Any] | None = None  # the command gate's section; None: off
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = dataclasses.asdict(self.identity)
@@ -286,6 +292,7 @@ class Health:
         doc["pipeline"] = dataclasses.asdict(self.pipeline)
         doc["reloads"] = dataclasses.asdict(self.reloads)
         doc["devices"] = list(self.devices)
+        doc["commands"] = self.commands
         return doc
 
 
