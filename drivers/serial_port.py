@@ -106,6 +106,12 @@ def forbid_other_openers(fd: int) -> None:
 
 def open_error(port: str, err: BaseException) -> str:
     """Why `port` could not be opened, and what to do about it."""
+    if isinstance(err, termios.error):  # the driver refused a line setting
+        detail = err.args[1] if len(err.args) > 1 else str(err)
+        return (
+            f"{port}: the adapter refuses these line settings ({detail}): does it support "
+            "this baud rate, parity and stop bits?"
+        )
     code = _errno_of(err)
     text = str(err)
     if code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY) or "exclusively lock" in text:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -174,7 +175,7 @@ class SerialLineDriver:
             while True:
                 try:
                     self._open()
-                except (serial.SerialException, OSError, ValueError) as err:
+                except (serial.SerialException, OSError, ValueError, termios.error) as err:
                     self._failed(open_error(self.port_settings["port"], err))
                     await asyncio.sleep(self._backoff())
                     continue

@@ -268,6 +268,8 @@ def run(args: argparse.Namespace) -> int:
 def _unusable_ports(devices: Sequence[Any]) -> dict[str, str]:
     """Each serial port of `devices` that cannot be opened as the drivers open it, and why
     (missing, held by the running service, not permitted): checked before any polling."""
+    import termios
+
     import serial
 
     from drivers.serial_port import SerialPortConfig, open_error
@@ -286,7 +288,7 @@ def _unusable_ports(devices: Sequence[Any]) -> dict[str, str]:
         }
         try:
             open_exclusive(settings).close()
-        except (serial.SerialException, OSError, ValueError) as err:
+        except (serial.SerialException, OSError, ValueError, termios.error) as err:
             found[dev.port] = open_error(dev.port, err)
     return found
 

@@ -367,6 +367,7 @@ class Totals:
 
 def _listen(setup: Setup, args: argparse.Namespace) -> int:
     import select
+    import termios
     import time
 
     import serial
@@ -380,7 +381,7 @@ def _listen(setup: Setup, args: argparse.Namespace) -> int:
     except ValueError as err:  # pyserial refuses the line settings
         _say(f"edge-gateway listen: {ps['port']}: {err}")
         return EXIT_CONFIG
-    except (serial.SerialException, OSError) as err:
+    except (serial.SerialException, OSError, termios.error) as err:
         _say(f"edge-gateway listen: {open_error(ps['port'], err)}")
         return EXIT_ENVIRONMENT
     show = Show(args.json, setup.units)

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import subprocess
 import sys
+import termios
 import time
 
 import pytest
@@ -196,6 +197,15 @@ port = serial.Serial(sys.argv[1], exclusive=True)
 print("held", flush=True)
 time.sleep(60)
 """
+
+
+def test_line_settings_the_adapter_refuses_are_explained_not_a_traceback() -> None:
+    # termios.error is no OSError: an adapter without even parity raises it on open.
+    refused = open_error("/dev/ttyUSB0", termios.error(22, "Invalid argument"))
+    assert refused == (
+        "/dev/ttyUSB0: the adapter refuses these line settings (Invalid argument): does it "
+        "support this baud rate, parity and stop bits?"
+    )
 
 
 def test_a_missing_port_and_a_permission_problem_are_explained() -> None:
