@@ -19,6 +19,10 @@ The verbs (docs/operations.md has their bodies and results):
   committed before the running one by default);
 - `log-level` (`{"level": "debug"|"info"|"warning"|"error", "for": SECONDS?}`): for a
   bounded time (600 s by default, at most `[commands] log_level_max`), then back.
+
+The verbs that change the gateway (`CHANGING`) are carried out only when the gateway
+could check the command's age: while its clock is unsynchronised, a command signed
+long ago and held back in transit could otherwise still act (replay.py, rule 4).
 """
 
 from __future__ import annotations
@@ -36,6 +40,15 @@ from gateway.wire.messages import Command, Reply, encode
 log = logging.getLogger("gateway.control")
 
 VERBS = ("ping", "health", "read", "reload", "config-apply", "config-rollback", "log-level")
+# Verbs that change the gateway: carried out only when the command's age could be
+# checked (gateway/control/replay.py, rule 4); the others only look.
+CHANGING = frozenset({"reload", "config-apply", "config-rollback", "log-level"})
+UNCHECKED = (
+    "the gateway's clock is not synchronised, so the command's age cannot be checked: a "
+    "command that changes the gateway is carried out only when it can be; send it again "
+    "once NTP has set the clock (ping, health and read work meanwhile; on site, "
+    "'edge-gateway apply' needs no clock)"
+)
 LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_LOG_LEVEL_FOR = 600.0
 MAX_READ_WAIT = 120.0
@@ -97,7 +110,10 @@ class Remote:
         command = accepted.command
         log.info("command %s (nonce %s) from key %s", command.verb, command.nonce, command.key_id)
         try:
-            ok, result, reason = await self._verbs[command.verb](command)
+            if command.verb in CHANGING and not accepted.time_checked:
+                ok, result, reason = False, {}, UNCHECKED
+            else:
+                ok, result, reason = await self._verbs[command.verb](command)
         except BadBody as err:
             ok, result, reason = False, {}, f"bad body: {err}"
         except Exception:  # a bug: said once with its traceback, answered as failed

@@ -9,14 +9,19 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
 from rig import REPO, GatewayProcess, Subscriber, gateway_config, modbus_device
 
 from drivers.modbus.decode import Table
-from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
+from drivers.sim.modbus import ModbusSimServer, SimulatedDevice, free_tcp_port
+from gateway.control import load_private_key
+from gateway.control.signing import envelope_bytes, new_command, sign
 from gateway.devtools.broker import Mosquitto
 
 GATEWAY = "test-gw"
@@ -60,6 +65,7 @@ def config(broker: Mosquitto, tmp_path: Path, device_port: int, *, extra: str = 
         buffer_path=tmp_path / "buffer.db",
         devices=modbus_device("pump", device_port, 1, POINTS) + extra,
     )
+    text = text.replace('log_level = "info"', 'log_level = "info"\nclock_sync = "assume"', 1)
     return text.replace(
         "[batch]", f'[commands]\ntrusted_keys = "{tmp_path / "trusted-keys"}"\n\n[batch]', 1
     )
@@ -208,3 +214,103 @@ async def test_config_apply_by_command_commits_a_config_that_works(
     finally:
         sub.close()
     assert "log level debug for 30s" in gp.log
+
+
+def publish_and_wait(
+    broker: Mosquitto, verb: str, payload: bytes, timeout: float = 20
+) -> dict[str, Any]:
+    """Publish a raw command payload (no response topic: the reply comes on reply/{verb})
+    and return the first reply carrying its nonce."""
+    nonce = json.loads(payload)["command"]["nonce"]
+    got: list[dict[str, Any]] = []
+    done = threading.Event()
+
+    def on_message(client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        reply = json.loads(msg.payload)
+        if reply.get("nonce") == nonce:
+            got.append(reply)
+            done.set()
+
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.on_message = on_message
+    client.connect("127.0.0.1", broker.port)
+    client.subscribe(f"city/{GATEWAY}/reply/{verb}", qos=1)
+    client.loop_start()
+    try:
+        time.sleep(0.3)  # the SUBACK
+        client.publish(f"city/{GATEWAY}/cmd/{verb}", payload, qos=1).wait_for_publish(5)
+        assert done.wait(timeout), f"no reply to {verb} within {timeout}s"
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return got[0]
+
+
+async def test_an_expired_command_and_a_replayed_one_are_refused_with_the_reason(
+    tmp_path: Path, broker: Mosquitto, keys: Path, gateway_process
+) -> None:
+    key = load_private_key(keys / "ops.key")
+    sub = Subscriber(broker)
+    try:
+        async with ModbusSimServer([counting_device()]) as sim:
+            gp: GatewayProcess = gateway_process(config(broker, tmp_path, sim.port))
+            await started(gp, sub)
+            old = new_command("ping", GATEWAY, {}, "ops", now=time.time() - 3600)
+            reply = await asyncio.to_thread(
+                publish_and_wait, broker, "ping", envelope_bytes(sign(old, key))
+            )
+            assert reply["outcome"] == "refused" and reply["code"] == "expired", reply
+
+            fresh = envelope_bytes(
+                sign(new_command("ping", GATEWAY, {}, "ops", now=time.time()), key)
+            )
+            first = await asyncio.to_thread(publish_and_wait, broker, "ping", fresh)
+            assert first["outcome"] == "ok", first
+            boot = json.loads(sub.on("/health")[-1])["boot_id"]
+            assert await asyncio.to_thread(gp.stop) == 0, gp.log
+            gp.start()  # nonces are remembered across a restart
+            await sub.wait_async(
+                lambda: any(
+                    h["boot_id"] != boot and h["uplink"]["commands"] == "subscribed"
+                    for h in map(json.loads, sub.on("/health"))
+                ),
+                20,
+                "the restarted gateway subscribed",
+            )
+            again = await asyncio.to_thread(publish_and_wait, broker, "ping", fresh)
+            assert again["outcome"] == "refused" and again["code"] == "replayed", again
+            assert await asyncio.to_thread(gp.stop) == 0, gp.log
+    finally:
+        sub.close()
+
+
+async def test_config_apply_of_a_config_whose_device_never_answers_is_rolled_back_losing_nothing(
+    tmp_path: Path, broker: Mosquitto, keys: Path, gateway_process
+) -> None:
+    sub = Subscriber(broker)
+    try:
+        async with ModbusSimServer([counting_device()]) as sim:
+            gp: GatewayProcess = gateway_process(config(broker, tmp_path, sim.port))
+            await started(gp, sub)
+            good = gp.config.read_text()
+            bad = tmp_path / "bad.toml"
+            bad.write_text(config(broker, tmp_path, free_tcp_port()))
+            code, reply = await asyncio.to_thread(
+                send, broker, keys / "ops.key", "config-apply", "--config", str(bad)
+            )
+            assert code == 1 and reply["outcome"] == "failed", reply
+            assert reply["result"]["outcome"] == "rolled_back"
+            assert "device 'pump' was online" in reply["reason"]
+            assert gp.config.read_text() == good
+            seen = len(sub.readings("pump", "polls"))
+            await sub.wait_async(
+                lambda: len(sub.readings("pump", "polls")) > seen + 5, 20, "readings go on"
+            )
+            assert await asyncio.to_thread(gp.stop) == 0, gp.log
+    finally:
+        sub.close()
+    batches = sub.batches()
+    assert len({b.boot_id for b in batches}) == 1
+    assert [b.seq for b in batches] == list(range(1, len(batches) + 1)), "a batch was lost"
+    polls = [int(r.value) for r in sub.readings("pump", "polls") if r.quality == 0]
+    assert polls == list(range(polls[0], polls[-1] + 1)), "a reading was lost"
