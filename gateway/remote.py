@@ -109,6 +109,9 @@ class Remote:
     async def _carry_out(self, accepted: Accepted) -> Reply:
         command = accepted.command
         log.info("command %s (nonce %s) from key %s", command.verb, command.nonce, command.key_id)
+        ok: bool
+        result: dict[str, Any]
+        reason: str | None
         try:
             if command.verb in CHANGING and not accepted.time_checked:
                 ok, result, reason = False, {}, UNCHECKED
