@@ -22,9 +22,7 @@ from gateway.centre.request import (
     Answer,
     BadReply,
     NoReply,
-    command_topic,
     parse_reply,
-    reply_topic,
     send_command,
 )
 
@@ -39,9 +37,7 @@ __all__ = [
     "NoReply",
     "PublishRefused",
     "Received",
-    "command_topic",
     "parse_reply",
-    "reply_topic",
     "send_command",
     "tls_context",
 ]

@@ -41,14 +41,6 @@ class Answer:
     elapsed_s: float  # from the connect to the reply
 
 
-def command_topic(topics: Topics, verb: str) -> str:
-    return f"{topics.base}/cmd/{verb}"
-
-
-def reply_topic(topics: Topics, verb: str) -> str:
-    return f"{topics.base}/reply/{verb}"
-
-
 async def send_command(
     connection: Connection,
     topics: Topics,
@@ -62,7 +54,7 @@ async def send_command(
     BrokerUnreachable, PublishRefused, NoReply or BadReply (all CentreError), each with
     a sentence. `within` (seconds) bounds the whole exchange, connecting included."""
     started = time.monotonic()
-    replies = reply_topic(topics, verb)
+    replies = topics.reply(verb)
     correlation = nonce.encode("ascii")
     published = False
     async with CentreClient(connection) as client:
@@ -70,7 +62,7 @@ async def send_command(
             async with asyncio.timeout(max(0.0, within - (time.monotonic() - started))):
                 await client.subscribe(replies, qos=1)
                 await client.publish(
-                    command_topic(topics, verb),
+                    topics.command(verb),
                     payload,
                     qos=1,
                     response_topic=replies,
