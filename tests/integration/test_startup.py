@@ -184,7 +184,7 @@ async def test_sighup_reloads_a_good_config_and_refuses_a_broken_one_without_los
 
         gp.config.write_text(config(one) + "\n[[devices]]\nname = 'broken'\n")
         gp.proc.send_signal(signal.SIGHUP)
-        await subscriber.wait_async(lambda: "reload refused" in gp.log, 10, "the refusal")
+        await subscriber.wait_async(lambda: "config refused, the running config" in gp.log, 10, "the refusal")
         before = len(subscriber.readings("pump"))
         await subscriber.wait_async(
             lambda: len(subscriber.readings("pump")) >= before + 5, 10, "pump after refusal"
@@ -202,7 +202,7 @@ async def test_sighup_reloads_a_good_config_and_refuses_a_broken_one_without_los
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     counts = [r.value for r in subscriber.readings("pump", "n") if r.quality == Quality.GOOD]
     assert counts == sorted(counts) and len(set(counts)) == len(counts)
-    assert "reloaded the config" in gp.log and "Traceback" not in gp.log
+    assert "committed: it works as well as" in gp.log and "Traceback" not in gp.log
     assert len(subscriber.on("/status")) >= 1
 
 
