@@ -48,10 +48,10 @@ __all__ = [
     "check_rows",
     "checksum",
     "damage",
+    "front",
     "in_transaction",
     "load_stats",
     "migrate",
-    "oldest_created_at",
     "rows_in_seq_order",
     "tables",
     "unchecked_until",
@@ -192,10 +192,11 @@ def load_stats(conn: sqlite3.Connection) -> BufferStats:
     damaged = [k for k in REQUIRED_META + OPTIONAL_META if not isinstance(meta.get(k), int)]
     if damaged:
         raise CorruptDatabaseError(f"meta table lacks {', '.join(damaged)}")
+    oldest_seq, oldest_at = front(conn)
     return BufferStats(
         batches=count,
         bytes=size,
-        oldest_created_at=oldest_created_at(conn),
+        oldest_created_at=oldest_at,
         last_seq=max(meta["last_seq"], max_seq),
         evicted_batches=meta["evicted_batches"],
         evicted_bytes=meta["evicted_bytes"],
@@ -203,6 +204,7 @@ def load_stats(conn: sqlite3.Connection) -> BufferStats:
         evicted_by_age_bytes=meta["evicted_by_age_bytes"],
         corrupt_batches=meta["corrupt_batches"],
         corrupt_bytes=meta["corrupt_bytes"],
+        oldest_seq=oldest_seq,
     )
 
 
@@ -212,9 +214,10 @@ def unchecked_until(conn: sqlite3.Connection) -> int:
     return int(row[0]) if row is not None and isinstance(row[0], int) else 0
 
 
-def oldest_created_at(conn: sqlite3.Connection) -> float | None:
-    row = conn.execute("SELECT created_at FROM batches ORDER BY seq LIMIT 1").fetchone()
-    return None if row is None else float(row[0])
+def front(conn: sqlite3.Connection) -> tuple[int | None, float | None]:
+    """The lowest stored seq and its ``created_at``; (None, None) when empty."""
+    row = conn.execute("SELECT seq, created_at FROM batches ORDER BY seq LIMIT 1").fetchone()
+    return (None, None) if row is None else (int(row[0]), float(row[1]))
 
 
 def rows_in_seq_order(conn: sqlite3.Connection, after: int = 0) -> Iterator[Row]:

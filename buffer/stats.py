@@ -49,9 +49,11 @@ class EvictionEpisode:
 class BufferStats:
     """A snapshot of the queue: taken after its last write, ``disk_bytes`` when asked.
 
-    ``oldest_created_at`` is the stamp of the lowest stored seq. It can be later than
-    the caller's clock (a clock that was ahead when it was stamped, or that stepped
-    back since): use ``oldest_age(now)``, which is never negative. ``bytes`` is the
+    ``oldest_seq`` is the lowest stored seq: the oldest batch not yet acknowledged (None
+    when empty); the ones stored are among ``oldest_seq``..``last_seq`` (acks of a later
+    lane may have removed some in between). ``oldest_created_at`` is its stamp. It can
+    be later than the caller's clock (a clock that was ahead when it was stamped, or
+    that stepped back since): use ``oldest_age(now)``, which is never negative. ``bytes`` is the
     sum of payload lengths; ``disk_bytes`` the size of every file of the buffer (the
     database, ``-wal``, ``-shm``, ``.lock``, ``.seq``), which ``max_bytes`` bounds.
     ``evicted_*`` count both bounds and are persisted; ``evicted_by_age_*`` are the
@@ -79,6 +81,7 @@ class BufferStats:
     eviction: EvictionEpisode | None = None
     corrupt_batches: int = 0
     corrupt_bytes: int = 0
+    oldest_seq: int | None = None
 
     def oldest_age(self, now: float) -> float | None:
         """Seconds since ``oldest_created_at`` by ``now``, never negative; None if empty."""
@@ -98,6 +101,7 @@ PERSISTED: tuple[str, ...] = (
     "evicted_by_age_bytes",
     "corrupt_batches",
     "corrupt_bytes",
+    "oldest_seq",
 )
 """The fields the database holds; the others describe this open."""
 

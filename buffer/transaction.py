@@ -19,7 +19,7 @@ from typing import Final
 
 from buffer.errors import BufferError
 from buffer.footprint import TXN_FIXED_FRAMES, Budget, NewRow
-from buffer.schema import INSERT_BATCH, Row, oldest_created_at, rows_in_seq_order, write_meta
+from buffer.schema import INSERT_BATCH, Row, front, rows_in_seq_order, write_meta
 from buffer.stats import BufferStats, EvictionCause
 
 __all__ = ["Loss", "Tx", "checkpoint"]
@@ -77,7 +77,7 @@ class Tx:
     payload_bytes: int = 0
     last_seq: int = 0
     counted: bool = True  # file_pages and used_pages are up to date
-    front_changed: bool = False  # the lowest seq changed: oldest_created_at is read again
+    front_changed: bool = False  # the lowest seq changed: oldest_seq (and its stamp) read again
     loss: Loss = dataclasses.field(default_factory=Loss)
     removed: bool = False  # rows were deleted: meta.last_seq is written (invariant 1)
     corrupt_batches: int = 0  # rows deleted because their CRC failed, and their bytes
@@ -345,7 +345,10 @@ class Tx:
         if not self.counted:
             self.measure()
         if self.front_changed:
-            self.stats = dataclasses.replace(new, oldest_created_at=oldest_created_at(self.conn))
+            oldest_seq, oldest_at = front(self.conn)
+            self.stats = dataclasses.replace(
+                new, oldest_seq=oldest_seq, oldest_created_at=oldest_at
+            )
 
 
 def checkpoint(conn: sqlite3.Connection) -> bool:

@@ -179,6 +179,8 @@ class Store:
             corrupt_batches=stats.corrupt_batches,
             corrupt_bytes=stats.corrupt_bytes,
             eviction=_episode(stats.eviction),
+            first_unsent_seq=stats.oldest_seq,
+            boot_first_seq=self.opened_seq + 1 if self.queue is not None else None,
         )
 
     def close(self) -> None:

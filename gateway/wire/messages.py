@@ -205,6 +205,9 @@ class BufferHealth:
     corrupt_batches: int  # dropped on read: their CRC-32 failed (bit rot on the card)
     corrupt_bytes: int
     eviction: EvictionHealth | None
+    # What the centre needs to account for every seq (gateway/centre/accounting.py):
+    first_unsent_seq: int | None = None  # the lowest seq on disk (not yet acknowledged)
+    boot_first_seq: int | None = None  # the first seq this boot hands out; None: not open
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,6 +76,8 @@ def test_install_sets_up_the_service_its_user_its_config_and_a_lean_environment(
     assert stat.S_IMODE(config.stat().st_mode) == 0o600 and config.stat().st_uid == uid
     state = root / "var" / "lib" / "edge-gateway"
     assert stat.S_IMODE(state.stat().st_mode) == 0o700 and state.stat().st_uid == uid
+    keys = root / "etc" / "edge-gateway" / "trusted-keys"  # root's: a command cannot add keys
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o755 and keys.stat().st_uid == 0
     validated = subprocess.run(
         [str(venv / "bin" / "edge-gateway"), "validate", str(config)],
         capture_output=True,
