@@ -184,7 +184,9 @@ async def test_sighup_reloads_a_good_config_and_refuses_a_broken_one_without_los
 
         gp.config.write_text(config(one) + "\n[[devices]]\nname = 'broken'\n")
         gp.proc.send_signal(signal.SIGHUP)
-        await subscriber.wait_async(lambda: "config refused, the running config" in gp.log, 10, "the refusal")
+        await subscriber.wait_async(
+            lambda: "config refused, the running config" in gp.log, 10, "the refusal"
+        )
         before = len(subscriber.readings("pump"))
         await subscriber.wait_async(
             lambda: len(subscriber.readings("pump")) >= before + 5, 10, "pump after refusal"
