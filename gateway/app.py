@@ -52,7 +52,7 @@ from drivers.core.model import Quality, Reading, value_problem
 from gateway import __version__, systemd
 from gateway.build import build_drivers
 from gateway.clock import ClockWatch, format_span
-from gateway.control import CommandGate
+from gateway.control import CommandGate, TrustedKeys
 from gateway.errors import ConfigError, StartupError
 from gateway.flashing import (
     INCOMING_FILE,
@@ -75,7 +75,7 @@ from gateway.pipeline.alarms import AlarmEvent
 from gateway.pipeline.batcher import Batcher, SealedBatch
 from gateway.pipeline.processing import Processing, compile_processing
 from gateway.remote import MAX_READ_WAIT, VERBS, Remote
-from gateway.settings import LoadedConfig, parse_config
+from gateway.settings import CommandsConfig, LoadedConfig, parse_config
 from gateway.state import FILE_MODE
 from gateway.store import Store
 from gateway.tasks import cancel_and_wait
@@ -388,6 +388,8 @@ class Gateway:
             await self.reload_requested.wait()
             self.reload_requested.clear()
             systemd.notify("RELOADING=1", "STATUS=reloading the config")
+            if self.gate is not None:  # a key added or removed: every reload reads them
+                await asyncio.to_thread(self.gate.reload_keys)
             raw, source = await asyncio.to_thread(self._take_incoming)
             await self.apply_config(raw, source)
             systemd.notify("READY=1", f"STATUS={self._status_line()}")
@@ -667,8 +669,8 @@ class Gateway:
             self.uplink.send(self.uplink.topics.device(name), b"", retain=True)
         self.uplink.send(self.uplink.topics.meta(loaded.config_hash), self._metadata(), retain=True)
         self._start_drivers()
-        if self.gate is not None:
-            await asyncio.to_thread(self.gate.reload_keys)
+        if cfg.commands != old.config.commands:
+            await asyncio.to_thread(self._reconfigure_commands, cfg.commands, old.config.commands)
         if rolled_back:
             log.info("rolled back to config %s, %d device(s)", loaded.config_hash, len(cfg.devices))
             return
@@ -716,6 +718,16 @@ class Gateway:
             return
         remote = Remote(self.gate, self, log_level_max=commands.log_level_max)
         self.uplink.on_command = remote.handle
+
+    def _reconfigure_commands(self, new: CommandsConfig, old: CommandsConfig) -> None:
+        """A reload's [commands]: a new keys directory at once; `enabled` and `window`
+        (which the nonce store's horizon depends on) at the next restart."""
+        for key in ("enabled", "window"):
+            if getattr(new, key) != getattr(old, key):
+                log.warning("[commands] %s takes effect at the next restart", key)
+        if self.gate is not None and new.trusted_keys != old.trusted_keys:
+            self.gate.keys = TrustedKeys(new.trusted_keys)
+            self.gate.reload_keys()
 
     def ping(self) -> dict[str, Any]:
         return {

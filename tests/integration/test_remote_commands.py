@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -314,3 +315,27 @@ async def test_config_apply_of_a_config_whose_device_never_answers_is_rolled_bac
     assert [b.seq for b in batches] == list(range(1, len(batches) + 1)), "a batch was lost"
     polls = [int(r.value) for r in sub.readings("pump", "polls") if r.quality == 0]
     assert polls == list(range(polls[0], polls[-1] + 1)), "a reading was lost"
+
+
+async def test_a_key_installed_later_is_trusted_after_a_reload_of_the_same_config(
+    tmp_path: Path, broker: Mosquitto, keys: Path, gateway_process
+) -> None:
+    trusted = tmp_path / "trusted-keys" / "ops.pub"
+    pub = trusted.read_bytes()
+    trusted.unlink()
+    sub = Subscriber(broker)
+    try:
+        async with ModbusSimServer([counting_device()]) as sim:
+            gp: GatewayProcess = gateway_process(config(broker, tmp_path, sim.port))
+            await started(gp, sub)
+            code, reply = await asyncio.to_thread(send, broker, keys / "ops.key", "ping")
+            assert code == 1 and reply["code"] == "unknown_key", reply
+            trusted.write_bytes(pub)
+            assert gp.proc is not None
+            gp.proc.send_signal(signal.SIGHUP)  # systemctl reload, the config unchanged
+            await sub.wait_async(lambda: "trusted-keys: ops (" in gp.log, 10, "the key read again")
+            code, reply = await asyncio.to_thread(send, broker, keys / "ops.key", "ping")
+            assert code == 0, reply
+            assert await asyncio.to_thread(gp.stop) == 0, gp.log
+    finally:
+        sub.close()
