@@ -9,16 +9,22 @@ Each device holds four sparse tables. A value can be
 - live: computed from the time at every read (`set_signal`), e.g. a sine wave;
 - a read counter (`add_read_counter`): a uint32 that goes up by one every time a
   request covering it is served, so a test can prove that no poll went missing;
-and a device can be made `silent` (never answers: a dead slave) at any moment.
+and a device can be made `silent` (never answers: a dead slave) at any moment, or
+given a `WireFault` (drivers/sim/faults.py) for all its answers (`fault`) or for the
+requests that cover one of its points (`fault_points`): an exception with any code,
+late answers, a broken CRC or transaction id, garbage, a dropped connection, a flood.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
+import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
@@ -27,6 +33,7 @@ from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
 from drivers.modbus.decode import ByteOrder, DataType, Table, encode_value, register_count
+from drivers.sim.faults import ANSWER_FAULTS, WireFault, broken_answer
 
 Signal = Callable[[float], float | int | bool]
 
@@ -41,6 +48,8 @@ class _Live:
     dtype: DataType
     order: ByteOrder
     signal: Signal
+    length: int | None = None
+    bit: int | None = None
 
 
 @dataclass
@@ -51,6 +60,10 @@ class SimulatedDevice:
     tables: dict[Table, dict[int, int]] = field(default_factory=lambda: {t: {} for t in Table})
     silent: bool = False
     reads: int = 0
+    fault: WireFault | None = None
+    """A fault of every answer (drivers/sim/faults.py); before the point faults."""
+    fault_points: dict[str, tuple[Table, range, WireFault]] = field(default_factory=dict)
+    """Faults of the requests that cover a point: name -> (table, its addresses, fault)."""
     _live: list[_Live] = field(default_factory=list)
     _counters: list[tuple[Table, int]] = field(default_factory=list)
 
@@ -63,10 +76,17 @@ class SimulatedDevice:
         order: ByteOrder = ByteOrder.ABCD,
         *,
         length: int | None = None,
+        bit: int | None = None,
     ) -> None:
-        """Store a value at an address, encoded as a real device would hold it."""
+        """Store a value at an address, encoded as a real device would hold it (a `bit`
+        point changes its bit alone)."""
         if table.is_bit_table:
             self.tables[table][address] = int(bool(value))
+            return
+        if dtype is DataType.BIT and bit is not None:
+            cells = self.tables[table]
+            mask = 1 << bit
+            cells[address] = (cells.get(address, 0) & ~mask) | (mask if value else 0)
             return
         words = encode_value(value, dtype, order, length=length)
         for i, word in enumerate(words):
@@ -79,10 +99,23 @@ class SimulatedDevice:
         signal: Signal,
         dtype: DataType = DataType.FLOAT32,
         order: ByteOrder = ByteOrder.ABCD,
+        *,
+        length: int | None = None,
+        bit: int | None = None,
     ) -> None:
         """Compute the value from the time (unix seconds) at every read."""
-        self._live.append(_Live(table, address, dtype, order, signal))
-        self.set_value(table, address, signal(time.time()), dtype, order)
+        self._live.append(_Live(table, address, dtype, order, signal, length, bit))
+        self.set_value(table, address, signal(time.time()), dtype, order, length=length, bit=bit)
+
+    def fault_for(self, table: Table, address: int, count: int) -> WireFault | None:
+        """The fault of a request for `count` addresses from `address` of `table`."""
+        if self.fault is not None:
+            return self.fault
+        span = range(address, address + count)
+        for point_table, addresses, fault in self.fault_points.values():
+            if point_table is table and addresses.start < span.stop and span.start < addresses.stop:
+                return fault
+        return None
 
     def add_read_counter(self, table: Table, address: int) -> None:
         """A uint32 (ABCD) that counts the reads covering it: 1 for the first, 2 next..."""
@@ -102,8 +135,17 @@ class SimulatedDevice:
         self.reads += 1
         now = time.time()
         for live in self._live:
-            if live.table is table and _overlaps(live.address, live.dtype, span):
-                self.set_value(table, live.address, live.signal(now), live.dtype, live.order)
+            if live.table is table and _overlaps(live.address, live.dtype, span, live.length):
+                value = live.signal(now)
+                self.set_value(
+                    table,
+                    live.address,
+                    value,
+                    live.dtype,
+                    live.order,
+                    length=live.length,
+                    bit=live.bit,
+                )
         for c_table, c_address in self._counters:
             if c_table is table and _overlaps(c_address, DataType.UINT32, span):
                 current = (cells[c_address] << 16) | cells[c_address + 1]
@@ -119,8 +161,8 @@ class SimulatedDevice:
         return None
 
 
-def _overlaps(address: int, dtype: DataType, span: range) -> bool:
-    end = address + register_count(dtype)
+def _overlaps(address: int, dtype: DataType, span: range, length: int | None = None) -> bool:
+    end = address + register_count(dtype, length)
     return address < span.stop and span.start < end
 
 
@@ -131,12 +173,29 @@ class _SimContext(ModbusServerContext):
         self.devices = {d.unit: d for d in devices}
         self.old_simulator = True  # tells the server to call this object directly
         self.simdevices = []
+        self.pending: dict[int, WireFault] = {}  # unit -> the fault of its next answer frame
 
     def _device(self, device_id: int) -> SimulatedDevice:
         device = self.devices.get(device_id)
         if device is None or device.silent:
             raise NoSuchIdException(f"no unit {device_id}")  # server stays silent: a timeout
         return device
+
+    async def _faulty(
+        self, device: SimulatedDevice, table: Table, address: int, count: int
+    ) -> bool:
+        """Carry out the fault of this request up to the answer; True: answer an exception
+        (its code is set on the wire)."""
+        fault = device.fault_for(table, address, count)
+        if fault is None:
+            return False
+        if fault.kind == "silent":
+            raise NoSuchIdException(f"unit {device.unit} is silent")
+        if fault.kind == "delay":
+            await asyncio.sleep(fault.millis / 1000)
+        elif fault.kind in ANSWER_FAULTS:
+            self.pending[device.unit] = fault
+        return fault.kind == "exception"
 
     async def async_getValues(
         self, device_id: int, func_code: int, address: int, count: int = 1
@@ -145,6 +204,8 @@ class _SimContext(ModbusServerContext):
         table = _READ_TABLES.get(func_code) or _WRITE_TABLES.get(func_code)
         if table is None:
             return ExcCodes.ILLEGAL_FUNCTION
+        if await self._faulty(device, table, address, count):
+            return ExcCodes.DEVICE_FAILURE
         values = device.read(table, address, count)
         if isinstance(values, ExcCodes) or not table.is_bit_table:
             return values
@@ -157,10 +218,16 @@ class _SimContext(ModbusServerContext):
         table = _WRITE_TABLES.get(func_code)
         if table is None:
             return ExcCodes.ILLEGAL_FUNCTION
+        if await self._faulty(device, table, address, len(values)):
+            return ExcCodes.DEVICE_FAILURE
         return device.write(table, address, values)
 
     def device_ids(self) -> list[int]:
         return list(self.devices)
+
+
+_FLOOD_CHUNK = 4096
+_FLOOD_BACKLOG = 16  # chunks (serial) or 64 KiB (TCP) waiting in a connection at most
 
 
 class ModbusSimServer:
@@ -168,7 +235,11 @@ class ModbusSimServer:
 
     By default Modbus TCP on a loopback port; `framer="rtu"` speaks RTU frames over
     TCP (a serial device server); `serial_port=PATH` makes it an RTU bus on a serial
-    line (e.g. one end of a `NullModem`).
+    line (e.g. one end of a `NullModem`, or a real port with its line settings).
+
+    The devices' faults act on the wire here: an answer is broken as its unit's fault
+    says, a `drop` closes the connection that asked, and while a unit floods, junk goes
+    out on every connection (on the bus) as fast as it is taken.
     """
 
     def __init__(
@@ -180,6 +251,10 @@ class ModbusSimServer:
         framer: Literal["socket", "rtu"] = "socket",
         serial_port: str | None = None,
         baudrate: int = 19200,
+        bytesize: int = 8,
+        parity: str = "N",
+        stopbits: int = 1,
+        rng: random.Random | None = None,
     ):
         self.context = _SimContext(devices)
         self.host = host
@@ -187,7 +262,10 @@ class ModbusSimServer:
         self.framer = FramerType.RTU if framer == "rtu" or serial_port else FramerType.SOCKET
         self.serial_port = serial_port
         self.baudrate = baudrate
+        self.line = (bytesize, parity, stopbits)
+        self.rng = rng or random.Random()
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
+        self._flood: asyncio.Task[None] | None = None
         self.connections = 0  # TCP connections accepted so far
 
     def _trace_connect(self, connected: bool) -> None:
@@ -201,11 +279,15 @@ class ModbusSimServer:
     async def start(self) -> None:
         server: ModbusTcpServer | ModbusSerialServer
         if self.serial_port is not None:
+            bytesize, parity, stopbits = self.line
             server = ModbusSerialServer(
                 self.context,
                 framer=self.framer,
                 port=self.serial_port,
                 baudrate=self.baudrate,
+                bytesize=bytesize,
+                parity=parity,
+                stopbits=stopbits,
                 ignore_missing_devices=True,
                 trace_connect=self._trace_connect,
             )
@@ -219,10 +301,59 @@ class ModbusSimServer:
                 ignore_missing_devices=True,
                 trace_connect=self._trace_connect,
             )
+        self._break_answers_of(server)
         await server.serve_forever(background=True)
         self._server = server
+        self._flood = asyncio.create_task(self._flood_while_asked(), name="sim-modbus-flood")
+
+    def _break_answers_of(self, server: ModbusTcpServer | ModbusSerialServer) -> None:
+        """Every connection's answers pass `_answer` on their way out."""
+        make: Callable[[], Any] = server.callback_new_connection
+
+        def new_connection() -> Any:
+            handler = make()
+            handler.trace_packet = lambda sending, data: (
+                self._answer(handler, data) if sending else data
+            )
+            return handler
+
+        server.callback_new_connection = new_connection  # type: ignore[method-assign]
+
+    def _answer(self, handler: Any, frame: bytes) -> bytes:
+        rtu = self.framer is FramerType.RTU
+        unit = frame[0] if rtu else frame[6] if len(frame) > 6 else -1
+        fault = self.context.pending.pop(unit, None)
+        if fault is None:
+            return frame
+        if fault.kind == "drop":
+            handler.close()
+        return broken_answer(frame, fault, rtu=rtu, rng=self.rng)
+
+    async def _flood_while_asked(self) -> None:
+        junk = b""
+        while True:
+            if not any(
+                d.fault is not None and d.fault.kind == "flood" for d in self.devices.values()
+            ):
+                await asyncio.sleep(0.05)
+                continue
+            junk = junk or self.rng.randbytes(_FLOOD_CHUNK)
+            server = self._server
+            backlog = _FLOOD_BACKLOG if self.serial_port else _FLOOD_BACKLOG * _FLOOD_CHUNK
+            for handler in list(server.active_connections.values()) if server else ():
+                transport: Any = handler.transport
+                if transport is None or transport.is_closing():
+                    continue
+                if transport.get_write_buffer_size() < backlog:
+                    transport.write(junk)
+            await asyncio.sleep(0.001)
 
     async def stop(self) -> None:
+        if self._flood is not None:
+            self._flood.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flood
+            self._flood = None
         if self._server is not None:
             await self._server.shutdown()  # type: ignore[no-untyped-call]
             self._server = None

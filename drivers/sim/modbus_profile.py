@@ -26,7 +26,7 @@ from drivers.modbus.decode import (
 )
 from drivers.sim.modbus import SimulatedDevice
 
-__all__ = ["profile_device", "simulated_device"]
+__all__ = ["plausible_value", "profile_device", "raw_value", "simulated_device"]
 
 # A typical reading per engineering unit, and the step between points of one unit;
 # binary fractions, so that float32 holds them exactly.
@@ -46,6 +46,7 @@ _TYPICAL: dict[str | None, tuple[float, float]] = {
     None: (0.8125, 0.03125),  # no unit: a ratio such as a power factor
 }
 _OTHER = (42.5, 1.5)
+_FLOAT32_MAX = 3.4028234e38
 _INTEGER_LIMITS = {
     DataType.INT16: (-(2**15), 2**15 - 1),
     DataType.UINT16: (0, 2**16 - 1),
@@ -56,7 +57,7 @@ _INTEGER_LIMITS = {
 }
 
 
-def _plausible(point: ModbusPointConfig, nth: int) -> float:
+def plausible_value(point: ModbusPointConfig, nth: int) -> float:
     """A reading of the point's unit, the nth of its unit, inside its plausible range."""
     base, step = _TYPICAL.get(point.unit, _OTHER)
     value = base + nth * step
@@ -70,11 +71,14 @@ def _plausible(point: ModbusPointConfig, nth: int) -> float:
     return value
 
 
-def _raw(point: ModbusPointConfig, value: float) -> float | int:
-    """The register value that reads as `value` after scale and offset."""
+def raw_value(point: ModbusPointConfig, value: float) -> float | int:
+    """The register value that reads as `value` after scale and offset (held at the limits
+    of the point's type)."""
     raw = (value - point.offset) / point.scale
     limits = _INTEGER_LIMITS.get(point.type)
     if limits is None:
+        if point.type is DataType.FLOAT32:
+            return min(max(raw, -_FLOAT32_MAX), _FLOAT32_MAX)
         return raw
     return min(max(round(raw), limits[0]), limits[1])
 
@@ -100,7 +104,7 @@ def simulated_device(
             )
         else:
             nth = seen[point.unit] = seen.get(point.unit, -1) + 1
-            raw = _raw(point, _plausible(point, nth))
+            raw = raw_value(point, plausible_value(point, nth))
             device.set_value(point.table, point.address, raw, point.type, order)
     for point in bits:
         cells = device.tables[point.table]

@@ -2,8 +2,13 @@
 
 A `LineInstrument` writes realistic frames on its own (`period`) or answers a
 poll command (`command`), through the master side of a `PtyPort`; the gateway
-opens `instrument.path` with pyserial as it would `/dev/ttyUSB1`. Tests and rigs
-can make it silent, make it send garbage between frames, or corrupt checksums.
+opens `instrument.path` with pyserial as it would `/dev/ttyUSB1` (or, given a
+`SerialDevicePort`, it talks on a real serial port). Tests and rigs can make it
+silent, make it send garbage between frames (`noise`), or give it a `WireFault`
+(drivers/sim/faults.py): silent, late frames, a broken checksum (the `corrupt`
+function it was given), random bytes instead of frames, frames back to back (flood).
+With `lossy`, what the line has no room for is dropped instead of waited for, as a
+real instrument talking to nobody does: a simulator that runs for days never stalls.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import random
 import struct
 from collections.abc import Callable
 
 from drivers.serial_line.checksums import crc16_modbus, xor8
-from drivers.sim.serial_link import PtyPort
+from drivers.sim.faults import WireFault
+from drivers.sim.serial_link import PtyPort, SerialDevicePort
 
 MakeFrame = Callable[[int], bytes]
 
@@ -28,6 +35,10 @@ class LineInstrument:
         period: float | None = None,
         command: bytes | None = None,
         reply_delay: float = 0.0,
+        port: PtyPort | SerialDevicePort | None = None,
+        corrupt: Callable[[bytes], bytes] | None = None,
+        lossy: bool = False,
+        rng: random.Random | None = None,
     ) -> None:
         if (period is None) == (command is None):
             raise ValueError("a simulated instrument either streams (period) or answers (command)")
@@ -35,8 +46,12 @@ class LineInstrument:
         self.period = period
         self.command = command
         self.reply_delay = reply_delay
-        self.port = PtyPort()
+        self.port = port or PtyPort()
+        self.corrupt = corrupt  # a frame with a wrong checksum, for the fault "crc"
+        self.lossy = lossy
+        self.rng = rng or random.Random()
         self.silent = False
+        self.fault: WireFault | None = None
         self.noise: bytes = b""  # written before every frame while set
         self.frames_sent = 0
         self.polls_seen = 0
@@ -51,17 +66,50 @@ class LineInstrument:
         """Put raw bytes on the line (a frame, garbage, half a frame)."""
         self.port.write(data)
 
-    def _emit(self) -> None:
-        if self.silent:
-            return
-        self.frames_sent += 1
-        self.port.write(self.noise + self.make_frame(self.frames_sent))
+    def _fault_is(self, kind: str) -> bool:
+        return self.fault is not None and self.fault.kind == kind
 
-    async def _stream(self) -> None:
-        assert self.period is not None
+    @property
+    def _delay(self) -> float:
+        return self.fault.millis / 1000 if self.fault and self.fault.kind == "delay" else 0.0
+
+    def _frame(self) -> bytes:
+        self.frames_sent += 1
+        frame = self.make_frame(self.frames_sent)
+        if self._fault_is("crc") and self.corrupt is not None:
+            return self.corrupt(frame)
+        if self._fault_is("garbage"):
+            return self.rng.randbytes(len(frame))
+        return frame
+
+    def _emit(self) -> None:
+        if self.silent or self._fault_is("silent"):
+            return
+        data = self.noise + self._frame()
+        if self.lossy:
+            self.port.offer(data)
+        else:
+            self.port.write(data)
+
+    async def _run(self) -> None:
+        """Streaming: a frame every period (late by a delay fault); either mode: frames
+        back to back while flooding."""
         while True:
-            await asyncio.sleep(self.period)
-            self._emit()
+            if self._fault_is("flood"):
+                await self._flood()
+            elif self.period is None:
+                await asyncio.sleep(0.05)
+            else:
+                await asyncio.sleep(self.period + self._delay)
+                self._emit()
+
+    async def _flood(self) -> None:
+        pending = b""
+        while self._fault_is("flood"):
+            pending = pending or self._frame()
+            written = self.port.offer(pending)
+            pending = pending[written:]
+            await asyncio.sleep(0.002 if pending else 0)
 
     def _on_command_bytes(self) -> None:
         assert self.command is not None
@@ -69,16 +117,16 @@ class LineInstrument:
         while (at := self._rx.find(self.command)) >= 0:
             del self._rx[: at + len(self.command)]
             self.polls_seen += 1
-            if self.reply_delay:
-                asyncio.get_running_loop().call_later(self.reply_delay, self._emit)
+            delay = self.reply_delay + self._delay
+            if delay:
+                asyncio.get_running_loop().call_later(delay, self._emit)
             else:
                 self._emit()
         del self._rx[: max(0, len(self._rx) - 256)]
 
     async def start(self) -> None:
-        if self.period is not None:
-            self._task = asyncio.create_task(self._stream(), name="sim-line-instrument")
-        else:
+        self._task = asyncio.create_task(self._run(), name="sim-line-instrument")
+        if self.command is not None:
             asyncio.get_running_loop().add_reader(self.port.master, self._on_command_bytes)
 
     async def stop(self) -> None:
@@ -86,7 +134,7 @@ class LineInstrument:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        else:
+        if self.command is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self.port.master)
         self.port.close()

@@ -2,10 +2,14 @@
 
 `PtyPort` is one pseudo-terminal pair: a program opens `path` with pyserial
 exactly like `/dev/ttyUSB0`, and the simulator talks through the master side.
+`SerialDevicePort` is a real serial port that a simulator talks through the same
+way (the program under test sits at the other end of a cable).
 
 `NullModem` joins two programs that both want a port path (the gateway and a
 pymodbus RTU server): two pty pairs and a relay between their masters. The relay
-can inject bytes (line noise), drop traffic (a cut cable) or delay it.
+can inject bytes (line noise), drop traffic (a cut cable) or delay it. What the
+receiving side has no room for is lost (`lost` counts it), as on a real line: a side
+that stops reading never stalls the relay.
 """
 
 from __future__ import annotations
@@ -20,15 +24,12 @@ import tty
 from collections.abc import Callable
 
 
-class PtyPort:
-    """A pseudo-terminal pair in raw mode; `path` is what the program opens."""
+class _FdPort:
+    """A line the simulator reads and writes through one non-blocking file descriptor."""
 
-    def __init__(self) -> None:
-        self.master, self._slave = os.openpty()
-        tty.setraw(self._slave, termios.TCSANOW)  # no echo, no newline translation
-        self.path = os.ttyname(self._slave)
-        os.set_blocking(self.master, False)
-        # Keeping our slave fd open keeps the line up while the program reopens it.
+    master: int
+    path: str
+    _fds: tuple[int, ...] = ()
 
     def write(self, data: bytes, *, stop: threading.Event | None = None) -> None:
         """Write all of data towards the program, waiting while its buffer is full (from a
@@ -44,6 +45,14 @@ class PtyPort:
                 continue
             view = view[written:]
 
+    def offer(self, data: bytes) -> int:
+        """Write what the line takes now and drop the rest (nobody reads, or not fast
+        enough: a real line loses it too); the number of bytes written."""
+        try:
+            return os.write(self.master, data)
+        except (BlockingIOError, OSError):
+            return 0
+
     def read_available(self) -> bytes:
         """What the program wrote so far (empty when nothing is waiting)."""
         chunks = []
@@ -58,9 +67,47 @@ class PtyPort:
         return b"".join(chunks)
 
     def close(self) -> None:
-        for fd in (self.master, self._slave):
+        for fd in self._fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+class PtyPort(_FdPort):
+    """A pseudo-terminal pair in raw mode; `path` is what the program opens."""
+
+    def __init__(self) -> None:
+        self.master, self._slave = os.openpty()
+        tty.setraw(self._slave, termios.TCSANOW)  # no echo, no newline translation
+        self.path = os.ttyname(self._slave)
+        os.set_blocking(self.master, False)
+        self._fds = (self.master, self._slave)
+        # Keeping our slave fd open keeps the line up while the program reopens it.
+
+
+class SerialDevicePort(_FdPort):
+    """A real serial port (e.g. /dev/ttyUSB1) opened exclusively with its line settings;
+    OSError or ValueError when it cannot be (see drivers.serial_port.open_error)."""
+
+    def __init__(
+        self,
+        path: str,
+        baudrate: int = 9600,
+        bytesize: int = 8,
+        parity: str = "N",
+        stopbits: int = 1,
+    ) -> None:
+        import serial
+
+        self._serial = serial.Serial(
+            path, baudrate, bytesize, parity, stopbits, timeout=0, exclusive=True
+        )
+        self.path = path
+        self.master = self._serial.fileno()
+        os.set_blocking(self.master, False)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._serial.close()
 
 
 class NullModem:
@@ -72,6 +119,7 @@ class NullModem:
         self.cut = False  # True: everything written is lost, like an unplugged cable
         self.bytes_a_to_b = 0
         self.bytes_b_to_a = 0
+        self.lost = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
@@ -87,7 +135,7 @@ class NullModem:
             self.bytes_a_to_b += len(data)
         else:
             self.bytes_b_to_a += len(data)
-        dst.write(data)
+        self.lost += len(data) - dst.offer(data)
 
     def inject_to_a(self, data: bytes) -> None:
         """Bytes appear on a's line as if the bus carried them (noise, a stray talker)."""
