@@ -1,0 +1,40 @@
+"""The rig library: what a test of the gateway stands on, shipped with it.
+
+A private mosquitto (`Mosquitto`), the gateway as a process (`GatewayProcess`,
+`GatewayFactory`, configs from `gateway_config` / `modbus_device` / `rtu_device`), a link
+that fails on cue (`LinkProxy`: down, blackhole, slow) and the centre's side
+(`Collector`: decodes, keeps each `(gateway, boot, seq)` once, accounts per gateway).
+Simulated devices are `drivers.sim`'s, or `edge-gateway simulate`. The pytest fixtures
+(`edge_broker`, `edge_collector`, `edge_gateway`, `edge_proxy`) are in
+`gateway.devtools.pytest_plugin`, which pytest loads by itself. docs/test-rigs.md is the
+guide.
+
+Everything listens and connects on 127.0.0.1 only, and every wait has a deadline.
+"""
+
+from gateway.devtools.broker import BrokerError, Mosquitto
+from gateway.devtools.rig._ledger import Account
+from gateway.devtools.rig.collector import Collector, Endpoint
+from gateway.devtools.rig.configs import gateway_config, modbus_device, rtu_device
+from gateway.devtools.rig.process import GatewayFactory, GatewayProcess
+from gateway.devtools.rig.proxy import Direction, LinkProxy, LinkProxyError
+from gateway.devtools.rig.waiting import RigTimeout, wait_until, wait_until_async
+
+__all__ = [
+    "Account",
+    "BrokerError",
+    "Collector",
+    "Direction",
+    "Endpoint",
+    "GatewayFactory",
+    "GatewayProcess",
+    "LinkProxy",
+    "LinkProxyError",
+    "Mosquitto",
+    "RigTimeout",
+    "gateway_config",
+    "modbus_device",
+    "rtu_device",
+    "wait_until",
+    "wait_until_async",
+]

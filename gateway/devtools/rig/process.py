@@ -1,0 +1,155 @@
+"""The gateway as a child process, as systemd runs it: `edge-gateway run -c FILE`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from gateway.devtools.rig.configs import gateway_config
+
+# `-P`: the working directory (a rig's scratch folder) never shadows an installed package.
+DEFAULT_COMMAND = (sys.executable, "-P", "-m", "gateway")
+
+
+class GatewayProcess:
+    """`edge-gateway run -c WORKDIR/gateway.toml`, its output in WORKDIR/gateway.log.
+
+    `command` runs another installation (`["/opt/edge-gateway/bin/edge-gateway"]`);
+    by default the gateway of this Python environment. `env` adds to the environment
+    of the next `start()` (NOTIFY_SOCKET, ...). Each start appends a `----- run N -----`
+    line to the log, so one log holds every run of a restart test.
+    """
+
+    def __init__(
+        self, workdir: Path, config_text: str, *, command: Sequence[str] = DEFAULT_COMMAND
+    ) -> None:
+        self.env: dict[str, str] = {}
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config = workdir / "gateway.toml"
+        self.config.write_text(config_text)
+        self.log_path = workdir / "gateway.log"
+        self.command = list(command)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+
+    def start(self) -> None:
+        """Start it (again); returns at once: wait for what it publishes."""
+        self.runs += 1
+        with self.log_path.open("ab") as log:
+            log.write(f"----- run {self.runs} -----\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                [*self.command, "run", "-c", str(self.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=self.workdir,
+                env=dict(os.environ, PYTHONUNBUFFERED="1", **self.env),
+            )
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, as `systemctl stop`: returns its exit code. One that has not exited
+        within `timeout` is killed and subprocess.TimeoutExpired raised: a hung stop
+        fails the test and leaves no orphan behind."""
+        proc = self._running_proc()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            raise
+        finally:
+            self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash or a power cut, as far as the gateway can tell."""
+        proc = self._running_proc()
+        proc.kill()
+        proc.wait(10)
+        self.proc = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def log(self) -> str:
+        """Everything every run wrote on stdout and stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def cleanup(self) -> None:
+        """Kill it if it still runs (a test's teardown)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def _running_proc(self) -> subprocess.Popen[bytes]:
+        if self.proc is None:
+            raise RuntimeError(f"the gateway in {self.workdir} was not started")
+        return self.proc
+
+    def __enter__(self) -> GatewayProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.proc is not None:
+            self.stop()
+
+
+class GatewayFactory:
+    """Starts gateways on one broker, each in a folder of its own under `workdir`
+    (gw-1/, gw-2/, ...), with `gateway_config`'s fast settings; `cleanup()` kills any
+    still running. The `edge_gateway` fixture is one of these."""
+
+    def __init__(self, workdir: Path, broker_port: int) -> None:
+        self.workdir = workdir
+        self.broker_port = broker_port
+        self.made: list[GatewayProcess] = []
+
+    def __call__(
+        self,
+        devices: str,
+        *,
+        gateway_id: str | None = None,
+        broker_port: int | None = None,
+        max_readings: int = 50,
+        max_age: str = "200ms",
+        extra_mqtt: str = "",
+        start: bool = True,
+    ) -> GatewayProcess:
+        """A gateway polling `devices` (`modbus_device(...)` sections), started unless
+        `start=False`. Its id is `gw-N` unless named; `broker_port` points it elsewhere
+        than the broker (a `LinkProxy`'s port)."""
+        name = f"gw-{len(self.made) + 1}"
+        workdir = self.workdir / name
+        config = gateway_config(
+            broker_port=self.broker_port if broker_port is None else broker_port,
+            buffer_path=workdir / "buffer.db",
+            devices=devices,
+            gateway_id=gateway_id or name,
+            max_readings=max_readings,
+            max_age=max_age,
+            extra_mqtt=extra_mqtt,
+        )
+        gateway = GatewayProcess(workdir, config)
+        self.made.append(gateway)
+        if start:
+            gateway.start()
+        return gateway
+
+    def cleanup(self) -> None:
+        for gateway in self.made:
+            gateway.cleanup()
