@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -251,3 +252,25 @@ def test_the_exporter_stops_on_sigterm_while_the_broker_is_away(tmp_path: Path) 
         exporter.cleanup()
     assert "Traceback" not in exporter.output
     assert exporter.log.stat().st_size < 4000, "one sentence, not one per attempt"
+
+
+@needs_prometheus
+def test_the_alert_rules_in_the_docs_pass_promtool_and_name_exported_metrics(
+    tmp_path: Path,
+) -> None:
+    from gateway.centre.exporter import METRIC_NAMES
+
+    doc = (REPO / "docs" / "exporter.md").read_text()
+    rules = next(block for block in doc.split("```yaml\n")[1:] if block.startswith("groups:"))
+    rules = rules.split("```", 1)[0]
+    (tmp_path / "rules.yml").write_text(rules)
+    promtool = str(Path(PROMETHEUS).with_name("promtool"))
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(tmp_path / "rules.yml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    named = set(re.findall(r"\bedge_gateway_\w+", rules))
+    assert named and named <= METRIC_NAMES, sorted(named - METRIC_NAMES)
