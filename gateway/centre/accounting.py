@@ -48,6 +48,7 @@ __all__ = [
     "GatewayAccount",
     "MessageKind",
     "SeqSet",
+    "json_object",
     "split_topic",
 ]
 
@@ -582,7 +583,7 @@ class Accounting:
                 raise
             return batch if self.add_batch(batch) else None
         if kind in ("status", "health", "event"):
-            doc = _json_object(payload)
+            doc = json_object(payload)
             if doc is None:
                 if payload:  # an empty payload clears a retained message: not a fault
                     self.gateway(gateway_id).unreadable += 1
@@ -624,7 +625,9 @@ def _boot_json(boot: Boot, state: BootState) -> dict[str, Any]:
     }
 
 
-def _json_object(payload: bytes) -> dict[str, Any] | None:
+def json_object(payload: bytes) -> dict[str, Any] | None:
+    """A JSON object (what status, health, events and states are), or None for anything
+    else: not JSON, or JSON that is not an object."""
     try:
         doc = json.loads(payload)
     except (ValueError, RecursionError):
