@@ -10,10 +10,9 @@ to stop.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
+from gateway.commands.broker_args import add_broker_arguments, connection, duration
 from gateway.commands.common import (
     EXIT_CONFIG,
     EXIT_ENVIRONMENT,
@@ -26,7 +25,6 @@ NAME = "exporter"
 HELP = "serve Prometheus metrics of every gateway on a broker (status, health, devices, alarms)"
 ORDER = 55
 
-PASSWORD_ENV = "EDGE_GATEWAY_MQTT_PASSWORD"
 DEFAULT_LISTEN = "127.0.0.1:9108"
 
 EPILOG = """\
@@ -52,31 +50,7 @@ log, and edge_gateway_exporter_broker_connected is 0 meanwhile."""
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
-    parser.add_argument(
-        "--broker",
-        required=True,
-        metavar="HOST[:PORT]",
-        help="the broker the gateways publish to (port 1883, or 8883 with --tls-ca)",
-    )
-    parser.add_argument(
-        "--tls-ca",
-        type=Path,
-        metavar="FILE",
-        help="CA certificate(s) of the broker's certificate; turns TLS on",
-    )
-    parser.add_argument("--username", help="MQTT user name (needs read access to the topics)")
-    parser.add_argument(
-        "--password",
-        default=os.environ.get(PASSWORD_ENV),
-        help=f"MQTT password (better: the environment variable {PASSWORD_ENV}, which other "
-        "users cannot see in the process list)",
-    )
-    parser.add_argument(
-        "--mqtt", choices=["5", "3.1.1"], default="5", help="MQTT version (default 5)"
-    )
-    parser.add_argument(
-        "--prefix", default="city", help="the gateways' [mqtt] topic_prefix (default city)"
-    )
+    add_broker_arguments(parser)
     parser.add_argument(
         "--listen",
         default=DEFAULT_LISTEN,
@@ -109,12 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _stale(text: str) -> float:
-    from drivers.core.config_types import parse_duration
-
-    try:
-        seconds = parse_duration(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+    seconds = duration(text)
     if seconds < 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is too short: at least 1s")
     return seconds
@@ -124,22 +93,17 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from gateway.centre import BrokerAddress, Connection, tls_context
     from gateway.centre.exporter import Fleet, FleetCollector, MetricsServer, follow, listen_address
 
     try:
-        address = BrokerAddress.parse(args.broker, tls=args.tls_ca is not None)
+        broker = connection(args)
         host, port = listen_address(args.listen)
-        tls = tls_context(args.tls_ca) if args.tls_ca is not None else None
         if args.max_gateways < 1:
             raise ValueError(f"--max-gateways {args.max_gateways}: at least 1")
     except ValueError as err:
         print(f"edge-gateway exporter: {err}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(args.log_level)
-    connection = Connection(
-        address, tls=tls, username=args.username, password=args.password, protocol=args.mqtt
-    )
     fleet = Fleet(args.prefix, stale=args.stale, max_gateways=args.max_gateways)
     try:
         server = MetricsServer(FleetCollector(fleet), host, port)
@@ -151,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_ENVIRONMENT
     print(
         f"edge-gateway exporter: serving http://{args.listen}/metrics for the gateways under "
-        f"{args.prefix}/ on {address}",
+        f"{args.prefix}/ on {broker.address}",
         file=sys.stderr,
     )
     interrupted = False
@@ -169,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, _on, sig)
         async with asyncio.TaskGroup() as tg:
-            following = tg.create_task(follow(connection, fleet), name="exporter-follow")
+            following = tg.create_task(follow(broker, fleet), name="exporter-follow")
             await stop.wait()
             following.cancel()
 
