@@ -102,10 +102,13 @@ class SimulatedDevice:
         *,
         length: int | None = None,
         bit: int | None = None,
+        initial: float | int | bool | str | None = None,
     ) -> None:
-        """Compute the value from the time (unix seconds) at every read."""
+        """Compute the value from the time (unix seconds) at every read; until the first
+        read the address holds `initial` (default: the signal's value now)."""
         self._live.append(_Live(table, address, dtype, order, signal, length, bit))
-        self.set_value(table, address, signal(time.time()), dtype, order, length=length, bit=bit)
+        first = signal(time.time()) if initial is None else initial
+        self.set_value(table, address, first, dtype, order, length=length, bit=bit)
 
     def fault_for(self, table: Table, address: int, count: int) -> WireFault | None:
         """The fault of a request for `count` addresses from `address` of `table`."""
@@ -370,7 +373,8 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago on host."""
     import socket
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 

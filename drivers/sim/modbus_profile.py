@@ -26,7 +26,13 @@ from drivers.modbus.decode import (
 )
 from drivers.sim.modbus import SimulatedDevice
 
-__all__ = ["plausible_value", "profile_device", "raw_value", "simulated_device"]
+__all__ = [
+    "plausible_value",
+    "profile_device",
+    "raw_value",
+    "simulated_device",
+    "typical_value",
+]
 
 # A typical reading per engineering unit, and the step between points of one unit;
 # binary fractions, so that float32 holds them exactly.
@@ -57,10 +63,15 @@ _INTEGER_LIMITS = {
 }
 
 
+def typical_value(unit: str | None, nth: int) -> float:
+    """A reading in `unit` (230.5 for V, 50.0 for Hz, ...), the nth of its unit a step on."""
+    base, step = _TYPICAL.get(unit, _OTHER)
+    return base + nth * step
+
+
 def plausible_value(point: ModbusPointConfig, nth: int) -> float:
     """A reading of the point's unit, the nth of its unit, inside its plausible range."""
-    base, step = _TYPICAL.get(point.unit, _OTHER)
-    value = base + nth * step
+    value = typical_value(point.unit, nth)
     low = point.process.min if point.process is not None else None
     high = point.process.max if point.process is not None else None
     if (low is not None and value < low) or (high is not None and value > high):
