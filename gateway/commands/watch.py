@@ -205,7 +205,7 @@ def render(
     order = f"sort {args.sort}{' reversed' if args.reverse else ''}"
     header = Text(
         f"{len(rows)} gateways, {online} online on {args.broker}; {order}"
-        + ("  (s sort, r reverse, q quit)" if not args.once else ""),
+        + ("; keys: s sort, r reverse, q quit" if not args.once else ""),
         style="bold",
         no_wrap=True,
         overflow="ellipsis",
