@@ -119,7 +119,7 @@ def _whole(words: list[str], usage: str) -> int:
     if len(words) != 2:
         raise CommandError(usage)
     try:
-        return int(words[1], 0)  # 2, or 0x0B as a datasheet writes a code
+        return int(words[1], 16 if words[1].lower().startswith("0x") else 10)  # 2, 0x0B
     except ValueError:
         raise CommandError(f"{words[1]!r} is not a whole number; {usage}") from None
 

@@ -375,7 +375,7 @@ class ScenarioConfig(StrictModel):
         found: dict[str, Endpoint] = {}
         for i, device in enumerate(self.devices):
             if isinstance(device, _SimTcpConfig):
-                key = f"tcp {device.host}:{device.port}" if device.port else f"tcp {device.name}"
+                key = f"tcp {device.host}:{device.port}" if device.port else f"tcp #{i}"
             elif isinstance(device, SimModbusRtuDeviceConfig):
                 key = f"bus {device.bus_name}"
             else:
