@@ -125,11 +125,16 @@ async def test_batches_on_disk_when_the_gateway_is_killed_arrive_after_a_restart
         gp = pump_gateway(gateway_process, tmp_path, broker.port, sim.port)
         await asyncio.to_thread(broker.stop)  # an outage: everything piles up on disk
         gp.start()
-        await asyncio.sleep(2.5)
+        await subscriber.wait_async(
+            lambda: "is answering" in gp.log,
+            20,
+            "the gateway polling",  # slow on a busy CI
+        )
+        await asyncio.sleep(2.0)  # batches close every 200 ms
         gp.kill()  # SIGKILL: no flush, no goodbye
         with DurableQueue(buffer_path, max_bytes=50_000_000) as queue:
             persisted = queue.read(0, 100_000)
-        assert len(persisted) >= 5, gp.log
+        assert len(persisted) >= 3, gp.log
         await asyncio.to_thread(broker.start)
         gp.start()
         await subscriber.wait_async(
@@ -250,7 +255,7 @@ async def test_a_blackholed_link_is_detected_torn_down_and_unacknowledged_batche
     tmp_path: Path, broker: Mosquitto, subscriber: Subscriber, gateway_process
 ) -> None:
     proxy = TcpProxy(broker.port)
-    await proxy.start()
+    proxy.start()
     try:
         async with ModbusSimServer([counting_device()]) as sim:
             gp = gateway_process(
@@ -274,7 +279,7 @@ async def test_a_blackholed_link_is_detected_torn_down_and_unacknowledged_batche
             )
             assert await stop(gp) == 0, gp.log
     finally:
-        await proxy.stop()
+        proxy.stop()
     counts = poll_counts(subscriber)
     assert_gapless(counts, "polls across a blackholed link")
     assert counts[0] == 1

@@ -54,6 +54,13 @@ def polls(sub: Subscriber) -> list[int]:
     return [int(r.value) for r in sub.readings("pump", "polls") if r.quality == Quality.GOOD]
 
 
+def assert_nothing_read_was_lost(counts: list[int], *, switches: int) -> None:
+    """In order, none twice; each switch of config may cancel one poll in flight (the
+    device counted it, the gateway never got its answer): nothing read is lost."""
+    assert counts == sorted(set(counts)), "a reading doubled or out of order"
+    assert len(set(range(counts[0], counts[-1] + 1)) - set(counts)) <= switches
+
+
 def history(gp: GatewayProcess) -> list[dict[str, object]]:
     result = cli("config", "-c", str(gp.config), "history", "--json")
     assert result.returncode == 0, result.stderr
@@ -113,8 +120,7 @@ async def test_apply_switches_to_a_config_that_works_commits_it_and_loses_nothin
             assert await asyncio.to_thread(gp.stop) == 0, gp.log
     finally:
         sub.close()
-    counts = polls(sub)
-    assert counts == list(range(counts[0], counts[-1] + 1)), "a reading was lost in the switch"
+    assert_nothing_read_was_lost(polls(sub), switches=1)
 
 
 async def test_a_config_that_loses_a_device_is_rolled_back_with_the_reason(
@@ -144,8 +150,7 @@ async def test_a_config_that_loses_a_device_is_rolled_back_with_the_reason(
             assert await asyncio.to_thread(gp.stop) == 0, gp.log
     finally:
         sub.close()
-    counts = polls(sub)
-    assert counts == list(range(counts[0], counts[-1] + 1)), "a reading was lost"
+    assert_nothing_read_was_lost(polls(sub), switches=2)
     assert "rolling back to" in gp.log
 
 

@@ -314,7 +314,10 @@ async def test_config_apply_of_a_config_whose_device_never_answers_is_rolled_bac
     assert len({b.boot_id for b in batches}) == 1
     assert [b.seq for b in batches] == list(range(1, len(batches) + 1)), "a batch was lost"
     polls = [int(r.value) for r in sub.readings("pump", "polls") if r.quality == 0]
-    assert polls == list(range(polls[0], polls[-1] + 1)), "a reading was lost"
+    assert polls == sorted(set(polls)), "a reading doubled or out of order"
+    # Each switch (to the new config, and back) may cancel one poll in flight: the
+    # device counted it, the gateway never got its answer. Nothing read is lost.
+    assert len(set(range(polls[0], polls[-1] + 1)) - set(polls)) <= 2
 
 
 async def test_a_key_installed_later_is_trusted_after_a_reload_of_the_same_config(
