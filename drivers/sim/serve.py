@@ -311,6 +311,7 @@ class Simulation:
         if link is None and self.link_dir is None:
             return None
         path = Path(link) if link is not None else self.link_dir / name  # type: ignore[operator]
+        path = path.absolute()  # what a harness or a config can name from anywhere
         make_link(path, target)
         self._links.append((path, target))
         return str(path)

@@ -135,9 +135,8 @@ def run(args: argparse.Namespace) -> int:
     except _BadInput as err:
         print(f"edge-gateway simulate: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    control = (
-        args.control or Path(tempfile.gettempdir()) / f"edge-gateway-simulate-{os.getpid()}.sock"
-    )
+    default = Path(tempfile.gettempdir()) / f"edge-gateway-simulate-{os.getpid()}.sock"
+    control = (args.control or default).absolute()
     return asyncio.run(_serve(scenario, source, control, args))
 
 
