@@ -143,6 +143,8 @@ def _bad_combination(args: argparse.Namespace) -> str | None:
         )
     if args.share is not None and (not args.share or any(c in args.share for c in "/+#")):
         return f"--share {args.share!r}: a group name holds no '/', '+' or '#'"
+    if args.completeness and args.format != "json":
+        return "--completeness prints JSON (one object per gateway): leave out --format"
     if args.format != "influx" and (args.measurement is not None or args.empty != "field"):
         return "--measurement and --empty go with --format influx"
     if args.gateway and any(not g or any(c in g for c in "/+#") for g in args.gateway):
