@@ -29,6 +29,8 @@ import struct
 from collections.abc import Callable
 from typing import Literal, get_args
 
+from drivers.sim.faults import other_transaction
+
 Fault = Literal[
     "wrong_length",
     "lying_byte_count",
@@ -152,7 +154,7 @@ class FaultyModbusTcpServer:
         if fault == "wrong_length":
             frame = frame[:4] + struct.pack(">H", len(body) + 1 - 3) + frame[6:]
         elif fault == "wrong_transaction":
-            frame = struct.pack(">H", (tid + 7) & 0xFFFF) + frame[2:]
+            frame = other_transaction(frame)
         elif fault == "wrong_unit":
             frame = frame[:6] + bytes(((unit + 1) & 0xFF,)) + frame[7:]
         return frame
