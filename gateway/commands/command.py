@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.commands.broker_args import add_broker_arguments, duration
 from gateway.commands.common import EXIT_CONFIG, EXIT_ENVIRONMENT, EXIT_FAILURE, EXIT_OK
 
 if TYPE_CHECKING:
@@ -25,7 +25,6 @@ NAME = "command"
 HELP = "sign and send a remote command to a gateway and print its reply; make signing keys"
 ORDER = 50
 
-PASSWORD_ENV = "EDGE_GATEWAY_MQTT_PASSWORD"
 
 EPILOG = """\
 examples:
@@ -76,34 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     send.formatter_class = argparse.RawDescriptionHelpFormatter
     send.epilog = EPILOG
     send.add_argument("verb", help="what to do: ping, health, read, reload, ... (the gateway's)")
-    send.add_argument(
-        "--broker",
-        required=True,
-        metavar="HOST[:PORT]",
-        help="the broker the gateway uses (port 1883, or 8883 with --tls-ca)",
-    )
-    send.add_argument(
-        "--tls-ca",
-        type=Path,
-        metavar="FILE",
-        help="CA certificate(s) of the broker's certificate; turns TLS on",
-    )
-    send.add_argument("--username", help="MQTT user name")
-    send.add_argument(
-        "--password",
-        default=os.environ.get(PASSWORD_ENV),
-        help=f"MQTT password (better: the environment variable {PASSWORD_ENV}, which other "
-        "users cannot see in the process list)",
-    )
-    send.add_argument(
-        "--mqtt",
-        choices=["5", "3.1.1"],
-        default="5",
-        help="MQTT version (default 5; under 3.1.1 the reply is matched by its nonce alone)",
-    )
-    send.add_argument(
-        "--prefix", default="city", help="the gateways' [mqtt] topic_prefix (default city)"
-    )
+    add_broker_arguments(send)
     send.add_argument("--gateway", required=True, metavar="ID", help="the gateway's [gateway] id")
     send.add_argument(
         "--key",
@@ -138,7 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     send.add_argument(
         "--timeout",
-        type=_duration,
+        type=duration,
         metavar="DURATION",
         help="give up waiting after this long, connecting included (default 10s; 330s for "
         "reload, config-apply and config-rollback, which answer once the new config has "
@@ -147,18 +119,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     send.add_argument(
         "--json", action="store_true", help="print the reply as JSON (docs/schemas/reply)"
     )
-
-
-def _duration(text: str) -> float:
-    from drivers.core.config_types import parse_duration
-
-    try:
-        seconds = parse_duration(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be longer than zero")
-    return seconds
 
 
 def run(args: argparse.Namespace) -> int:
@@ -214,18 +174,19 @@ class _BadInput(Exception):
 
 def _send(args: argparse.Namespace) -> int:
     import asyncio
+    import dataclasses
     import time
 
-    from gateway.centre import BrokerAddress, CentreError, Connection, send_command, tls_context
+    from gateway.centre import CentreError, send_command
     from gateway.centre.request import BadReply
+    from gateway.commands.broker_args import connection
     from gateway.control.keys import load_private_key, private_key_warning
     from gateway.control.refusals import Refusal
     from gateway.control.signing import envelope_bytes, new_command, parse, sign
     from gateway.uplink.topics import Topics
 
     try:
-        address = BrokerAddress.parse(args.broker, tls=args.tls_ca is not None)
-        tls = tls_context(args.tls_ca) if args.tls_ca is not None else None
+        broker = connection(args)
         key = load_private_key(args.key)
         key_id = args.key_id or args.key.name.removesuffix(".key")
         body = _body(args)
@@ -245,20 +206,11 @@ def _send(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    connection = Connection(
-        address,
-        tls=tls,
-        username=args.username,
-        password=args.password,
-        protocol=args.mqtt,
-        connect_timeout=min(5.0, args.timeout),
-    )
+    broker = dataclasses.replace(broker, connect_timeout=min(5.0, args.timeout))
     topics = Topics(args.prefix, args.gateway)
     try:
         answer = asyncio.run(
-            send_command(
-                connection, topics, command.verb, command.nonce, payload, within=args.timeout
-            )
+            send_command(broker, topics, command.verb, command.nonce, payload, within=args.timeout)
         )
     except BadReply as err:
         return _fail(args, "bad_reply", str(err), EXIT_FAILURE)
