@@ -97,12 +97,20 @@ def make_private(paths: Iterable[str]) -> None:
 
 
 def make_directory(path: str) -> None:
-    """Create the buffer's directory (mode 0700) if it is missing."""
-    directory = Path(path).parent
+    """Create the buffer's directory (mode 0700) if it is missing, and its missing parents,
+    durably: each directory made is fsynced into its parent before the next step, so a
+    power cut cannot take the directory back with every batch committed in it."""
+    directory = Path(path).absolute().parent
     if directory.is_dir():
         return
+    missing = []
+    while not os.path.lexists(directory):
+        missing.append(directory)
+        directory = directory.parent
     try:
-        directory.mkdir(parents=True, mode=0o700)
+        for made in reversed(missing):
+            made.mkdir(mode=0o700 if made == missing[0] else 0o777)
+            fsync(str(made.parent), directory=True)
     except OSError as err:
         raise environment_error(path, err, "create the directory of") from err
 

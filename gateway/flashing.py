@@ -45,7 +45,7 @@ from tinydb import TinyDB
 
 from drivers.base import DeviceHealth
 from gateway.settings import GatewayConfig
-from gateway.state import DIR_MODE, FILE_MODE, fsync_directory, open_state
+from gateway.state import FILE_MODE, fsync_directory, make_directory, open_state
 
 log = logging.getLogger("gateway.flashing")
 
@@ -213,7 +213,7 @@ class KeptConfigs:
     def keep(self, raw: bytes) -> Path:
         path = self.path(sha256_hash(raw))
         if not path.exists():
-            self.directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            make_directory(self.directory)  # durably: keep() returned means kept
             write_atomically(path, raw)
         return path
 

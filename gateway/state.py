@@ -14,7 +14,8 @@ The contract, for every state file:
   `<name>` (`os.replace`, atomic on POSIX) and `fsync`s the directory, so that the
   rename itself is on disk. When `write()` returns, the new state survives a power
   cut; if the power goes before, the file holds the previous state. Never a mixture.
-- **Files are 0600**, in a directory created 0700 when missing: state may name keys
+- **Files are 0600**, in a directory created 0700 when missing (and fsynced into its
+  parent, so that it lasts as long as the files written into it): state may name keys
   and configs, and nobody but the gateway's user needs it.
 - **Unreadable is not fatal.** A file that is not a TinyDB JSON document (torn by a
   filesystem that lied about fsync, bit rot on the card, an editor's accident) is
@@ -63,8 +64,7 @@ class AtomicJSONStorage(Storage):
         self.path = Path(path)
         self.temp = self.path.with_name(f".{self.path.name}.tmp")
         self.set_aside: list[Path] = []  # unreadable files moved out of the way, this run
-        if not self.path.parent.is_dir():
-            self.path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        make_directory(self.path.parent)
         with contextlib.suppress(FileNotFoundError):
             self.temp.unlink()  # a write that a crash interrupted: never renamed, never used
 
@@ -138,6 +138,19 @@ def fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_directory(directory: Path, mode: int = DIR_MODE) -> None:
+    """Create `directory` (and its missing parents) if it is missing, durably: each
+    directory made is fsynced into its parent, so that a file written into it and
+    fsynced is not taken back by a power cut together with its directory."""
+    missing = []
+    while not directory.is_dir():
+        missing.append(directory)
+        directory = directory.parent
+    for made in reversed(missing):  # parents as mkdir -p makes them, the last with `mode`
+        made.mkdir(mode=mode if made == missing[0] else 0o777, exist_ok=True)
+        fsync_directory(made.parent)
 
 
 def open_state(path: str | os.PathLike[str]) -> TinyDB:
