@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import socket
 import stat
@@ -42,6 +43,8 @@ HELP: Final = (
 )
 MAX_DELAY_MS: Final = 600_000
 _MAX_LINE: Final = 4096
+
+log = logging.getLogger(__name__)
 
 
 class CommandError(Exception):
@@ -180,6 +183,7 @@ def answer(simulation: Controllable, line: str) -> str:
             done = simulation.release(command.target)
     except CommandError as err:
         return f"error {err}"
+    log.info("control: %s", done)  # what a harness changed, for the rig's log
     return f"ok {done}"
 
 

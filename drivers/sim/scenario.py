@@ -197,17 +197,19 @@ class _SimModbusDeviceConfig(StrictModel):
         return self.byte_order
 
 
-class _SimTcpConfig(_SimModbusDeviceConfig):
+class SimTcpDeviceConfig(_SimModbusDeviceConfig):
+    """A unit on a TCP port (Modbus TCP, or RTU frames over TCP)."""
+
     host: Host = Field("127.0.0.1", description="the address to listen on")
     port: Int = Field(ge=0, le=65535, description="the TCP port; 0: a free one, printed")
 
 
-class SimModbusTcpDeviceConfig(_SimTcpConfig):
+class SimModbusTcpDeviceConfig(SimTcpDeviceConfig):
     protocol: Literal["modbus_tcp"]
     unit: Int = Field(1, ge=0, le=255, description="Modbus unit id")
 
 
-class SimModbusRtuOverTcpDeviceConfig(_SimTcpConfig):
+class SimModbusRtuOverTcpDeviceConfig(SimTcpDeviceConfig):
     protocol: Literal["modbus_rtu_over_tcp"]
     unit: SerialUnit = 1
 
@@ -374,7 +376,7 @@ class ScenarioConfig(StrictModel):
         """The devices grouped by where they are served, in the order of the file."""
         found: dict[str, Endpoint] = {}
         for i, device in enumerate(self.devices):
-            if isinstance(device, _SimTcpConfig):
+            if isinstance(device, SimTcpDeviceConfig):
                 key = f"tcp {device.host}:{device.port}" if device.port else f"tcp #{i}"
             elif isinstance(device, SimModbusRtuDeviceConfig):
                 key = f"bus {device.bus_name}"
@@ -563,13 +565,6 @@ def _reason(error: Any) -> str:
 
 
 # --- what a gateway config reads ---------------------------------------------------------------
-
-GatewayDevice = (
-    ModbusTcpDeviceConfig
-    | ModbusRtuOverTcpDeviceConfig
-    | ModbusRtuDeviceConfig
-    | SerialLineDeviceConfig
-)
 
 
 def from_gateway_devices(devices: Sequence[object], source: str = "<config>") -> ScenarioConfig:

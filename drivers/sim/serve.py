@@ -45,11 +45,11 @@ from drivers.sim.scenario import (
     SimLinePointConfig,
     SimModbusRtuDeviceConfig,
     SimSerialLineDeviceConfig,
-    _SimTcpConfig,
+    SimTcpDeviceConfig,
 )
 from drivers.sim.serial_line import LineInstrument
 from drivers.sim.serial_link import NullModem, PtyPort, SerialDevicePort
-from drivers.sim.values import Constant, Scalar, ValueSource
+from drivers.sim.values import Constant, Scalar, ValueConfig, ValueSource
 
 __all__ = ["Simulation", "SimulationError"]
 
@@ -166,7 +166,7 @@ class Simulation:
 
     async def _start_tcp(self, endpoint: Endpoint) -> None:
         first = endpoint.devices[0][1]
-        assert isinstance(first, _SimTcpConfig)
+        assert isinstance(first, SimTcpDeviceConfig)
         port = first.port or free_tcp_port(first.host)
         where = {"host": first.host, "port": port}
         units = [self._modbus_unit(device, where) for _, device in endpoint.devices]
@@ -302,7 +302,9 @@ class Simulation:
         )
         return unit
 
-    def _point(self, name: str, value: Any, default: Scalar, *, text: bool) -> SimPoint:
+    def _point(
+        self, name: str, value: ValueConfig | None, default: Scalar, *, text: bool
+    ) -> SimPoint:
         source: ValueSource = value.build(self.rng) if value is not None else Constant(default)
         return SimPoint(name, source, self.started, text)
 
