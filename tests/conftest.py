@@ -1,4 +1,5 @@
-"""Fixtures of the test rig (the parts themselves live in rig.py), and the `rig` marker.
+"""Fixtures of the test rig (the shipped one: gateway/devtools/rig/, whose pytest plugin
+gives the edge_* fixtures these stand on), and the `rig` marker.
 
 A test is `rig` when it stands on real parts: a mosquitto, a pymodbus server, a pty,
 a process of its own. Everything under tests/integration/ is, and so is any test
@@ -12,14 +13,41 @@ Soak runs (`soak` marker) are left out unless the `-m` expression names them
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from rig import broker, gateway_process, subscriber
 
-__all__ = ["broker", "gateway_process", "subscriber"]
+from gateway.devtools.rig import Collector, GatewayProcess, Mosquitto
 
-_RIG_FIXTURES = frozenset({"broker", "subscriber", "gateway_process"})
+_RIG_FIXTURES = frozenset(
+    {"broker", "subscriber", "gateway_process"}
+    | {"edge_broker", "edge_collector", "edge_gateway", "edge_proxy"}
+)
+
+
+@pytest.fixture
+def broker(edge_broker: Mosquitto) -> Mosquitto:
+    return edge_broker
+
+
+@pytest.fixture
+def subscriber(edge_collector: Collector) -> Collector:
+    return edge_collector
+
+
+@pytest.fixture
+def gateway_process(tmp_path: Path) -> Iterator[Callable[[str], GatewayProcess]]:
+    """Makes gateways (not started) from config texts, all in tmp_path; kills them after."""
+    made: list[GatewayProcess] = []
+
+    def make(config_text: str) -> GatewayProcess:
+        made.append(GatewayProcess(tmp_path, config_text))
+        return made[-1]
+
+    yield make
+    for gateway in made:
+        gateway.cleanup()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -62,7 +62,7 @@ async def test_data_arrives_again_soon_after_a_blackholed_link_returns_with_defa
     device = SimulatedDevice(unit=1)
     device.add_read_counter(Table.HOLDING, 0)
     proxy = TcpProxy(broker.port)
-    await proxy.start()
+    proxy.start()
     try:
         async with ModbusSimServer([device]) as sim:
             gp: GatewayProcess = gateway_process(
@@ -89,6 +89,6 @@ async def test_data_arrives_again_soon_after_a_blackholed_link_returns_with_defa
             )
             assert await asyncio.to_thread(gp.stop) == 0, gp.log
     finally:
-        await proxy.stop()
+        proxy.stop()
     assert "Traceback" not in gp.log, gp.log
     print(f"blackhole {outage:g}s: data polled after the restore arrived {took:.1f}s later")

@@ -260,7 +260,7 @@ async def test_a_connect_to_a_silent_address_gives_up_within_the_connect_timeout
     tmp_path: Path, caplog: pytest.LogCaptureFixture, broker: Mosquitto
 ) -> None:
     proxy = TcpProxy(broker.port)
-    await proxy.start()
+    proxy.start()
     proxy.blackhole()  # accepts the TCP connection, then carries nothing: no CONNACK ever
     try:
         async with uplink_running(tmp_path, proxy.port, connect_timeout="1s") as uplink:
@@ -274,7 +274,7 @@ async def test_a_connect_to_a_silent_address_gives_up_within_the_connect_timeout
             await _wait(lambda: uplink.state == "online", 5, "connected once the link is back")
             await _wait(lambda: uplink.store.stats.batches == 0, 5, "the batches delivered")
     finally:
-        await proxy.stop()
+        proxy.stop()
     assert problems(caplog) == []
 
 

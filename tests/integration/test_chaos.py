@@ -54,7 +54,7 @@ async def chaos(
     device.add_read_counter(Table.HOLDING, 0)
     device.set_value(Table.HOLDING, 2, 3.25, DataType.FLOAT32)
     proxy = TcpProxy(broker.port)
-    await proxy.start()
+    proxy.start()
     kills = 0
     faults: list[str] = []
     async with ModbusSimServer([device]) as sim:
@@ -116,7 +116,7 @@ async def chaos(
         await asyncio.sleep(2.0)
         assert await asyncio.to_thread(gp.stop) == 0, gp.log
         served = device.reads
-    await proxy.stop()
+    proxy.stop()
     await subscriber.wait_async(
         lambda: bool(subscriber.batches()) and _last_count(subscriber) >= served - 2,
         30,

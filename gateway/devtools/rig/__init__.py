@@ -3,7 +3,8 @@
 A private mosquitto (`Mosquitto`), the gateway as a process (`GatewayProcess`,
 `GatewayFactory`, configs from `gateway_config` / `modbus_device` / `rtu_device`), a link
 that fails on cue (`LinkProxy`: down, blackhole, slow) and the centre's side
-(`Collector`: decodes, keeps each `(gateway, boot, seq)` once, accounts per gateway).
+(`Collector`: decodes, keeps each `(gateway, boot, seq)` once, and accounts for every
+batch per gateway with the centre's own `gateway.centre.accounting`).
 Simulated devices are `drivers.sim`'s, or `edge-gateway simulate`. The pytest fixtures
 (`edge_broker`, `edge_collector`, `edge_gateway`, `edge_proxy`) are in
 `gateway.devtools.pytest_plugin`, which pytest loads by itself. docs/test-rigs.md is the
@@ -13,7 +14,6 @@ Everything listens and connects on 127.0.0.1 only, and every wait has a deadline
 """
 
 from gateway.devtools.broker import BrokerError, Mosquitto
-from gateway.devtools.rig._ledger import Account
 from gateway.devtools.rig.collector import Collector, Endpoint
 from gateway.devtools.rig.configs import gateway_config, modbus_device, rtu_device
 from gateway.devtools.rig.process import GatewayFactory, GatewayProcess
@@ -21,7 +21,6 @@ from gateway.devtools.rig.proxy import Direction, LinkProxy, LinkProxyError
 from gateway.devtools.rig.waiting import RigTimeout, wait_until, wait_until_async
 
 __all__ = [
-    "Account",
     "BrokerError",
     "Collector",
     "Direction",

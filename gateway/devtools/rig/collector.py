@@ -3,11 +3,14 @@ decoding every data batch as it arrives and keeping each `(gateway, boot, seq)` 
 
     collector = Collector(broker)                 # subscribes to "#" on 127.0.0.1
     collector.wait(lambda: collector.readings("pump", "pressure"), 20, "a pressure reading")
-    account = collector.account("gw-1")           # seqs, holes, readings, copies dropped
+    view = collector.completeness("gw-1")         # received, on disk, evicted, lost, missing
     collector.close()
 
-paho's network thread receives, so a test's own thread or event loop is free; the
-accessors return copies and may be called from anywhere.
+The de-duplication and the accounting are the centre's own (`gateway.centre.accounting`,
+as `edge-gateway tail` and `watch` use it), fed with every message that arrives; the
+collector keeps the batches it calls new. paho's network thread receives, so a test's
+own thread or event loop is free; the accessors return copies and may be called from
+anywhere.
 """
 
 from __future__ import annotations
@@ -16,14 +19,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from drivers.core.model import Reading
-from gateway.devtools.rig._ledger import Account, Ledger
+from gateway.centre.accounting import Accounting
 from gateway.devtools.rig.waiting import wait_until, wait_until_async
 from gateway.wire import Batch, DecodeError, decode_batch
 
@@ -42,13 +44,18 @@ class Endpoint(Protocol):
 class Collector:
     """Subscribes to `topic` (every topic by default) with QoS 1 in a persistent session,
     so what the broker queued while it was away, or across a broker restart, arrives.
-    Returns once the broker has the subscription (within `timeout` seconds)."""
+    Returns once the broker has the subscription (within `timeout` seconds).
+
+    Data batches are recognised on any topic ending in `/data` or `/data/history`; the
+    gateways' status, health and events under `prefix` (`[mqtt] topic_prefix`) feed the
+    completeness view too."""
 
     def __init__(
         self,
         broker: Endpoint,
         topic: str = "#",
         *,
+        prefix: str = "city",
         username: str | None = None,
         password: str | None = None,
         timeout: float = 10.0,
@@ -60,7 +67,8 @@ class Collector:
         self.rejected: list[tuple[str, str]] = []  # data payloads that did not decode: why
         self.subscribed = False
         self._copies: list[tuple[str, Batch]] = []  # every data batch, copies included
-        self._ledger = Ledger()
+        self._kept: list[Batch] = []  # each (gateway, boot, seq) once
+        self._accounting = Accounting(prefix)
         self._lock = threading.Lock()
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -95,22 +103,21 @@ class Collector:
         self.subscribed = True
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        payload = bytes(msg.payload)
-        batch: Batch | None = None
-        problem = ""
-        if msg.topic.endswith(DATA_TOPICS):
+        topic, payload = msg.topic, bytes(msg.payload)
+        with self._lock:
+            self.messages.append((topic, payload))
+            self.arrived.append(time.time())
+            if not topic.endswith(DATA_TOPICS):
+                self._accounting.receive(topic, payload)  # status, health, events: never raises
+                return
             try:
                 batch = decode_batch(payload)
             except DecodeError as err:
-                problem = str(err)
-        with self._lock:
-            self.messages.append((msg.topic, payload))
-            self.arrived.append(time.time())
-            if batch is not None:
-                self._copies.append((msg.topic, batch))
-                self._ledger.add(batch)
-            elif problem:
-                self.rejected.append((msg.topic, problem))
+                self.rejected.append((topic, str(err)))
+                return
+            self._copies.append((topic, batch))
+            if self._accounting.add_batch(batch):
+                self._kept.append(batch)
 
     # -- what arrived ------------------------------------------------------------------
 
@@ -134,7 +141,7 @@ class Collector:
         """What the centre keeps: each `(gateway, boot, seq)` once, per gateway in seq
         order (seq grows across restarts, so this is the order they were produced)."""
         with self._lock:
-            return self._ledger.batches()
+            return sorted(self._kept, key=lambda b: (b.gateway_id, b.seq))
 
     def readings(self, device: str | None = None, point: str | None = None) -> list[Reading]:
         """The readings of `batches()`, in order, optionally of one device or point."""
@@ -160,16 +167,20 @@ class Collector:
     def duplicates(self) -> int:
         """Copies of batches already kept that arrived again, and were dropped."""
         with self._lock:
-            return self._ledger.duplicates
+            return len(self._copies) - len(self._kept)
 
-    def accounts(self) -> dict[str, Account]:
-        """Per gateway: seqs first to last, the holes, readings, copies dropped."""
+    def completeness(self, gateway_id: str) -> dict[str, Any]:
+        """The centre's completeness view of one gateway (`GatewayAccount.completeness`:
+        `complete`, `counts`, `received` with its seqs, readings and duplicates,
+        `on_disk`, `evicted`, `lost_at_crash`, `missing`, `boots`); KeyError when
+        nothing of it arrived."""
         with self._lock:
-            return self._ledger.accounts()
+            return self._accounting.gateways[gateway_id].completeness()
 
-    def account(self, gateway_id: str) -> Account:
-        """One gateway's account; KeyError when nothing of it arrived."""
-        return self.accounts()[gateway_id]
+    def gateways(self) -> list[str]:
+        """The ids of the gateways heard of, in order."""
+        with self._lock:
+            return sorted(self._accounting.gateways)
 
     # -- waiting and the end -----------------------------------------------------------
 
@@ -190,10 +201,5 @@ class Collector:
     def __enter__(self) -> Collector:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

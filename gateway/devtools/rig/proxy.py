@@ -8,7 +8,7 @@
 It runs its own event loop in a thread of its own, so sync tests, async tests and
 harnesses without pytest drive it alike; every call returns within its timeout.
 
-The modes, switched at any moment (each replaces the one before; `restore()` ends all):
+The modes, switched at any moment (a slow link can also blackhole; `restore()` ends all):
 
 - `down()`: the link is cut: every connection is reset, new ones are refused.
 - `blackhole(direction)`: connections stay open and carry nothing: the usual cellular
@@ -30,7 +30,6 @@ import contextlib
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 Direction = Literal["both", "to_server", "to_client"]
@@ -143,12 +142,7 @@ class LinkProxy:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float = _CALL_TIMEOUT) -> T:
