@@ -8,7 +8,10 @@ entry point in pyproject.toml); a test only names the fixtures:
 - `edge_proxy`: a `LinkProxy` in front of the broker, for a gateway behind a failing link;
 - `edge_gateway`: a `GatewayFactory`: `edge_gateway(devices)` starts a gateway on the
   broker (`broker_port=edge_proxy.port` for one behind the proxy); killed after if still
-  running.
+  running;
+- `edge_simulator`: `edge_simulator(simulator_toml, *args)` starts `edge-gateway simulate`
+  on the file (docs/simulator.md) and returns its `SimulatorProcess` once every device is
+  served; stopped after.
 
 Each fixture is per test, in the test's `tmp_path`. The rig library is imported when a
 fixture is first used, so a test run that uses none pays nothing for it.
@@ -16,14 +19,22 @@ fixture is first used, so a test run that uses none pays nothing for it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
-    from gateway.devtools.rig import Collector, GatewayFactory, LinkProxy, Mosquitto
+    from gateway.devtools.rig import (
+        Collector,
+        GatewayFactory,
+        LinkProxy,
+        Mosquitto,
+        SimulatorProcess,
+    )
 
 
 @pytest.fixture
@@ -59,3 +70,22 @@ def edge_gateway(tmp_path: Path, edge_broker: Mosquitto) -> Iterator[GatewayFact
     factory = GatewayFactory(tmp_path / "gateways", edge_broker.port)
     yield factory
     factory.cleanup()
+
+
+@pytest.fixture
+def edge_simulator(tmp_path: Path) -> Iterator[Callable[..., SimulatorProcess]]:
+    from gateway.devtools.rig import SimulatorProcess
+
+    made: list[SimulatorProcess] = []
+
+    def start(scenario_text: str, *args: str) -> SimulatorProcess:
+        simulator = SimulatorProcess(tmp_path / f"sim-{len(made) + 1}", scenario_text, args=args)
+        made.append(simulator)
+        simulator.start()
+        return simulator
+
+    yield start
+    for simulator in made:
+        if simulator.running:  # SIGTERM: it removes its control socket and links
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                simulator.stop(timeout=10)

@@ -1,4 +1,5 @@
-"""The gateway as a child process, as systemd runs it: `edge-gateway run -c FILE`."""
+"""The edge-gateway commands a rig runs as child processes: the gateway as systemd runs
+it (`edge-gateway run -c FILE`) and, in simulator.py, `edge-gateway simulate`."""
 
 from __future__ import annotations
 
@@ -15,42 +16,38 @@ from gateway.devtools.rig.configs import gateway_config
 DEFAULT_COMMAND = (sys.executable, "-P", "-m", "gateway")
 
 
-class GatewayProcess:
-    """`edge-gateway run -c WORKDIR/gateway.toml`, its output in WORKDIR/gateway.log.
+class ChildProcess:
+    """An `edge-gateway` command run in `workdir`, its stderr (and stdout, unless it has a
+    file of its own) appended to `log_path`. Each start writes a `----- run N -----` line
+    to the log first, so one log holds every run of a restart test.
 
-    `command` runs another installation (`["/opt/edge-gateway/bin/edge-gateway"]`);
-    by default the gateway of this Python environment. `env` adds to the environment
-    of the next `start()` (NOTIFY_SOCKET, ...). Each start appends a `----- run N -----`
-    line to the log, so one log holds every run of a restart test.
-    """
+    `command` runs another installation (`["/opt/edge-gateway/bin/edge-gateway"]`); by
+    default the one of this Python environment. `env` adds to the environment of the
+    next start."""
 
-    def __init__(
-        self, workdir: Path, config_text: str, *, command: Sequence[str] = DEFAULT_COMMAND
-    ) -> None:
+    def __init__(self, workdir: Path, log_name: str, command: Sequence[str]) -> None:
         self.env: dict[str, str] = {}
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.config = workdir / "gateway.toml"
-        self.config.write_text(config_text)
-        self.log_path = workdir / "gateway.log"
-        self.command = list(command)
+        self.log_path = workdir / log_name
+        self.program = list(command)
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
 
-    def start(self) -> None:
-        """Start it (again); returns at once: wait for what it publishes."""
+    def _spawn(self, args: Sequence[str], stdout_path: Path | None = None) -> None:
         self.runs += 1
         with self.log_path.open("ab") as log:
             log.write(f"----- run {self.runs} -----\n".encode())
             log.flush()
-            self.proc = subprocess.Popen(
-                [*self.command, "run", "-c", str(self.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                cwd=self.workdir,
-                env=dict(os.environ, PYTHONUNBUFFERED="1", **self.env),
-            )
+            with (stdout_path or self.log_path).open("ab") as out:
+                self.proc = subprocess.Popen(
+                    [*self.program, *args],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=log,
+                    cwd=self.workdir,
+                    env=dict(os.environ, PYTHONUNBUFFERED="1", **self.env),
+                )
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM, as `systemctl stop`: returns its exit code. One that has not exited
@@ -68,7 +65,7 @@ class GatewayProcess:
             self.proc = None
 
     def kill(self) -> None:
-        """SIGKILL: a crash or a power cut, as far as the gateway can tell."""
+        """SIGKILL: a crash or a power cut, as far as the process can tell."""
         proc = self._running_proc()
         proc.kill()
         proc.wait(10)
@@ -80,7 +77,7 @@ class GatewayProcess:
 
     @property
     def log(self) -> str:
-        """Everything every run wrote on stdout and stderr so far."""
+        """Everything every run wrote to the log so far."""
         return self.log_path.read_text(errors="replace")
 
     def cleanup(self) -> None:
@@ -91,16 +88,32 @@ class GatewayProcess:
 
     def _running_proc(self) -> subprocess.Popen[bytes]:
         if self.proc is None:
-            raise RuntimeError(f"the gateway in {self.workdir} was not started")
+            raise RuntimeError(f"the process in {self.workdir} was not started")
         return self.proc
-
-    def __enter__(self) -> GatewayProcess:
-        self.start()
-        return self
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
             self.stop()
+
+
+class GatewayProcess(ChildProcess):
+    """`edge-gateway run -c WORKDIR/gateway.toml`, its output in WORKDIR/gateway.log
+    (`env` for NOTIFY_SOCKET and the like; `config` to rewrite before a SIGHUP)."""
+
+    def __init__(
+        self, workdir: Path, config_text: str, *, command: Sequence[str] = DEFAULT_COMMAND
+    ) -> None:
+        super().__init__(workdir, "gateway.log", command)
+        self.config = workdir / "gateway.toml"
+        self.config.write_text(config_text)
+
+    def start(self) -> None:
+        """Start it (again); returns at once: wait for what it publishes."""
+        self._spawn(["run", "-c", str(self.config)])
+
+    def __enter__(self) -> GatewayProcess:
+        self.start()
+        return self
 
 
 class GatewayFactory:
