@@ -22,7 +22,7 @@ from gateway.devtools.rig import Collector, GatewayProcess, Mosquitto
 
 _RIG_FIXTURES = frozenset(
     {"broker", "subscriber", "gateway_process"}
-    | {"edge_broker", "edge_collector", "edge_gateway", "edge_proxy"}
+    | {"edge_broker", "edge_collector", "edge_gateway", "edge_proxy", "edge_simulator"}
 )
 
 
