@@ -172,6 +172,15 @@ class WalSync:
     def reopened(self) -> None:
         self._dir_synced = False
 
+    def sync_now(self) -> None:
+        """fsync the WAL and its directory entry now, whatever the timer did: for a commit
+        that must be durable before the call returns, whatever ``synchronous`` says."""
+        try:
+            fsync(self._path + "-wal")
+            fsync_dir(self._path)
+        except OSError as err:
+            raise BufferError(f"buffer {self._path}: sync failed: {err}") from err
+
     def sync(self) -> None:
         """fsync the WAL if anything was committed since the last call (else no syscall)."""
         if not self._pending:

@@ -340,8 +340,7 @@ def open_checked_file(path: str, max_bytes: int, synchronous: Synchronous, seq: 
             elif version < FORMAT_VERSION:
                 in_transaction(conn, functools.partial(migrate, conn, version))
             stats = load_stats(conn)
-            if synchronous == "normal":
-                stats = _skip_seqs_a_power_cut_may_have_lost(conn, path, stats, seq)
+            stats = _skip_seqs_a_power_cut_may_have_lost(conn, path, stats, seq, synchronous)
             unchecked = unchecked_until(conn)
             count = int(conn.execute("PRAGMA page_count").fetchone()[0])
             free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
@@ -364,13 +363,22 @@ def open_checked_file(path: str, max_bytes: int, synchronous: Synchronous, seq: 
 
 
 def _skip_seqs_a_power_cut_may_have_lost(
-    conn: sqlite3.Connection, path: str, stats: BufferStats, seq: SeqFile
+    conn: sqlite3.Connection, path: str, stats: BufferStats, seq: SeqFile, synchronous: str
 ) -> BufferStats:
     """With ``synchronous="normal"`` a power cut can take back commits whose seqs were
     handed out (and maybe published). The fsynced lease in ``.seq`` bounds them: after
     an unclean stop, continue above it. After a clean close it equals ``last_seq``.
+
+    Opened with ``"full"``, the database's own high-water mark is trusted, but for the
+    lease a ``"normal"`` writer recorded in ``meta.normal_lease`` (fsynced; see
+    ``DurableQueue._write_seq_file``): the setting changed, and the restart that applies
+    it may follow a power cut that took back seqs the ``"normal"`` run had handed out.
     """
-    floor = seq.read()
+    if synchronous == "normal":
+        floor = seq.read()
+    else:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'normal_lease'").fetchone()
+        floor = row[0] if row is not None and isinstance(row[0], int) else 0
     if floor <= stats.last_seq:
         return stats
     in_transaction(conn, functools.partial(write_meta, conn, last_seq=floor))
@@ -378,7 +386,7 @@ def _skip_seqs_a_power_cut_may_have_lost(
         "buffer %s was not closed cleanly (synchronous=normal): seqs continue after %d",
         path,
         floor,
-    )
+    )  # (opened with "full": the last writer ran "normal")
     return dataclasses.replace(stats, last_seq=floor)
 
 

@@ -71,6 +71,7 @@ from buffer.schema import (
     in_transaction,
     load_stats,
     rows_in_seq_order,
+    write_meta,
 )
 from buffer.stats import BufferStats, Entry, with_counters
 from buffer.transaction import Tx, checkpoint
@@ -541,6 +542,14 @@ class DurableQueue:
     def _write_seq_file(self, value: int) -> None:
         self._side_bytes = len(pid_line()) + self._seq.write(value)
         self._seq_ceiling = value
+        if self._synchronous == "normal" and self._conn is not None:
+            # The lease in the database too, fsynced: a later open with "full" (the
+            # setting changed) trusts the database, and must still skip the seqs this
+            # run hands out and a power cut may take back (opening.py).
+            conn = self._conn
+            with translating(self._path, "write"):
+                in_transaction(conn, lambda: write_meta(conn, normal_lease=value))
+            self._wal.sync_now()
 
     def _disk_bytes(self) -> int:
         """Bytes of every file of the buffer: three stat calls (the database, -wal and

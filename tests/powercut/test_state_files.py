@@ -36,7 +36,7 @@ if kind == "state":
     db = open_state(target)
 elif kind == "queue":
     from buffer import DurableQueue
-    queue = DurableQueue(target, max_bytes=2_000_000)
+    queue = DurableQueue(target, max_bytes=2_000_000, synchronous=sys.argv[5])
 elif kind == "kept":
     from gateway.flashing import KeptConfigs
     kept = KeptConfigs(target)
@@ -67,14 +67,16 @@ def fs(tmp_path: Path) -> Iterator[LazyMount]:
 
 
 def cut_while_writing(
-    fs: LazyMount, kind: str, target: Path, rnd: random.Random, start: int
+    fs: LazyMount, kind: str, target: Path, rnd: random.Random, start: int, *extra: str
 ) -> list[str]:
     """Run the writer until a random moment, cut the power, remount; returns what the
     writer reported as written (each write had returned)."""
+    seed = str(rnd.randrange(2**32))
     child = subprocess.Popen(
-        [sys.executable, "-c", WRITER, kind, str(target), str(rnd.randrange(2**32)), str(start)],
+        [sys.executable, "-c", WRITER, kind, str(target), seed, str(start), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        bufsize=0,  # unbuffered: the first line read leaves the rest in the pipe
     )
     try:
         assert child.stdout is not None
@@ -143,7 +145,7 @@ def test_every_batch_appended_with_sync_full_survives_even_in_a_directory_the_bu
     path = fs.mountpoint / "var" / "lib" / "edge-gateway" / "buffer.db"
     highest = 0
     for n in range(CUTS):
-        written = [int(s) for s in cut_while_writing(fs, "queue", path, rnd, start=0)]
+        written = [int(s) for s in cut_while_writing(fs, "queue", path, rnd, 0, "full")]
         assert written[0] > highest, "a seq was handed out again after the cut"
         with DurableQueue(path, max_bytes=2_000_000) as queue:
             stored = {e.seq: e.payload for e in queue.read(0, 1_000_000)}
@@ -151,4 +153,25 @@ def test_every_batch_appended_with_sync_full_survives_even_in_a_directory_the_bu
             assert all(p.startswith(f"{s} ".encode()) for s, p in stored.items())
             queue.ack(list(stored))
             highest = queue.stats().last_seq
+        fs.request({"op": "sync"})
+
+
+def test_a_buffer_reopened_with_sync_full_after_a_cut_under_normal_hands_out_no_seq_again(
+    fs: LazyMount,
+) -> None:
+    """`[buffer] sync` changed from "normal" to "full", and the restart that applies it
+    comes after a power cut: the seqs "normal" handed out and the cut took back (maybe
+    published already) must not be handed out again."""
+    from buffer import DurableQueue
+
+    rnd = random.Random(5)
+    path = fs.mountpoint / "buffer.db"
+    highest = 0
+    for _ in range(CUTS):
+        written = [int(s) for s in cut_while_writing(fs, "queue", path, rnd, 0, "normal")]
+        assert written[0] > highest
+        with DurableQueue(path, max_bytes=2_000_000, synchronous="full") as queue:
+            seq = queue.append(lambda seq: b"after the cut")
+            assert seq > max(written), f"seq {seq} was handed out before the cut"
+            highest = seq
         fs.request({"op": "sync"})
