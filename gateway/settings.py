@@ -55,7 +55,7 @@ from pydantic import (
 
 from drivers.base import DeviceSettings, Problem
 from drivers.core.config_types import (
-    PROBLEM,
+    CROSS_CHECK,
     Duration,
     DurationOrZero,
     Float,
@@ -65,8 +65,7 @@ from drivers.core.config_types import (
     Problems,
     Size,
     StrictModel,
-    input_problem,
-    name_problem,
+    error_reason,
     path_text_problem,
     shown,
 )
@@ -246,9 +245,6 @@ class RateOfRiseAlarmConfig(StrictModel):
 
 
 AlarmConfig = Annotated[ThresholdAlarmConfig | RateOfRiseAlarmConfig, Field(discriminator="kind")]
-
-CROSS_CHECK = "config_cross_check"
-"""The error type of problems between sections (GatewayConfig's cross-checks)."""
 
 
 class GatewayConfig(StrictModel):
@@ -608,7 +604,7 @@ def _format_errors(errors: Iterable[Any]) -> list[str]:
         if e["type"] in ("union_tag_invalid", "union_tag_not_found"):  # name the tag key
             tag_key = str((e.get("ctx") or {}).get("discriminator", "")).strip("'")
             path = f"{path}.{tag_key}" if path else tag_key
-        lines.append(f"{path or '(top level)'}: {_reason(e)}")
+        lines.append(f"{path or '(top level)'}: {error_reason(e, keys='see config/example.toml')}")
     return lines
 
 
@@ -672,54 +668,6 @@ def _user_loc(loc: Sequence[int | str]) -> Loc:
             ):
                 drop.add(4)
     return tuple(part for k, part in enumerate(parts) if k not in drop)
-
-
-_KIND_OF_VALUE = {
-    "string_type": "text; write text in quotes",
-    "dict_type": "a table; write { key = value, ... } or a [section]",
-    "model_type": "a table; write { key = value, ... } or a [section]",
-    "model_attributes_type": "a table; write { key = value, ... } or a [section]",
-    "list_type": "a list; write [ ... ]",
-    "tuple_type": "a list; write [ ... ]",
-    "path_type": "text naming a file",
-}
-"""What to say for a value of the wrong kind (pydantic's 'Input should be a valid ...')."""
-
-
-def _reason(e: Any) -> str:
-    kind = e["type"]
-    given = e.get("input")
-    ctx = e.get("ctx") or {}
-    if kind in (PROBLEM, CROSS_CHECK, "config_host"):
-        return str(e["msg"])
-    if kind in ("enum", "literal_error"):
-        expected = str(ctx.get("expected", ""))
-        reason = f"{shown(given)} is not one of {expected}"
-        key = e["loc"][-1] if e["loc"] and isinstance(e["loc"][-1], str) else None
-        number = isinstance(given, int | float) and not isinstance(given, bool)
-        if number and key is not None and f"'{given}'" in expected:  # protocol = 5
-            reason += f'; write it in quotes: {key} = "{given}"'
-        return reason
-    if kind == "extra_forbidden":
-        return "unknown key (check the spelling; see config/example.toml)"
-    if kind in ("missing", "union_tag_not_found"):
-        return "required key is missing"
-    if kind == "union_tag_invalid":
-        return f"{shown(ctx.get('tag'))} is not one of {ctx.get('expected_tags')}"
-    named = name_problem(e) or input_problem(e)
-    if named is not None:
-        return named
-    if kind in _KIND_OF_VALUE and not isinstance(given, dict | list):
-        return f"{shown(given)} is not {_KIND_OF_VALUE[kind]}"
-    if kind in _KIND_OF_VALUE:
-        return f"a {'table' if isinstance(given, dict) else 'list'} is not {_KIND_OF_VALUE[kind]}"
-    if kind == "too_short" and isinstance(given, list):
-        return f"needs at least {ctx.get('min_length', 1)} entry, has {len(given)}"
-    message: str = e["msg"]
-    message = message.removeprefix("Value error, ")
-    if given is not None and not isinstance(given, dict | list) and kind != "value_error":
-        message = f"{message} (got {shown(given)})"
-    return message
 
 
 def json_schema() -> dict[str, Any]:

@@ -346,6 +346,7 @@ def name_problem(error: dict[str, Any]) -> str | None:
 # --- several problems at once ----------------------------------------------------------------
 
 PROBLEM = "config_problem"
+CROSS_CHECK = "config_cross_check"  # a problem between sections (gateway/settings.py)
 """The error type of problems found by a model's own checks (`Problems`)."""
 
 Loc = tuple[str | int, ...]
@@ -386,3 +387,54 @@ class Problems:
                 for loc, reason in self.found
             ],
         )
+
+
+_KIND_OF_VALUE = {
+    "string_type": "text; write text in quotes",
+    "dict_type": "a table; write { key = value, ... } or a [section]",
+    "model_type": "a table; write { key = value, ... } or a [section]",
+    "model_attributes_type": "a table; write { key = value, ... } or a [section]",
+    "list_type": "a list; write [ ... ]",
+    "tuple_type": "a list; write [ ... ]",
+    "path_type": "text naming a file",
+}
+"""What to say for a value of the wrong kind (pydantic's 'Input should be a valid ...')."""
+
+
+def error_reason(e: Any, *, keys: str) -> str:
+    """One pydantic error of a TOML file in words for the person who wrote it: what is
+    wrong with the value, never pydantic's wording alone. `keys` says where every key is
+    listed (for an unknown key: "see config/example.toml")."""
+    kind = e["type"]
+    given = e.get("input")
+    ctx = e.get("ctx") or {}
+    if kind in (PROBLEM, CROSS_CHECK, "config_host"):  # our own messages, already in words
+        return str(e["msg"])
+    if kind in ("enum", "literal_error"):
+        expected = str(ctx.get("expected", ""))
+        reason = f"{shown(given)} is not one of {expected}"
+        key = e["loc"][-1] if e["loc"] and isinstance(e["loc"][-1], str) else None
+        number = isinstance(given, int | float) and not isinstance(given, bool)
+        if number and key is not None and f"'{given}'" in expected:  # protocol = 5
+            reason += f'; write it in quotes: {key} = "{given}"'
+        return reason
+    if kind == "extra_forbidden":
+        return f"unknown key (check the spelling; {keys})"
+    if kind in ("missing", "union_tag_not_found"):
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        return f"{shown(ctx.get('tag'))} is not one of {ctx.get('expected_tags')}"
+    named = name_problem(e) or input_problem(e)
+    if named is not None:
+        return named
+    if kind in _KIND_OF_VALUE and not isinstance(given, dict | list):
+        return f"{shown(given)} is not {_KIND_OF_VALUE[kind]}"
+    if kind in _KIND_OF_VALUE:
+        return f"a {'table' if isinstance(given, dict) else 'list'} is not {_KIND_OF_VALUE[kind]}"
+    if kind == "too_short" and isinstance(given, list):
+        return f"needs at least {ctx.get('min_length', 1)} entry, has {len(given)}"
+    message: str = e["msg"]
+    message = message.removeprefix("Value error, ")
+    if given is not None and not isinstance(given, dict | list) and kind != "value_error":
+        message = f"{message} (got {shown(given)})"
+    return message

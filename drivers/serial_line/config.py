@@ -228,6 +228,23 @@ class SerialLinePointConfig(StrictModel):
     process: ProcessingConfig | None = None
 
 
+def mode_problems(
+    mode: str, poll_command: str | None, poll_command_hex: str | None
+) -> list[tuple[Loc, str]]:
+    """What does not fit between a device's mode and its poll command (a serial-line
+    device of the gateway, and the simulator's instrument, take the same keys)."""
+    found: list[tuple[Loc, str]] = []
+    has_command = poll_command is not None or poll_command_hex is not None
+    if mode == "polled" and not has_command:
+        found.append((("mode",), "mode 'polled' needs poll_command or poll_command_hex"))
+    if mode == "streaming" and has_command:
+        key = "poll_command" if poll_command is not None else "poll_command_hex"
+        found.append(((key,), f"{key} is only for mode 'polled'"))
+    if poll_command is not None and poll_command_hex is not None:
+        found.append((("poll_command_hex",), "set poll_command or poll_command_hex, not both"))
+    return found
+
+
 class SerialLineDeviceConfig(SerialPortConfig):
     """An instrument with its own line protocol (not Modbus)."""
 
@@ -259,14 +276,7 @@ class SerialLineDeviceConfig(SerialPortConfig):
     @model_validator(mode="after")
     def _coherent(self) -> SerialLineDeviceConfig:
         problems = Problems()
-        has_command = self.poll_command is not None or self.poll_command_hex is not None
-        if self.mode == "polled" and not has_command:
-            problems.add(("mode",), "mode 'polled' needs poll_command or poll_command_hex")
-        if self.mode == "streaming" and has_command:
-            key = "poll_command" if self.poll_command is not None else "poll_command_hex"
-            problems.add((key,), f"{key} is only for mode 'polled'")
-        if self.poll_command is not None and self.poll_command_hex is not None:
-            problems.add(("poll_command_hex",), "set poll_command or poll_command_hex, not both")
+        problems.extend(mode_problems(self.mode, self.poll_command, self.poll_command_hex))
         try:
             _hex_bytes(self.poll_command_hex, "poll_command_hex")
         except ValueError as err:

@@ -44,8 +44,7 @@ from drivers.core.config_types import (
     Name,
     Problems,
     StrictModel,
-    input_problem,
-    name_problem,
+    error_reason,
     path_text_problem,
     shown,
 )
@@ -59,7 +58,7 @@ from drivers.modbus.config import (
     load_profile,
 )
 from drivers.modbus.decode import ByteOrder, DataType
-from drivers.serial_line.config import SerialLineDeviceConfig
+from drivers.serial_line.config import SerialLineDeviceConfig, mode_problems
 from drivers.serial_port import SerialPortConfig
 from drivers.sim.line_frames import (
     FrameConfig,
@@ -270,14 +269,7 @@ class SimSerialLineDeviceConfig(_SimSerialConfig):
     @model_validator(mode="after")
     def _coherent(self) -> SimSerialLineDeviceConfig:
         problems = Problems()
-        has_command = self.poll_command is not None or self.poll_command_hex is not None
-        if self.mode == "polled" and not has_command:
-            problems.add(("mode",), "mode 'polled' needs poll_command or poll_command_hex")
-        if self.mode == "streaming" and has_command:
-            key = "poll_command" if self.poll_command is not None else "poll_command_hex"
-            problems.add((key,), f"{key} is only for mode 'polled'")
-        if self.poll_command is not None and self.poll_command_hex is not None:
-            problems.add(("poll_command_hex",), "set poll_command or poll_command_hex, not both")
+        problems.extend(mode_problems(self.mode, self.poll_command, self.poll_command_hex))
         try:
             self.command_bytes()
         except ValueError as err:
@@ -477,7 +469,9 @@ def validate_scenario(
     except ValidationError as err:
         errors = [(written_loc(doc, e), e) for e in err.errors(include_url=False)]
         errors.sort(key=lambda item: _position(doc, item[0]))  # in the order of the file
-        lines = [f"{_key_path(loc) or '(top level)'}: {_reason(e)}" for loc, e in errors]
+        lines = [
+            f"{_key_path(loc) or '(top level)'}: {error_reason(e, keys=KEYS)}" for loc, e in errors
+        ]
         raise ScenarioError(source, list(dict.fromkeys(lines))) from err
 
 
@@ -527,41 +521,7 @@ def _key_path(loc: Loc) -> str:
     return out
 
 
-_WRONG_KIND = {
-    "string_type": "text; write text in quotes",
-    "dict_type": "a table; write { key = value, ... } or a [section]",
-    "model_type": "a table; write { key = value, ... } or a [section]",
-    "model_attributes_type": "a table; write { key = value, ... } or a [section]",
-    "list_type": "a list; write [ ... ]",
-}
-
-
-def _reason(error: Any) -> str:
-    kind = error["type"]
-    given = error.get("input")
-    ctx = error.get("ctx") or {}
-    if kind == "extra_forbidden":
-        return "unknown key (check the spelling; docs/simulator.md lists every key)"
-    if kind in ("missing", "union_tag_not_found"):
-        return "required key is missing"
-    if kind == "union_tag_invalid":
-        return f"{shown(ctx.get('tag'))} is not one of {ctx.get('expected_tags')}"
-    if kind in ("enum", "literal_error"):
-        return f"{shown(given)} is not one of {ctx.get('expected', '')}"
-    named = name_problem(error) or input_problem(error)
-    if named is not None:
-        return named
-    if kind in _WRONG_KIND:
-        what = (
-            "a table" if isinstance(given, dict) else "a list" if isinstance(given, list) else None
-        )
-        return f"{what or shown(given)} is not {_WRONG_KIND[kind]}"
-    message: str = error["msg"]
-    message = message.removeprefix("Value error, ")
-    plain = given is not None and not isinstance(given, dict | list)
-    if plain and kind != "value_error" and not kind.startswith("config_"):
-        message = f"{message} (got {shown(given)})"
-    return message
+KEYS = "docs/simulator.md lists every key"  # where an unknown key's reader looks
 
 
 # --- what a gateway config reads ---------------------------------------------------------------
