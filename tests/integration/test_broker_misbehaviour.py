@@ -24,7 +24,7 @@ from buffer import DurableQueue
 from gateway.devtools.broker import Mosquitto
 from gateway.store import Store
 from gateway.uplink.config import MqttConfig
-from gateway.uplink.mqtt import MqttUplink
+from gateway.uplink.mqtt import CommandHandler, MqttUplink
 from gateway.uplink.topics import Topics
 from gateway.wire.messages import Identity
 
@@ -134,12 +134,22 @@ class ScriptedBroker:
 
 
 @asynccontextmanager
-async def uplink_running(tmp_path: Path, port: int, **mqtt: object) -> AsyncIterator[MqttUplink]:
+async def uplink_running(
+    tmp_path: Path,
+    port: int,
+    *,
+    batches: int = 3,
+    on_command: CommandHandler | None = None,
+    **mqtt: object,
+) -> AsyncIterator[MqttUplink]:
+    """Gateway gw-1's uplink in this process, on a real buffer file holding `batches`
+    batches, fast reconnects, `mqtt` settings on top; `on_command` takes its commands.
+    Stopped after, within 15 s; the test fails if it ended on its own."""
     config = MqttConfig.model_validate(
         {"port": port, "reconnect_min": "100ms", "reconnect_max": "300ms", **mqtt}
     )
     store = Store(DurableQueue(tmp_path / "buffer.db", max_bytes=10_000_000))
-    for i in range(3):
+    for i in range(batches):
         await store.append(lambda seq, i=i: f"batch {i}".encode())
     uplink = MqttUplink(
         config,
@@ -148,6 +158,7 @@ async def uplink_running(tmp_path: Path, port: int, **mqtt: object) -> AsyncIter
         identity=Identity("gw-1", "b", "0", "c"),
         health=lambda: b'{"uplink": "..."}',
     )
+    uplink.on_command = on_command
     task = asyncio.create_task(uplink.run())
     try:
         yield uplink

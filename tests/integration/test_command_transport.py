@@ -4,7 +4,8 @@ mosquitto.
 The uplink runs in this process, on a real buffer file, with a stub handler: an async
 function that records what it was given, when it started and ended, and answers JSON.
 Judging and carrying out commands is the dispatcher's, tested on its own; here only the
-bytes move. The centre's side is the centre's own client (gateway/centre/client.py).
+bytes move (the uplink is test_broker_misbehaviour.py's `uplink_running`, gateway gw-1).
+The centre's side is the centre's own client (gateway/centre/client.py).
 """
 
 from __future__ import annotations
@@ -19,16 +20,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from integration.test_broker_misbehaviour import uplink_running
 
-from buffer import DurableQueue
 from gateway.centre.client import BrokerAddress, CentreClient, CentreError, Connection, Received
 from gateway.devtools.broker import Mosquitto
-from gateway.store import Store
 from gateway.uplink import mqtt
-from gateway.uplink.config import MqttConfig
 from gateway.uplink.mqtt import MqttUplink
 from gateway.uplink.topics import Topics
-from gateway.wire.messages import Identity
 
 GATEWAY = "gw-1"
 TOPICS = Topics("city", GATEWAY)
@@ -85,24 +83,11 @@ async def running_uplink(
     tmp_path: Path, port: int, handler: Handler, *, protocol: str = "5"
 ) -> AsyncIterator[MqttUplink]:
     """An uplink with `handler` on commands, once the broker has answered its subscription."""
-    config = MqttConfig.model_validate(
-        {"port": port, "protocol": protocol, "reconnect_min": "100ms", "reconnect_max": "300ms"}
-    )
-    store = Store(DurableQueue(tmp_path / "buffer.db", max_bytes=10_000_000))
-    uplink = MqttUplink(
-        config, TOPICS, store, identity=Identity(GATEWAY, "b", "0", "c"), health=lambda: b"{}"
-    )
-    uplink.on_command = handler
-    task = asyncio.create_task(uplink.run())
-    try:
+    async with uplink_running(
+        tmp_path, port, batches=0, on_command=handler, protocol=protocol
+    ) as uplink:
         await until(lambda: uplink.command_subscription != "pending", "SUBACK for commands")
         yield uplink
-        assert not task.done(), "the uplink task ended"
-    finally:
-        uplink.stop()
-        async with asyncio.timeout(15):
-            await task
-        store.close()
 
 
 class Centre:
@@ -454,21 +439,12 @@ async def test_the_command_subscription_is_renewed_after_the_broker_restarts(
 async def test_without_a_handler_the_uplink_does_not_subscribe_to_commands(
     tmp_path: Path, broker: Mosquitto
 ) -> None:
-    config = MqttConfig.model_validate({"port": broker.port})
-    store = Store(DurableQueue(tmp_path / "buffer.db", max_bytes=10_000_000))
-    uplink = MqttUplink(
-        config, TOPICS, store, identity=Identity(GATEWAY, "b", "0", "c"), health=lambda: b"{}"
-    )
-    task = asyncio.create_task(uplink.run())
-    try:
-        async with centre(broker.port, TOPICS.reply("+")) as side:
-            await until(lambda: uplink.connects == 1, "a connection")
-            await side.send("ping")
-            await asyncio.sleep(0.3)
-            assert side.on(TOPICS.reply("ping")) == []
-            assert uplink.command_subscription == "off" and uplink.commands_received == 0
-    finally:
-        uplink.stop()
-        async with asyncio.timeout(15):
-            await task
-        store.close()
+    async with (
+        uplink_running(tmp_path, broker.port, batches=0) as uplink,
+        centre(broker.port, TOPICS.reply("+")) as side,
+    ):
+        await until(lambda: uplink.connects == 1, "a connection")
+        await side.send("ping")
+        await asyncio.sleep(0.3)
+        assert side.on(TOPICS.reply("ping")) == []
+        assert uplink.command_subscription == "off" and uplink.commands_received == 0
