@@ -6,6 +6,8 @@ conftest.py hands out its parts as fixtures (broker, subscriber, gateway_process
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from gateway.devtools.rig import (
@@ -20,6 +22,20 @@ from gateway.devtools.rig import (
 REPO = Path(__file__).resolve().parents[1]
 
 Subscriber = Collector  # what the city centre sees
+
+
+def cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """`edge-gateway ARGS...` as a technician runs it, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        check=False,
+    )
+
+
 TcpProxy = LinkProxy  # a link that fails on cue
 
 __all__ = [
@@ -27,6 +43,7 @@ __all__ = [
     "GatewayProcess",
     "Subscriber",
     "TcpProxy",
+    "cli",
     "gateway_config",
     "modbus_device",
     "rtu_device",

@@ -6,14 +6,14 @@ the gateway as a process)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
-import subprocess
-import sys
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from rig import REPO, GatewayProcess, Subscriber, gateway_config, modbus_device
+from rig import GatewayProcess, Subscriber, cli, gateway_config, modbus_device
 
 from drivers.core.model import Quality
 from drivers.modbus.decode import Table
@@ -28,17 +28,6 @@ def counting_device() -> SimulatedDevice:
     device = SimulatedDevice(unit=1)
     device.add_read_counter(Table.HOLDING, 0)
     return device
-
-
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def config(broker: Mosquitto, tmp_path: Path, devices: str, *, max_age: str = "200ms") -> str:
@@ -80,76 +69,74 @@ def broker(tmp_path: Path):
     b.kill()
 
 
-async def running(gp: GatewayProcess, sub: Subscriber) -> None:
-    gp.start()
-    await sub.wait_async(lambda: len(polls(sub)) >= 5, 20, "readings from the pump")
+@contextlib.asynccontextmanager
+async def cabinet(
+    tmp_path: Path, broker: Mosquitto, gateway_process: Callable[[str], GatewayProcess]
+) -> AsyncIterator[tuple[GatewayProcess, Subscriber, ModbusSimServer]]:
+    """A gateway reading a counting pump, readings flowing; it must stop cleanly."""
+    sub = Subscriber(broker)
+    try:
+        async with ModbusSimServer([counting_device()]) as sim:
+            gp = gateway_process(
+                config(broker, tmp_path, modbus_device("pump", sim.port, 1, POINTS))
+            )
+            gp.start()
+            await sub.wait_async(lambda: len(polls(sub)) >= 5, 20, "readings from the pump")
+            yield gp, sub, sim
+            assert await asyncio.to_thread(gp.stop) == 0, gp.log
+    finally:
+        sub.close()
 
 
 async def test_apply_switches_to_a_config_that_works_commits_it_and_loses_nothing(
     tmp_path: Path, broker: Mosquitto, gateway_process
 ) -> None:
-    sub = Subscriber(broker)
-    try:
-        async with ModbusSimServer([counting_device()]) as sim:
-            gp: GatewayProcess = gateway_process(
-                config(broker, tmp_path, modbus_device("pump", sim.port, 1, POINTS))
+    async with cabinet(tmp_path, broker, gateway_process) as (gp, sub, sim):
+        new = tmp_path / "new.toml"
+        new.write_text(
+            config(
+                broker,
+                tmp_path,
+                modbus_device("pump", sim.port, 1, POINTS, interval="150ms"),
+                max_age="300ms",
             )
-            await running(gp, sub)
-            new = tmp_path / "new.toml"
-            new.write_text(
-                config(
-                    broker,
-                    tmp_path,
-                    modbus_device("pump", sim.port, 1, POINTS, interval="150ms"),
-                    max_age="300ms",
-                )
-            )
-            result = await asyncio.to_thread(cli, "apply", str(new), "-c", str(gp.config))
-            assert result.returncode == 0, result.stdout + result.stderr + gp.log
-            assert "runs now" in result.stdout
-            assert gp.config.read_text() == new.read_text(), "the service's file holds it now"
-            seen = len(polls(sub))
-            await sub.wait_async(lambda: len(polls(sub)) > seen + 5, 20, "readings go on")
-            entries = history(gp)
-            assert [(e["source"], e["outcome"]) for e in entries] == [
-                ("start", "committed"),
-                ("apply", "committed"),
-            ]
-            assert entries[1]["previous"] == entries[0]["hash"]
-            assert events(sub, "config_applied"), "the centre hears of it"
-            assert await asyncio.to_thread(gp.stop) == 0, gp.log
-    finally:
-        sub.close()
+        )
+        result = await asyncio.to_thread(cli, "apply", str(new), "-c", str(gp.config))
+        assert result.returncode == 0, result.stdout + result.stderr + gp.log
+        assert "runs now" in result.stdout
+        assert gp.config.read_text() == new.read_text(), "the service's file holds it now"
+        seen = len(polls(sub))
+        await sub.wait_async(lambda: len(polls(sub)) > seen + 5, 20, "readings go on")
+        entries = history(gp)
+        assert [(e["source"], e["outcome"]) for e in entries] == [
+            ("start", "committed"),
+            ("apply", "committed"),
+        ]
+        assert entries[1]["previous"] == entries[0]["hash"]
+        assert events(sub, "config_applied"), "the centre hears of it"
     assert_nothing_read_was_lost(polls(sub), switches=1)
 
 
 async def test_a_config_that_loses_a_device_is_rolled_back_with_the_reason(
     tmp_path: Path, broker: Mosquitto, gateway_process
 ) -> None:
-    sub = Subscriber(broker)
-    try:
-        async with ModbusSimServer([counting_device()]) as sim:
-            good = config(broker, tmp_path, modbus_device("pump", sim.port, 1, POINTS))
-            gp: GatewayProcess = gateway_process(good)
-            await running(gp, sub)
-            bad = tmp_path / "bad.toml"
-            bad.write_text(config(broker, tmp_path, modbus_device("pump", free_port(), 1, POINTS)))
-            result = await asyncio.to_thread(cli, "apply", str(bad), "-c", str(gp.config), "--json")
-            assert result.returncode == 1, result.stdout + result.stderr + gp.log
-            outcome = json.loads(result.stdout)
-            assert outcome["outcome"] == "rolled_back"
-            assert "device 'pump' was online and is" in outcome["reason"]
-            assert gp.config.read_text() == good, "the file still holds the config that works"
-            seen = len(polls(sub))
-            await sub.wait_async(lambda: len(polls(sub)) > seen + 5, 20, "the pump read again")
-            (event,) = events(sub, "config_rolled_back")
-            assert "pump" in str(event["message"])
-            health = json.loads(sub.on("/health")[-1])
-            assert health["reloads"]["rolled_back"] == 1
-            assert [e["outcome"] for e in history(gp)] == ["committed", "rolled_back"]
-            assert await asyncio.to_thread(gp.stop) == 0, gp.log
-    finally:
-        sub.close()
+    async with cabinet(tmp_path, broker, gateway_process) as (gp, sub, _sim):
+        good = gp.config.read_text()
+        bad = tmp_path / "bad.toml"
+        bad.write_text(config(broker, tmp_path, modbus_device("pump", free_port(), 1, POINTS)))
+        result = await asyncio.to_thread(cli, "apply", str(bad), "-c", str(gp.config), "--json")
+        assert result.returncode == 1, result.stdout + result.stderr + gp.log
+        outcome = json.loads(result.stdout)
+        assert outcome["outcome"] == "rolled_back"
+        assert "device 'pump' was online and is" in outcome["reason"]
+        assert gp.config.read_text() == good, "the file still holds the config that works"
+        seen = len(polls(sub))
+        await sub.wait_async(lambda: len(polls(sub)) > seen + 5, 20, "the pump read again")
+        (event,) = events(sub, "config_rolled_back")
+        assert "pump" in str(event["message"])
+        health = json.loads(sub.on("/health")[-1])
+        assert health["reloads"]["rolled_back"] == 1
+        assert [e["outcome"] for e in history(gp)] == ["committed", "rolled_back"]
     assert_nothing_read_was_lost(polls(sub), switches=2)
     assert "rolling back to" in gp.log
 
@@ -157,24 +144,17 @@ async def test_a_config_that_loses_a_device_is_rolled_back_with_the_reason(
 async def test_a_file_edited_in_place_that_breaks_is_rolled_back_and_the_file_restored(
     tmp_path: Path, broker: Mosquitto, gateway_process
 ) -> None:
-    sub = Subscriber(broker)
-    try:
-        async with ModbusSimServer([counting_device()]) as sim:
-            good = config(broker, tmp_path, modbus_device("pump", sim.port, 1, POINTS))
-            gp: GatewayProcess = gateway_process(good)
-            await running(gp, sub)
-            gp.config.write_text(
-                config(broker, tmp_path, modbus_device("pump", free_port(), 1, POINTS))
-            )
-            assert gp.proc is not None
-            gp.proc.send_signal(signal.SIGHUP)  # systemctl reload
-            await sub.wait_async(
-                lambda: bool(events(sub, "config_rolled_back")), 30, "the rollback event"
-            )
-            assert gp.config.read_text() == good, "a restart must not run the broken file"
-            assert await asyncio.to_thread(gp.stop) == 0, gp.log
-    finally:
-        sub.close()
+    async with cabinet(tmp_path, broker, gateway_process) as (gp, sub, _sim):
+        good = gp.config.read_text()
+        gp.config.write_text(
+            config(broker, tmp_path, modbus_device("pump", free_port(), 1, POINTS))
+        )
+        assert gp.proc is not None
+        gp.proc.send_signal(signal.SIGHUP)  # systemctl reload
+        await sub.wait_async(
+            lambda: bool(events(sub, "config_rolled_back")), 30, "the rollback event"
+        )
+        assert gp.config.read_text() == good, "a restart must not run the broken file"
 
 
 async def test_apply_refuses_a_config_with_problems_before_it_reaches_the_service(
@@ -205,24 +185,17 @@ async def test_apply_with_no_gateway_running_exits_3_and_says_so(
 async def test_config_rollback_goes_back_to_the_config_that_ran_before(
     tmp_path: Path, broker: Mosquitto, gateway_process
 ) -> None:
-    sub = Subscriber(broker)
-    try:
-        async with ModbusSimServer([counting_device()]) as sim:
-            first = config(broker, tmp_path, modbus_device("pump", sim.port, 1, POINTS))
-            gp: GatewayProcess = gateway_process(first)
-            await running(gp, sub)
-            second = tmp_path / "second.toml"
-            second.write_text(first.replace('max_age = "200ms"', 'max_age = "250ms"'))
-            result = await asyncio.to_thread(cli, "apply", str(second), "-c", str(gp.config))
-            assert result.returncode == 0, result.stderr + gp.log
-            result = await asyncio.to_thread(cli, "config", "-c", str(gp.config), "rollback")
-            assert result.returncode == 0, result.stdout + result.stderr + gp.log
-            assert gp.config.read_text() == first
-            entries = history(gp)
-            assert entries[-1]["outcome"] == "committed"
-            assert entries[-1]["hash"] == entries[0]["hash"]
-            shown = await asyncio.to_thread(cli, "config", "-c", str(gp.config), "history")
-            assert shown.returncode == 0 and "apply" in shown.stdout
-            assert await asyncio.to_thread(gp.stop) == 0, gp.log
-    finally:
-        sub.close()
+    async with cabinet(tmp_path, broker, gateway_process) as (gp, _sub, _sim):
+        first = gp.config.read_text()
+        second = tmp_path / "second.toml"
+        second.write_text(first.replace('max_age = "200ms"', 'max_age = "250ms"'))
+        result = await asyncio.to_thread(cli, "apply", str(second), "-c", str(gp.config))
+        assert result.returncode == 0, result.stderr + gp.log
+        result = await asyncio.to_thread(cli, "config", "-c", str(gp.config), "rollback")
+        assert result.returncode == 0, result.stdout + result.stderr + gp.log
+        assert gp.config.read_text() == first
+        entries = history(gp)
+        assert entries[-1]["outcome"] == "committed"
+        assert entries[-1]["hash"] == entries[0]["hash"]
+        shown = await asyncio.to_thread(cli, "config", "-c", str(gp.config), "history")
+        assert shown.returncode == 0 and "apply" in shown.stdout
