@@ -77,6 +77,11 @@ STABLE_SESSION = 10.0  # a session up this long (seconds) resets the reconnect b
 # 30-60 s: an operator who fixes an ACL sees data within a minute, and a denied
 # gateway costs the link one batch a minute.
 DENIED_RETRY = (2.0, 60.0)
+# PUBACK 0x10: the broker took a publish that matched no subscription and so delivered it
+# to nobody (mosquitto after a restart, before the centre's consumers are back: it does
+# not restore shared subscriptions). A batch it took so has not reached the centre: it
+# stays on disk and is offered again like a refused one.
+NO_MATCHING_SUBSCRIBERS = 0x10
 # After another client took our session: 30-60 s, then 60-120 s, ... up to 2.5-5 min.
 TAKEOVER_BACKOFF = (60.0, 300.0)
 TAKEOVER_QUIET = 600.0  # a session that lasts this long (seconds) ends a takeover episode
@@ -1416,14 +1421,21 @@ class MqttUplink:
             lane.inflight -= 1
             lane.changed.set()
             self._progress.set()
-        if code.is_failure:
+        unheard = code.value == NO_MATCHING_SUBSCRIBERS  # the broker kept it for nobody
+        if code.is_failure or unheard:
             low, high = DENIED_RETRY
+            what = (
+                f"nobody subscribes to it (no centre consumer is connected): the broker "
+                f"dropped the {lane.what}"
+                if unheard
+                else f"the broker did not store the {lane.what}"
+            )
             self._refused(
                 lane.topic,
                 code,
-                f"the broker did not store the {lane.what}; it stays on disk, nothing newer "
-                f"goes out on this topic before it, and it is offered again after "
-                f"{low / 2:g}-{low:g}s, then less often (up to every {high:g}s)",
+                f"{what}; it stays on disk, nothing newer goes out on this topic before it, "
+                f"and it is offered again after {low / 2:g}-{low:g}s, then less often (up to "
+                f"every {high:g}s)",
             )
             lane.refused(entry.seq)
             return

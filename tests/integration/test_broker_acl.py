@@ -184,3 +184,43 @@ async def test_denied_alarm_and_health_topics_are_reported_while_data_flows(
     assert log.count("denied: city/test-gw/alarm, Not authorized") == 1, log
     assert log.count("denied: city/test-gw/health, Not authorized") == 1, log
     assert "Traceback" not in log, log
+
+
+async def test_batches_nobody_subscribes_to_stay_on_disk_until_the_centre_is_back(
+    tmp_path: Path, gateway_process
+) -> None:
+    # PUBACK 0x10 "No matching subscribers": mosquitto took the batch and gave it to
+    # nobody (after a restart it does not restore the centre's shared subscriptions).
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    try:
+        async with ModbusSimServer([counting_device()]) as sim:
+            gp: GatewayProcess = gateway_process(
+                gateway_config(
+                    broker_port=broker.port,
+                    buffer_path=tmp_path / "buffer.db",
+                    devices=modbus_device("pump", sim.port, 1, POINTS),
+                )
+            )
+            gp.start()
+            # No subscriber at all yet: only the gateway's log can tell.
+            for _ in range(200):
+                if "nobody subscribes to it" in gp.log:
+                    break
+                await asyncio.sleep(0.1)
+            assert "denied: city/test-gw/data, No matching subscribers" in gp.log, gp.log
+            sub = Subscriber(broker, "city/+/data/#")  # the centre comes back
+            try:
+                await sub.wait_async(
+                    lambda: bool(poll_counts(sub)) and poll_counts(sub)[0] == 1,
+                    60,
+                    "the batches kept while nobody listened",
+                )
+                assert await stop(gp) == 0, gp.log
+            finally:
+                sub.close()
+    finally:
+        broker.kill()
+    counts = poll_counts(sub)
+    assert counts == list(range(1, counts[-1] + 1)), "readings lost or out of order"
+    assert "accepted again: city/test-gw/data:" in gp.log
