@@ -15,6 +15,7 @@ anywhere.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -28,6 +29,8 @@ from drivers.core.model import Reading
 from gateway.centre.accounting import Accounting
 from gateway.devtools.rig.waiting import wait_until, wait_until_async
 from gateway.wire import Batch, DecodeError, decode_batch
+
+log = logging.getLogger(__name__)
 
 DATA_TOPICS = ("/data", "/data/history")  # the live lane and the backlog's
 
@@ -75,6 +78,7 @@ class Collector:
             client_id=f"centre-{uuid.uuid4().hex[:8]}",
             clean_session=False,
         )
+        self.client.enable_logger(log)  # paho's errors (a callback that raised) in the test's log
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
