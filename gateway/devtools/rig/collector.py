@@ -78,7 +78,10 @@ class Collector:
             client_id=f"centre-{uuid.uuid4().hex[:8]}",
             clean_session=False,
         )
-        self.client.enable_logger(log)  # paho's errors (a callback that raised) in the test's log
+        # A callback that raised is logged (in the test's log) and the collector goes on:
+        # one message it could not handle must not make it deaf to the rest.
+        self.client.enable_logger(log)
+        self.client.suppress_exceptions = True
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
