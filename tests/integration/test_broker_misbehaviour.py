@@ -282,8 +282,8 @@ async def test_a_connect_to_a_silent_address_gives_up_within_the_connect_timeout
                 uplink.last_error
             )
             proxy.restore()
-            await _wait(lambda: uplink.state == "online", 5, "connected once the link is back")
-            await _wait(lambda: uplink.store.stats.batches == 0, 5, "the batches delivered")
+            await _wait(lambda: uplink.state == "online", 15, "connected once the link is back")
+            await _wait(lambda: uplink.store.stats.batches == 0, 15, "the batches delivered")
     finally:
         proxy.stop()
     assert problems(caplog) == []
