@@ -268,8 +268,9 @@ async def test_a_broker_that_says_session_taken_over_is_believed_at_once(
 
 
 async def test_a_connect_to_a_silent_address_gives_up_within_the_connect_timeout(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, broker: Mosquitto
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, broker: Mosquitto, subscriber: Subscriber
 ) -> None:
+    # The centre listens: a batch nobody subscribes to is not delivered (PUBACK 0x10).
     proxy = TcpProxy(broker.port)
     proxy.start()
     proxy.blackhole()  # accepts the TCP connection, then carries nothing: no CONNACK ever
