@@ -15,6 +15,14 @@ queue is unbounded) it closes a client's connection right after refusing one
 of its QoS 1 publishes (PUBACK 0x87 under MQTT 5); and on a session takeover
 it closes the old connection without the MQTT 5 DISCONNECT "Session taken
 over" (0x8E).
+
+And one that a test must cope with: with an ACL, a persistent session restored from
+persistence after a restart reads nothing until its client reconnects (mosquitto finds a
+client's `topic` lines when it connects; a restored session has none, and only `pattern`
+lines apply to it). A QoS 1 message published in that moment is acknowledged with reason
+code 0 (a subscription matched) and then dropped by the read check: it never reaches the
+persistent subscriber. Grant a subscriber that must outlive a restart its reads with a
+`pattern` line (`pattern read #`).
 """
 
 from __future__ import annotations

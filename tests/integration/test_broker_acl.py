@@ -36,7 +36,11 @@ topic write city/+/status
 topic write city/+/data/#
 topic write city/+/data
 """
-ALLOW_ALL = "topic readwrite #\n"
+# A pattern, not `topic readwrite #`: mosquitto 2.0.11 looks a client's `topic` lines up
+# when it connects, so after a restart the centre's session, restored from persistence but
+# not yet reconnected, may read nothing; what the gateway publishes in that moment is
+# acknowledged (PUBACK 0) and dropped. Patterns apply to every session (broker.py).
+ALLOW_ALL = "pattern readwrite #\n"
 KEEPS_CONNECTION = "max_queued_messages 100000\n"  # mosquitto then does not hang up on a refusal
 
 ALARMS = """
