@@ -561,9 +561,13 @@ class Lane:
         self.wake.set()  # a pump waiting for new data must come back for this one
 
     async def flush_acks(self) -> None:
+        # The seqs leave `acked` only once the store took them: a flush cancelled halfway
+        # (the session ending) leaves them to the session's last flush, which deletes them
+        # and reads the counters after the delete (a seq acked twice is ignored).
         if self.acked:
-            acked, self.acked = self.acked, []
+            acked = list(self.acked)
             await self.store.ack(acked)
+            del self.acked[: len(acked)]
 
 
 @dataclass(slots=True)
