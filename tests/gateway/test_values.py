@@ -32,6 +32,8 @@ HOSTILE = [
 def _id(value: object) -> str:
     if isinstance(value, int) and abs(value) > 10**30:
         return f"int of {len(str(abs(value)) if abs(value) < 10**4000 else 'many')} digits"
+    if type(value) is object:
+        return "a plain object"  # its repr holds an address: ids must be the same every run
     return repr(value)[:30]
 
 
