@@ -38,13 +38,18 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from drivers.core.config_types import shown
 from gateway.control.signing import KEY_ID_PATTERN
+
+# cryptography (about 11 MiB of memory and 50 ms at start) is imported where a key is
+# read or made: a gateway with commands off, or no key installed, never loads it.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 log = logging.getLogger("gateway.control.keys")
 
@@ -173,6 +178,10 @@ def read_public_key(path: Path) -> Ed25519PublicKey:
 
 def parse_public_key(line: str, path: Path) -> Ed25519PublicKey:
     """A key line: 64 hex digits, or `ssh-ed25519 AAAA... [comment]`."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     if _HEX_KEY.fullmatch(line):
         try:
             return Ed25519PublicKey.from_public_bytes(bytes.fromhex(line))
@@ -218,6 +227,8 @@ def fingerprint(key: Ed25519PublicKey) -> str:
 
 
 def openssh_line(key: Ed25519PublicKey, comment: str = "") -> str:
+    from cryptography.hazmat.primitives import serialization
+
     line = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return f"{line.decode('ascii')} {comment}".rstrip()
 
@@ -239,6 +250,9 @@ def generate_key_pair(directory: Path, key_id: str) -> KeyPair:
     Raises KeyFileError for a key id that cannot name a file, FileExistsError when
     either file exists (a key is never overwritten), OSError when the directory is not
     writable."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     if KEY_ID_PATTERN.fullmatch(key_id) is None:
         raise KeyFileError(
             f"{shown(key_id)} is not a key id: letters, digits, '_', '-', '.', at most 64, "
@@ -274,6 +288,10 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """The Ed25519 private key in `path` (PKCS#8 PEM or OpenSSH), or KeyFileError."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     text = _read_text(path).encode("utf-8")
     try:
         if b"BEGIN OPENSSH PRIVATE KEY" in text:

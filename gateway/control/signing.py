@@ -52,14 +52,17 @@ import binascii
 import json
 import re
 import secrets
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from drivers.core.config_types import shown
 from gateway.control.refusals import Refusal
 from gateway.wire.messages import Command, CommandEnvelope, encode
+
+if TYPE_CHECKING:  # cryptography is imported where a signature is checked (keys.py says why)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 SIGNING_CONTEXT = b"edge-gateway command v1\n"
 MAX_PAYLOAD = 512 * 1024  # bytes: room for a config file in a config-apply body
@@ -106,6 +109,8 @@ def envelope_bytes(envelope: CommandEnvelope) -> bytes:
 
 def verify(envelope: CommandEnvelope, key: Ed25519PublicKey) -> bool:
     """Whether the envelope's signature is `key`'s over the whole command."""
+    from cryptography.exceptions import InvalidSignature
+
     try:
         signature = base64.b64decode(envelope.signature, validate=True)
         key.verify(signature, signed_bytes(envelope.command))

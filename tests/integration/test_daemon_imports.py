@@ -1,0 +1,67 @@
+"""What `edge-gateway run` loads: the daemon's memory and start-up pay for every module
+it imports (docs/performance.md, "Memory and start-up"), so the technicians' libraries
+never come in, and cryptography (about 11 MiB) only when a trusted key is read.
+
+Each case is a fresh interpreter that imports what `run` imports at start."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from gateway.control.keys import generate_key_pair
+
+DAEMON = """
+import json, sys
+from pathlib import Path
+from gateway.cli import build_parser
+build_parser("run")  # `edge-gateway run` builds its own command's parser only
+import gateway.app  # what run imports once the config is valid
+from gateway.control.keys import TrustedKeys
+keys = TrustedKeys(Path(sys.argv[1]))
+keys.reload()  # at start when [commands] is on
+print(json.dumps({"modules": sorted(sys.modules), "keys": len(keys)}))
+"""
+
+NOT_IN_THE_DAEMON = ("rich", "jsonschema", "prometheus_client", "gateway.centre")
+
+
+def _daemon_modules(keys_dir: Path) -> tuple[list[str], int]:
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", DAEMON, str(keys_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    found = json.loads(done.stdout)
+    return found["modules"], found["keys"]
+
+
+def _loaded(modules: list[str], package: str) -> bool:
+    return any(m == package or m.startswith(package + ".") for m in modules)
+
+
+def test_the_daemon_loads_no_technician_library_and_no_cryptography_without_keys(
+    tmp_path: Path,
+) -> None:
+    modules, keys = _daemon_modules(tmp_path / "trusted-keys")  # missing: no key trusted
+    assert keys == 0
+    for package in (*NOT_IN_THE_DAEMON, "cryptography"):
+        assert not _loaded(modules, package), f"edge-gateway run imports {package}"
+    commands = {m for m in modules if m.startswith("gateway.commands.")}
+    assert commands == {"gateway.commands.common", "gateway.commands.run"}
+
+
+def test_a_trusted_key_brings_cryptography_in_when_it_is_read(tmp_path: Path) -> None:
+    centre, keys_dir = tmp_path / "centre", tmp_path / "trusted-keys"
+    keys_dir.mkdir()
+    pair = generate_key_pair(centre, "ops")
+    (keys_dir / "ops.pub").write_bytes(pair.public.read_bytes())
+    modules, keys = _daemon_modules(keys_dir)
+    assert keys == 1
+    assert _loaded(modules, "cryptography")
+    for package in NOT_IN_THE_DAEMON:
+        assert not _loaded(modules, package), f"edge-gateway run imports {package}"
