@@ -383,10 +383,11 @@ def _skip_seqs_a_power_cut_may_have_lost(
         return stats
     in_transaction(conn, functools.partial(write_meta, conn, last_seq=floor))
     _log.info(
-        "buffer %s was not closed cleanly (synchronous=normal): seqs continue after %d",
+        "buffer %s was not closed cleanly: seqs continue after %d, the lease of seqs the"
+        " last run may have handed out without storing",
         path,
         floor,
-    )  # (opened with "full": the last writer ran "normal")
+    )  # ("normal" commits a power cut took back, or seqs reserved and never stored)
     return dataclasses.replace(stats, last_seq=floor)
 
 

@@ -129,6 +129,8 @@ class DurableQueue:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._seq_ceiling = 0
+        self._reserved_to = 0  # the highest seq ``reserve`` handed out (0: none)
+        self._lease_in_meta = False  # a lease is in meta.normal_lease (reserve wrote it)
         self._file_pages = self._used_pages = 0  # as of the last commit
         self._unchecked_until = 0  # rows up to this seq carry no CRC (format 1)
         self._evictions = EvictionLog(self._path, max_bytes, max_age)
@@ -204,12 +206,69 @@ class DurableQueue:
             if not payloads:
                 return []
             last = first + len(payloads) - 1
-            if last > self._seq_ceiling:
-                self._write_seq_file(last + _SEQ_LEASE)
+            if last > self._seq_ceiling:  # (a reserving caller's lease is in meta too)
+                self._write_seq_file(last + _SEQ_LEASE, in_meta=self._lease_in_meta)
             now = self._clock()
             rows = [(seq, now, p, checksum(p)) for seq, p in enumerate(payloads, start=first)]
             self._store(conn, rows, now)
             return list(range(first, last + 1))
+
+    def reserve(self, make_payloads: Sequence[Callable[[int], bytes]]) -> list[Entry]:
+        """Hand out the next seqs to ``make_payload(seq)`` each, storing nothing; return
+        the entries (``created_at`` is the clock now).
+
+        For a caller that publishes a batch from memory first and stores it only if it
+        is not acknowledged soon (``append_reserved``; the gateway's default). Payloads
+        are made and checked as by ``append_many`` (nothing is reserved if one raises or
+        is larger than ``max_payload``). The seqs are never handed out again, whatever
+        happens next: they are covered by a lease recorded, fsynced, in ``.seq`` and in
+        ``meta.normal_lease`` (one write per million seqs), so an open after a crash
+        continues above every seq reserved, whatever ``synchronous`` says; a clean
+        ``close`` brings the lease back to ``last_seq``. A seq reserved and never stored
+        (acknowledged from memory, or lost with the process) is simply absent; ``ack``
+        ignores it.
+        """
+        with self._lock:
+            self._open_connection()
+            first = self._stats.last_seq + 1
+            payloads = [
+                self._checked(make(seq)) for seq, make in enumerate(make_payloads, start=first)
+            ]
+            if not payloads:
+                return []
+            last = first + len(payloads) - 1
+            if last > self._seq_ceiling or not self._lease_in_meta:
+                self._write_seq_file(last + _SEQ_LEASE, in_meta=True)
+            self._reserved_to = last
+            self._stats = dataclasses.replace(self._stats, last_seq=last)
+            now = self._clock()
+            return [Entry(seq, now, p) for seq, p in enumerate(payloads, start=first)]
+
+    def append_reserved(self, entries: Sequence[Entry]) -> None:
+        """Store entries under seqs ``reserve`` handed out, with one commit (one fsync).
+
+        ``entries`` come from ``reserve`` (their ``created_at`` may have been shifted
+        since), in increasing seq order, none stored yet; the ones acknowledged
+        meanwhile are left out (a stored queue may have gaps). Otherwise as
+        ``append_many``: the bounds evict the oldest entries, members that cannot fit
+        are counted as evicted.
+        """
+        with self._lock:
+            conn = self._open_connection()
+            if not entries:
+                return
+            rows: list[NewRow] = []
+            previous = 0
+            for entry in entries:
+                seq, created_at, payload = entry.seq, entry.created_at, entry.payload
+                if not previous < seq <= self._reserved_to:
+                    raise ValueError(
+                        f"seq {seq} was not reserved, or is out of order (after {previous})"
+                    )
+                previous = seq
+                payload = self._checked(payload)
+                rows.append((seq, float(created_at), payload, checksum(payload)))
+            self._store(conn, rows, self._clock())
 
     def evict_older_than(self, now: float | None = None) -> int:
         """Apply the age bound now: evict the entries created before ``now - max_age``.
@@ -352,7 +411,9 @@ class DurableQueue:
                         now = self._clock()
                         self._evictions.end(now, "the buffer was closed")
                         self._after_write(now)
-                    self._write_seq_file(self._stats.last_seq)
+                    self._write_seq_file(
+                        self._stats.last_seq, in_meta=self._lease_in_meta, conn=conn
+                    )
                 finally:
                     with translating(self._path, "close"):
                         conn.close()
@@ -539,14 +600,17 @@ class DurableQueue:
         if opened is not None:
             self._stats = with_counters(self._stats, self._take(opened))
 
-    def _write_seq_file(self, value: int) -> None:
+    def _write_seq_file(
+        self, value: int, *, in_meta: bool = False, conn: sqlite3.Connection | None = None
+    ) -> None:
         self._side_bytes = len(pid_line()) + self._seq.write(value)
         self._seq_ceiling = value
-        if self._synchronous == "normal" and self._conn is not None:
+        conn = conn or self._conn  # (close passes the connection it is closing)
+        if (self._synchronous == "normal" or in_meta) and conn is not None:
             # The lease in the database too, fsynced: a later open with "full" (the
-            # setting changed) trusts the database, and must still skip the seqs this
-            # run hands out and a power cut may take back (opening.py).
-            conn = self._conn
+            # setting changed, or seqs were reserved) trusts the database, and must still
+            # skip the seqs this run hands out and a power cut may take back (opening.py).
+            self._lease_in_meta = self._lease_in_meta or in_meta
             with translating(self._path, "write"):
                 in_transaction(conn, lambda: write_meta(conn, normal_lease=value))
             self._wal.sync_now()
@@ -581,7 +645,9 @@ class DurableQueue:
         except sqlite3.Error as err:
             # A failed COMMIT may still have reached the WAL: believe the disk, not memory.
             with contextlib.suppress(sqlite3.Error, CorruptDatabaseError):
-                self._stats = with_counters(self._stats, load_stats(conn))
+                stats = with_counters(self._stats, load_stats(conn))
+                last = max(stats.last_seq, self._reserved_to)  # never hand those out again
+                self._stats = dataclasses.replace(stats, last_seq=last)
             raise write_error(self._path, err) from err
         self._wal.committed()
         return tx

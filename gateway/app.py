@@ -209,12 +209,14 @@ class Gateway:
             self._write_batches,
             max_pending=MAX_PENDING,
             commit_interval=cfg.buffer.commit_interval,
+            idle=cfg.batch.idle,
             clock=self.clock,
         )
         self._alarm_events: asyncio.Queue[AlarmEvent] = asyncio.Queue()
         self.processing = self._build_processing(loaded, None)
         self.drivers = build_drivers(cfg, self._tapped(self.processing.add))
         self.store, self.alarm_store = self._stores()
+        self._write_mode = cfg.buffer.write  # like every [buffer] setting: until a restart
         self.health_model = HealthModel(
             HealthSources(
                 identity=self._identity,
@@ -276,6 +278,7 @@ class Gateway:
                 clock=self.clock.time,
             ),
             "data",
+            clock=self.clock,
         )
         alarms = Store(
             partial(
@@ -323,6 +326,7 @@ class Gateway:
                 batcher_task = tg.create_task(self.batcher.run(), name="batcher")
                 alarm_task = tg.create_task(self._write_alarms(), name="alarms")
                 helpers = [
+                    tg.create_task(self.store.run_commits(), name="buffer-commits"),
                     tg.create_task(self._maintain_buffers(), name="buffer-timers"),
                     tg.create_task(self.clock_watch.run(), name="clock"),
                     tg.create_task(self._reload_on_request(), name="reload"),
@@ -652,6 +656,7 @@ class Gateway:
         self.loaded, self.config = loaded, cfg
         self.batcher.max_readings = cfg.batch.max_readings
         self.batcher.max_age = cfg.batch.max_age
+        self.batcher.idle = cfg.batch.idle
         self.batcher.commit_interval = cfg.buffer.commit_interval
         logging.getLogger().setLevel(cfg.gateway.log_level.upper())
         if cfg.gateway.id != self.gateway_id or cfg.mqtt != old.config.mqtt:
@@ -1072,19 +1077,28 @@ class Gateway:
         await self.clock_watch.check()
         try:
             await self._retry_on_disk_errors(
-                lambda: self.store.append_many([self._encoder(b) for b in batches]),
-                f"{len(batches)} batch(es)",
+                lambda: self._put(batches), f"{len(batches)} batch(es)"
             )
         except (PayloadTooLargeError, _Unencodable):
             for batch in batches:  # find the one at fault
                 await self._write_batch(batch)
 
+    async def _put(self, batches: list[SealedBatch]) -> object:
+        """Hand closed batches to the data store: staged (published from memory, written
+        only if not acknowledged in time) with [buffer] write = "unacked", else written."""
+        makers = [self._encoder(b) for b in batches]
+        if self._write_mode == "all":
+            return await self.store.append_many(makers)
+        now = self.clock.monotonic()
+        max_age = self.config.batch.max_age
+        dues = [(now if b.opened_at is None else b.opened_at) + max_age for b in batches]
+        return await self.store.stage(makers, dues)
+
     async def _write_batch(self, readings: SealedBatch) -> None:
         """Persist one batch, halving it until it fits the buffer's byte bound."""
         try:
             await self._retry_on_disk_errors(
-                lambda: self.store.append(self._encoder(readings)),
-                f"a batch of {len(readings)} readings",
+                lambda: self._put([readings]), f"a batch of {len(readings)} readings"
             )
         except _Unencodable as err:
             self._set_aside(readings, err)
@@ -1098,9 +1112,15 @@ class Gateway:
                 )
                 return
             half = len(readings) // 2
-            tags = {"clock_synced": readings.clock_synced, "config_hash": readings.config_hash}
-            await self._write_batch(SealedBatch(readings[:half], **tags))  # type: ignore[arg-type]
-            await self._write_batch(SealedBatch(readings[half:], **tags))  # type: ignore[arg-type]
+            for part in (readings[:half], readings[half:]):
+                await self._write_batch(
+                    SealedBatch(
+                        part,
+                        clock_synced=readings.clock_synced,
+                        config_hash=readings.config_hash,
+                        opened_at=readings.opened_at,
+                    )
+                )
 
     async def _retry_on_disk_errors(
         self, write: Callable[[], Awaitable[object]], what: str

@@ -111,10 +111,18 @@ class BufferConfig(StrictModel):
     max_age: Duration | None = Field(
         None, description="age bound: batches older than this are evicted, counted"
     )
+    write: Literal["unacked", "all"] = Field(
+        "unacked",
+        description="unacked: a closed batch is published from memory at once and written "
+        "to disk only if the broker has not acknowledged it when its first reading is "
+        "[batch] max_age old (few SD-card writes while the link is up; a power cut loses at "
+        "most max_age of readings); all: every batch is written to disk as it closes, then "
+        "published",
+    )
     commit_interval: DurationOrZero = Field(
         0.0,
-        description="durability window: closed batches wait this long to share one commit "
-        "(fewer SD-card writes; a power cut can lose that much more)",
+        description='with write = "all": closed batches wait this long to share one '
+        "commit (fewer SD-card writes; a power cut can lose that much more)",
     )
     sync: Literal["full", "normal"] = Field(
         "full",
@@ -127,6 +135,17 @@ class BufferConfig(StrictModel):
         description="bound on the buffer's whole footprint on disk (database, WAL, index, "
         "side files; at least 1MB); the oldest batches are evicted first",
     )
+
+    @model_validator(mode="after")
+    def _commit_interval_goes_with_write_all(self) -> BufferConfig:
+        if self.commit_interval and self.write == "unacked":
+            raise ValueError(
+                'commit_interval applies only with write = "all" (with "unacked", the '
+                "batches the broker has not acknowledged are written together when the "
+                'first of them is [batch] max_age old); set write = "all", or remove '
+                "commit_interval"
+            )
+        return self
 
     @field_validator("path", mode="before")
     @classmethod
@@ -184,6 +203,13 @@ class BatchConfig(StrictModel):
     max_readings: Int = Field(500, ge=1, le=100_000)
     max_age: Duration = Field(
         5.0, description="a batch is closed at most this long after its first reading"
+    )
+    idle: DurationOrZero = Field(
+        0.02,
+        le=60.0,
+        description="a batch is closed once no reading has come for this long (a poll "
+        "cycle is over: its readings leave at once); 0: only max_readings and max_age close "
+        "batches",
     )
 
 

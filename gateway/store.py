@@ -4,6 +4,17 @@
 never wait on the disk, so every call runs on one dedicated worker thread (the
 buffer's threading contract). `appended` wakes the uplink when new batches land.
 
+**Publish first, write only what is not acknowledged in time** (`[buffer] write =
+"unacked"`, the default): `stage` hands batches out under seqs the buffer reserved
+(never reused, buffer/DESIGN.md) and keeps them in memory, where the uplink reads
+them at once; a batch the broker acknowledges before its `due` time is never written
+to the SD card. `run_commits` writes the rest, every staged batch in one commit, when
+the first of them falls due (the gateway makes that its first reading's time plus
+`[batch] max_age`, so a power cut loses at most that much, as with an open batch);
+`close` writes whatever is still staged. Memory is bounded: `stage` waits while
+`MAX_STAGED_BYTES` are staged (a disk that refuses writes), and the batcher's own bound
+takes over.
+
 A store may start closed: when the disk is full at start-up the gateway does not
 refuse to start; it keeps collecting in memory (bounded by the batcher) and opens
 the buffer as soon as there is room (`reopen`, on a timer). Until then appends
@@ -14,12 +25,19 @@ retries) and reads wait.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+import dataclasses
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TypeVar
 
 from buffer import BufferError, BufferStats, DiskFullError, DurableQueue, Entry, EvictionEpisode
+from drivers.core.clock import Clock, SystemClock, wait_event
 from gateway.wire.messages import BufferHealth, EvictionHealth
+
+log = logging.getLogger("gateway.store")
 
 T = TypeVar("T")
 
@@ -33,6 +51,17 @@ _EMPTY = BufferStats(
 )
 
 
+MAX_STAGED_BYTES = 32 << 20
+"""Payload bytes staged in memory at most; `stage` waits for room beyond it."""
+COMMIT_RETRY_SECONDS = 1.0  # after the disk refused a commit of staged batches
+
+
+@dataclasses.dataclass(slots=True)
+class _Staged:
+    entry: Entry
+    due: float  # monotonic: written to disk then, unless acknowledged before
+
+
 class BufferUnavailableError(BufferError):
     """The buffer could not be opened (a full disk); data stays in memory meanwhile."""
 
@@ -42,9 +71,26 @@ class Store:
     one (`open` / `reopen` then open it, and may find the disk full)."""
 
     def __init__(
-        self, source: DurableQueue | Callable[[], DurableQueue], name: str = "data"
+        self,
+        source: DurableQueue | Callable[[], DurableQueue],
+        name: str = "data",
+        *,
+        clock: Clock | None = None,
     ) -> None:
         self.name = name
+        self._clock: Clock = clock or SystemClock()
+        # Staged batches by seq, in seq order: published from memory, not on disk yet.
+        self._staged: dict[int, _Staged] = {}
+        self._staged_bytes = 0
+        self._staged_more = asyncio.Event()  # wakes run_commits
+        self._room = asyncio.Event()  # set while there is room to stage
+        self._room.set()
+        self._committing: set[int] = set()  # staged seqs being written now
+        self._acked_meanwhile: list[int] = []  # ... and acknowledged during that write
+        self._commit_failing = False
+        self._disk_last = 0  # no seq above this is on disk: reads above it stay in memory
+        self.staged_written = 0  # staged batches that had to be written (not acked in time)
+        self.staged_acked = 0  # staged batches acknowledged from memory, never written
         self.queue: DurableQueue | None = None
         self.appended = asyncio.Event()
         self.ready = asyncio.Event()  # set once the queue is open
@@ -87,7 +133,7 @@ class Store:
         self.queue = queue
         self.open_error = None
         self._stats = queue.stats()
-        self.opened_seq = self._stats.last_seq
+        self.opened_seq = self._disk_last = self._stats.last_seq
         self.ready.set()
         if self._stats.batches:
             self.appended.set()
@@ -107,28 +153,130 @@ class Store:
 
     async def append(self, make_payload: Callable[[int], bytes]) -> int:
         seq, self._stats = await self._call(lambda q: (q.append(make_payload), q.stats()))
+        self._disk_last = max(self._disk_last, seq)
         self.appended.set()
         return seq
 
     async def append_many(self, make_payloads: list[Callable[[int], bytes]]) -> list[int]:
         """Several entries in one transaction: one fsync for all of them."""
         seqs, self._stats = await self._call(lambda q: (q.append_many(make_payloads), q.stats()))
+        self._disk_last = max(self._disk_last, *seqs, 0)
         self.appended.set()
         return seqs
+
+    # --- staging: publish first, write what is not acknowledged in time --------------
+
+    async def stage(
+        self, make_payloads: Sequence[Callable[[int], bytes]], dues: Sequence[float]
+    ) -> list[int]:
+        """Hand out seqs to these payloads and keep them in memory for the uplink; each is
+        written to disk at its `due` (monotonic) unless acknowledged before. Raises as
+        `append_many` does (PayloadTooLargeError, BufferUnavailableError, ...)."""
+        while self._staged_bytes >= MAX_STAGED_BYTES:
+            self._room.clear()
+            await self._room.wait()
+        entries, self._stats = await self._call(lambda q: (q.reserve(make_payloads), q.stats()))
+        for entry, due in zip(entries, dues, strict=True):
+            self._staged[entry.seq] = _Staged(entry, due)
+            self._staged_bytes += len(entry.payload)
+        self._staged_more.set()
+        self.appended.set()
+        return [entry.seq for entry in entries]
+
+    @property
+    def staged(self) -> int:
+        """Batches in memory: handed out, neither acknowledged nor written to disk yet."""
+        return len(self._staged)
+
+    async def run_commits(self) -> None:
+        """Write staged batches to disk when the first of them falls due: all of them, in
+        one commit (an outage writes in groups, not batch by batch)."""
+        while True:
+            if not self._staged:
+                self._staged_more.clear()
+                await self._staged_more.wait()
+                continue
+            wait = min(s.due for s in self._staged.values()) - self._clock.monotonic()
+            if wait > 0:
+                self._staged_more.clear()
+                await wait_event(self._clock, self._staged_more, wait)
+                continue
+            if not await self.commit_staged():
+                await self._clock.sleep(COMMIT_RETRY_SECONDS)
+
+    async def commit_staged(self) -> bool:
+        """Write every staged batch to disk now, in one commit; False if the disk refused
+        (they stay staged; logged once until a commit succeeds)."""
+        group = [s.entry for s in self._staged.values()]
+        if not group:
+            return True
+        self._committing = {e.seq for e in group}
+        try:
+            self._stats = await self._call(partial(_write_then_stats, group))
+        except (BufferError, OSError, sqlite3.Error) as err:
+            if not self._commit_failing:
+                self._commit_failing = True
+                log.error(
+                    "cannot write %d unacknowledged batch(es) to the %s buffer (%s); they "
+                    "stay in memory and are published meanwhile; retrying",
+                    len(group),
+                    self.name,
+                    err,
+                )
+            return False
+        finally:
+            self._committing = set()
+        if self._commit_failing:
+            self._commit_failing = False
+            log.info("the %s buffer takes writes again", self.name)
+        for entry in group:
+            del self._staged[entry.seq]
+        self._staged_bytes -= sum(len(e.payload) for e in group)
+        self.staged_written += len(group)
+        self._disk_last = max(self._disk_last, group[-1].seq)
+        self._room.set()
+        acked, self._acked_meanwhile = self._acked_meanwhile, []
+        if acked:
+            await self.ack(acked)
+        return True
 
     async def read(self, after_seq: int, limit: int) -> list[Entry]:
         """Entries to publish. A read may drop a batch whose CRC fails (bit rot): the
         counters are refreshed with it."""
         await self.ready.wait()
-        entries, self._stats = await self._call(lambda q: (q.read(after_seq, limit), q.stats()))
+        entries: list[Entry] = []
+        if after_seq < self._disk_last:
+            entries, self._stats = await self._call(lambda q: (q.read(after_seq, limit), q.stats()))
+        if len(entries) < limit and self._staged:
+            after = entries[-1].seq if entries else after_seq
+            for seq, staged in self._staged.items():  # in seq order
+                if seq > after:
+                    entries.append(staged.entry)
+                    if len(entries) == limit:
+                        break
         return entries
 
     async def ack(self, seqs: Iterable[int]) -> int:
-        seqs = list(seqs)
-        if self.queue is None or not seqs:
-            return 0
-        deleted, self._stats = await self._call(lambda q: (q.ack(seqs), q.stats()))
-        return deleted
+        on_disk: list[int] = []
+        dropped = 0
+        for seq in seqs:
+            staged = self._staged.get(seq)
+            if staged is None:
+                on_disk.append(seq)
+            elif seq in self._committing:  # being written: delete it once it is
+                self._acked_meanwhile.append(seq)
+            else:
+                del self._staged[seq]
+                self._staged_bytes -= len(staged.entry.payload)
+                dropped += 1
+        if dropped:
+            self.staged_acked += dropped
+            self._room.set()
+        on_disk = [seq for seq in on_disk if seq <= self._disk_last]
+        if self.queue is None or not on_disk:
+            return dropped
+        deleted, self._stats = await self._call(lambda q: (q.ack(on_disk), q.stats()))
+        return dropped + deleted
 
     async def sync(self) -> None:
         """Make every commit so far survive a power cut (sync = "normal": on a timer)."""
@@ -146,6 +294,10 @@ class Store:
         """The wall clock stepped by `delta` seconds: re-date what this boot stored before."""
         if self.queue is None:
             return 0
+        for staged in self._staged.values():
+            staged.entry = dataclasses.replace(
+                staged.entry, created_at=staged.entry.created_at + delta
+            )
         after = self.opened_seq
         shifted, self._stats = await self._call(
             lambda q: (q.shift_created_at(after, delta), q.stats())
@@ -181,11 +333,20 @@ class Store:
             eviction=_episode(stats.eviction),
             first_unsent_seq=stats.oldest_seq,
             boot_first_seq=self.opened_seq + 1 if self.queue is not None else None,
+            in_memory_batches=len(self._staged),
         )
 
     def close(self) -> None:
+        """Write what is still staged, then close the queue (the clean stop's promise)."""
         self._executor.shutdown(wait=True)
-        if self.queue is not None:
+        if self.queue is None:
+            return
+        try:
+            if self._staged:
+                self.queue.append_reserved([s.entry for s in self._staged.values()])
+                self.staged_written += len(self._staged)
+                self._staged.clear()
+        finally:
             self.queue.close()
 
 
@@ -204,3 +365,8 @@ def _episode(episode: EvictionEpisode | None) -> EvictionHealth | None:
         oldest_created_at=round(episode.oldest_created_at, 3),
         newest_created_at=round(episode.newest_created_at, 3),
     )
+
+
+def _write_then_stats(entries: list[Entry], queue: DurableQueue) -> BufferStats:
+    queue.append_reserved(entries)
+    return queue.stats()

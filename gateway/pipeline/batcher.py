@@ -1,7 +1,10 @@
 """Collect readings into batches, closed by count or by age, and hand them on in order.
 
 Drivers call `add` (synchronous, cheap: a list extend). A batch closes when it
-holds `max_readings` or when its first reading is `max_age` old. Closed batches
+holds `max_readings`, when its first reading is `max_age` old, or when no reading has
+come for `idle` seconds: a poll cycle is over, and its readings leave at once instead of
+waiting for the next cycle (the latency at the centre is then the cycle's own, not
+max_age's). Closed batches
 are written in order by `run` through the `write` coroutine (the durable buffer),
 as a group of everything closed so far: one commit for all of them. With a
 `commit_interval` (the durability window) `run` waits that long before each
@@ -43,7 +46,7 @@ class SealedBatch(list[Reading]):
     """A closed batch: its readings, whether the clock was synchronised for them, and
     the config version they were taken under."""
 
-    __slots__ = ("clock_synced", "config_hash")
+    __slots__ = ("clock_synced", "config_hash", "opened_at")
 
     def __init__(
         self,
@@ -51,10 +54,12 @@ class SealedBatch(list[Reading]):
         *,
         clock_synced: bool = True,
         config_hash: str | None = None,
+        opened_at: float | None = None,
     ) -> None:
         super().__init__(readings)
         self.clock_synced = clock_synced
         self.config_hash = config_hash
+        self.opened_at = opened_at  # monotonic: when its first reading was added
 
 
 WriteBatches = Callable[[list[SealedBatch]], Awaitable[None]]
@@ -69,10 +74,12 @@ class Batcher:
         *,
         max_pending: int = 1_000_000,
         commit_interval: float = 0.0,
+        idle: float = 0.0,
         clock: Clock | None = None,
     ) -> None:
         self.max_readings = max_readings
         self.max_age = max_age
+        self.idle = idle
         self.max_pending = max_pending
         self.commit_interval = commit_interval
         self._writing = 0  # batches at the head of _sealed being written now
@@ -80,6 +87,7 @@ class Batcher:
         self._clock: Clock = clock or SystemClock()
         self._open: list[Reading] = []
         self._opened_at = 0.0
+        self._added_at = 0.0  # when the last reading was added (monotonic)
         self._clock_synced = True  # the state the open batch's readings were taken in
         self.config_hash: str | None = None  # the config version readings are taken under
         self._write_started = 0.0  # when the write in progress began (clock)
@@ -97,17 +105,23 @@ class Batcher:
         if not readings:
             return
         self.readings_in += len(readings)
+        now = self._added_at = self._clock.monotonic()
         if not self._open:
-            self._opened_at = self._clock.monotonic()
+            self._opened_at = now
             self._first_reading.set()
         self._open.extend(readings)
         while len(self._open) >= self.max_readings:
             self._push(self._sealed_batch(self._open[: self.max_readings]))
             del self._open[: self.max_readings]
-            self._opened_at = self._clock.monotonic()
+            self._opened_at = now
 
     def _sealed_batch(self, readings: list[Reading]) -> SealedBatch:
-        return SealedBatch(readings, clock_synced=self._clock_synced, config_hash=self.config_hash)
+        return SealedBatch(
+            readings,
+            clock_synced=self._clock_synced,
+            config_hash=self.config_hash,
+            opened_at=self._opened_at,
+        )
 
     def seal(self, config_hash: str | None = None) -> None:
         """Close the open batch now (a new config: what follows is taken under it)."""
@@ -210,7 +224,10 @@ class Batcher:
             if not self._open:
                 self._first_reading.clear()
                 continue
-            remaining = self._opened_at + self.max_age - self._clock.monotonic()
+            deadline = self._opened_at + self.max_age
+            if self.idle:
+                deadline = min(deadline, self._added_at + self.idle)
+            remaining = deadline - self._clock.monotonic()
             if remaining > 0:
                 await self._clock.sleep(remaining)
                 continue

@@ -208,6 +208,9 @@ class BufferHealth:
     # What the centre needs to account for every seq (gateway/centre/accounting.py):
     first_unsent_seq: int | None = None  # the lowest seq on disk (not yet acknowledged)
     boot_first_seq: int | None = None  # the first seq this boot hands out; None: not open
+    # Batches published from memory, neither acknowledged nor written to disk yet ([buffer]
+    # write = "unacked"): a power cut loses them. Their seqs are within ..last_seq.
+    in_memory_batches: int = 0
 
 
 @dataclass(frozen=True, slots=True)

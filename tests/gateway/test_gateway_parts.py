@@ -60,7 +60,10 @@ async def test_a_batch_the_encoder_refuses_is_set_aside_and_the_others_are_store
     try:
         await gw._write_batches([batch(1.0), batch(13.0), batch(2.0)])
         await gw._write_batches([batch(13.0, 14.0)])
-        assert gw.store.stats.batches == 2  # the good ones, in one piece each
+        # The good ones, in one piece each: published from memory, on disk unless acked.
+        assert gw.store.staged == 2
+        assert await gw.store.commit_staged()
+        assert gw.store.stats.batches == 2
         assert (gw.batches_set_aside, gw.readings_set_aside) == (2, 3)
         kept = (tmp_path / "buffer.db.set-aside.jsonl").read_text().splitlines()
         assert [len(json.loads(line)["readings"]) for line in kept] == [1, 2]
@@ -72,7 +75,7 @@ async def test_a_batch_the_encoder_refuses_is_set_aside_and_the_others_are_store
 
 async def test_the_age_bound_applies_on_a_timer_when_nothing_is_appended(tmp_path: Path) -> None:
     clock = ManualClock()
-    gw = gateway(tmp_path, clock, buffer='max_age = "1h"')
+    gw = gateway(tmp_path, clock, buffer='max_age = "1h"\nwrite = "all"')
     try:
         await gw._write_batches([batch(1.0), batch(2.0)])
         timers = asyncio.create_task(gw._maintain_buffers())
@@ -99,7 +102,7 @@ async def test_a_year_long_clock_step_does_not_age_out_what_this_boot_stored(
 ) -> None:
     caplog.set_level(logging.INFO)
     clock = ManualClock()
-    gw = gateway(tmp_path, clock, buffer='max_age = "24h"')
+    gw = gateway(tmp_path, clock, buffer='max_age = "24h"\nwrite = "all"')
     try:
         await gw._write_batches([batch(1.0)])  # stamped at the stale boot time
         clock.step(YEAR)  # NTP sets the clock a year ahead

@@ -11,12 +11,15 @@ over and over, signed `ping` commands arrive, and configs are flashed with SIGHU
 Accounting at the centre, by (gateway, boot, seq), per `[buffer]` setting:
 - **a seq is never reused**: no seq carries two different batches (or alarms), and
   every boot's seqs lie above every earlier boot's;
-- with `sync = "full"` (alone or with a `commit_interval`) every committed batch
-  arrives: the seqs have no hole. With `"normal"` a hole is allowed only where a boot
-  begins (seqs continue above the fsynced `.seq` lease);
+- with `write = "all"` and `sync = "full"` (alone or with a `commit_interval`) every
+  committed batch arrives: the seqs have no hole. With `"normal"`, and with the default
+  `write = "unacked"` (batches published from memory, written only if not acknowledged
+  within max_age), a hole is allowed only where a boot begins (seqs continue above the
+  fsynced lease);
 - the readings lost at each cut are the newest ones, within the window buffer/DESIGN.md
-  states for the setting (the open batch; plus the commit interval, or the 1 s sync
-  timer of "normal"); no reading is lost where there was no cut;
+  states for the setting (the open batch, or with "unacked" max_age from a batch's
+  first reading; plus the commit interval, or the 1 s sync timer of "normal"); no
+  reading is lost where there was no cut;
 - the alarm queue (always `"full"`) loses no alarm that was committed: no hole;
 - the buffers open every time, nothing is salvaged or set aside; every state file is
   whole JSON or TOML after every cut; config history never loses a durable entry and
@@ -72,10 +75,11 @@ SLACK_S = 0.5  # a commit's own time (an fsync through FUSE) and the poll that w
 # [buffer] lines per durability setting, and the newest readings a cut may take with it
 # (buffer/DESIGN.md, "Durability window"; README: "at most the readings not yet batched").
 SETTINGS: dict[str, tuple[str, float]] = {
-    "full": ('sync = "full"', MAX_AGE_S),
-    "normal": ('sync = "normal"', MAX_AGE_S + SYNC_INTERVAL_S),
+    "unacked": ("", MAX_AGE_S),  # the defaults: write = "unacked", sync = "full"
+    "full": ('write = "all"\nsync = "full"', MAX_AGE_S),
+    "normal": ('write = "all"\nsync = "normal"', MAX_AGE_S + SYNC_INTERVAL_S),
     "commit_interval": (
-        f'sync = "full"\ncommit_interval = "{COMMIT_INTERVAL_S * 1000:.0f}ms"',
+        f'write = "all"\nsync = "full"\ncommit_interval = "{COMMIT_INTERVAL_S * 1000:.0f}ms"',
         MAX_AGE_S + COMMIT_INTERVAL_S,
     ),
 }
@@ -532,7 +536,7 @@ def account(
     assert figures.seqs_reused == 0, "a seq was handed out twice: the centre would drop data"
     assert figures.alarm_seqs_reused == 0, "an alarm seq was handed out twice"
     assert figures.alarm_holes == 0, "a committed alarm never arrived"
-    if figures.setting == "normal":
+    if figures.setting in ("normal", "unacked"):
         stray = [h for h in figures.holes if h[1] + 1 not in boot_starts]
         assert not stray, f"holes in the seqs where no boot began: {stray}"
     else:

@@ -1,0 +1,106 @@
+"""Publish first, write only what the broker has not acknowledged in time ([buffer] write =
+"unacked"): the store's staged batches on a real buffer file and virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from buffer import DurableQueue
+from drivers.core.clock import ManualClock
+from gateway.store import Store
+
+
+def payload(seq: int) -> bytes:
+    return f"batch {seq}".encode()
+
+
+def store(tmp_path: Path, clock: ManualClock) -> Store:
+    queue = DurableQueue(tmp_path / "b.db", max_bytes=8 << 20, clock=clock.time)
+    return Store(queue, clock=clock)
+
+
+async def test_a_batch_acknowledged_before_it_is_due_is_never_written(tmp_path: Path) -> None:
+    clock = ManualClock()
+    s = store(tmp_path, clock)
+    try:
+        seqs = await s.stage([payload, payload], [clock.monotonic() + 5] * 2)
+        assert seqs == [1, 2]
+        assert [e.payload for e in await s.read(0, 10)] == [b"batch 1", b"batch 2"]
+        assert s.stats.batches == 0 and s.staged == 2  # in memory only
+        assert await s.ack([1, 2]) == 2
+        assert s.staged == 0 and s.staged_acked == 2
+        assert await s.read(0, 10) == []
+    finally:
+        s.close()
+    with DurableQueue(tmp_path / "b.db", max_bytes=8 << 20) as q:
+        assert q.read() == [] and q.append(payload) == 3  # never written, never reused
+
+
+async def test_what_falls_due_unacknowledged_is_written_in_one_commit(tmp_path: Path) -> None:
+    clock = ManualClock()
+    s = store(tmp_path, clock)
+    commits = asyncio.create_task(s.run_commits())
+    try:
+        now = clock.monotonic()
+        await s.stage([payload], [now + 5])
+        await s.stage([payload, payload], [now + 6, now + 7])
+        await s.ack([2])
+        await clock.advance(4.9)
+        assert s.stats.batches == 0
+        await clock.advance(0.2)  # the first falls due: both left go to disk together
+        for _ in range(100):
+            if s.stats.batches == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert (s.stats.batches, s.staged, s.staged_written) == (2, 0, 2)
+        entries = await s.read(0, 10)
+        assert [e.seq for e in entries] == [1, 3]  # 2 was acknowledged from memory
+        assert await s.ack([1, 3]) == 2
+        assert s.stats.batches == 0
+    finally:
+        commits.cancel()
+        s.close()
+
+
+async def test_reads_merge_disk_and_memory_in_seq_order(tmp_path: Path) -> None:
+    clock = ManualClock()
+    s = store(tmp_path, clock)
+    try:
+        await s.append_many([payload, payload])  # (write = "all", or an older backlog)
+        await s.stage([payload, payload], [clock.monotonic() + 5] * 2)
+        assert [e.seq for e in await s.read(0, 3)] == [1, 2, 3]
+        assert [e.seq for e in await s.read(1, 10)] == [2, 3, 4]
+        assert [e.seq for e in await s.read(3, 10)] == [4]
+    finally:
+        s.close()
+
+
+async def test_a_clean_close_writes_what_is_still_in_memory(tmp_path: Path) -> None:
+    clock = ManualClock()
+    s = store(tmp_path, clock)
+    await s.stage([payload, payload], [clock.monotonic() + 5] * 2)
+    await s.ack([1])
+    s.close()
+    with DurableQueue(tmp_path / "b.db", max_bytes=8 << 20) as q:
+        assert [(e.seq, e.payload) for e in q.read()] == [(2, b"batch 2")]
+
+
+async def test_an_ack_during_the_write_deletes_the_batch_once_it_is_written(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock()
+    s = store(tmp_path, clock)
+    try:
+        await s.stage([payload], [clock.monotonic()])
+        writing = asyncio.create_task(s.commit_staged())
+        await asyncio.sleep(0)  # the write is on the worker thread now
+        await s.ack([1])
+        assert await writing
+        for _ in range(100):
+            if s.stats.batches == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert s.stats.batches == 0 and await s.read(0, 10) == []
+    finally:
+        s.close()
