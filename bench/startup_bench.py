@@ -95,9 +95,11 @@ def gateway_config(
     points: int,
     interval: str,
     commands: str,
+    settings: str = "",
 ) -> str:
     """The gateway's config at its defaults: only where the broker, the buffer, the
-    trusted keys and the devices are. Timeouts are 80 % of the poll interval."""
+    trusted keys and the devices are (and `settings`: [buffer] lines). Timeouts are
+    80 % of the poll interval."""
     rows = ",\n".join(
         f'  {{ name = "p{i}", address = {2 * i}, type = "float32" }}' for i in range(points)
     )
@@ -119,7 +121,7 @@ def gateway_config(
     return (
         f'[gateway]\nid = "{gateway_id}"\n\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {broker_port}\n\n'
-        f'[buffer]\npath = "{workdir / "buffer.db"}"\n\n'
+        f'[buffer]\npath = "{workdir / "buffer.db"}"\n{settings}\n'
         f"{command_section}\n{sections}"
     )
 
@@ -223,6 +225,7 @@ def started_gateway(
         args.points,
         interval,
         args.commands,
+        getattr(args, "buffer_settings", ""),
     )
     with Collector(broker, f"city/{gateway_id}/#") as collector:
         gateway = GatewayProcess(here, config, command=command)
