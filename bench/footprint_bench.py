@@ -24,6 +24,7 @@ docs/performance.md with the command line and the machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -112,14 +113,12 @@ def measure(args: argparse.Namespace, workdir: Path) -> Figures:
             outage_rate = (ow1 - ow0) / max(1, offered)
             broker.start()
             # Readings taken while the broker was down, arriving after it came back.
-            try:
+            with contextlib.suppress(RigTimeout):
                 wait_until(
                     lambda: len(latencies(run.collector, o0, o1, time.time())) >= 0.98 * offered,
                     BACKLOG_WAIT,
                     "the outage's readings",
                 )
-            except RigTimeout:
-                pass
             outage_delivered = len(latencies(run.collector, o0, o1, time.time()))
     readings = len(delays)
     wire = sum(b for b, _ in batches) / max(1, sum(n for _, n in batches))
