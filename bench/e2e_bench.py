@@ -119,6 +119,7 @@ port = {broker}
 [buffer]
 path = "{workdir}/buffer.db"
 max_bytes = "1GB"
+write = "{args.write}"
 commit_interval = "{args.commit_interval}"
 sync = "{args.sync}"
 [batch]
@@ -163,8 +164,8 @@ async def main(args: argparse.Namespace) -> None:
         f"= {offered:,.0f} readings/s offered; batches of up to {args.batch}"
     )
     print(
-        f"window: {elapsed:.1f}s after {args.warmup:g}s warm-up; buffer commit_interval "
-        f"{args.commit_interval}, sync {args.sync}"
+        f"window: {elapsed:.1f}s after {args.warmup:g}s warm-up; buffer write {args.write}, "
+        f"commit_interval {args.commit_interval}, sync {args.sync}"
     )
     batch_rate = (b1 - b0) / elapsed
     print(f"delivered:     {readings / elapsed:,.0f} readings/s ({batch_rate:,.1f} batches/s)")
@@ -188,6 +189,11 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--commit-interval", default="0s", help="[buffer] commit_interval")
+    parser.add_argument(
+        "--write", default="unacked", choices=["unacked", "all"], help="[buffer] write"
+    )
+    parser.add_argument(
+        "--commit-interval", default="0s", help="[buffer] commit_interval (with --write all)"
+    )
     parser.add_argument("--sync", default="full", choices=["full", "normal"])
     asyncio.run(main(parser.parse_args()))

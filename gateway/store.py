@@ -214,6 +214,9 @@ class Store:
         try:
             self._stats = await self._call(partial(_write_then_stats, group))
         except (BufferError, OSError, sqlite3.Error) as err:
+            self._committing = set()
+            acked, self._acked_meanwhile = self._acked_meanwhile, []
+            await self.ack(acked)  # still in memory: dropped there, never written
             if not self._commit_failing:
                 self._commit_failing = True
                 log.error(

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
-from buffer import DurableQueue
+import pytest
+
+from buffer import DiskFullError, DurableQueue, Entry
 from drivers.core.clock import ManualClock
 from gateway.store import Store
 
@@ -102,5 +105,34 @@ async def test_an_ack_during_the_write_deletes_the_batch_once_it_is_written(
                 break
             await asyncio.sleep(0.01)
         assert s.stats.batches == 0 and await s.read(0, 10) == []
+    finally:
+        s.close()
+
+
+async def test_a_refused_write_keeps_the_batches_in_memory_and_tries_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "gateway.store")
+    clock = ManualClock()
+    s = store(tmp_path, clock)
+    assert s.queue is not None
+    real = s.queue.append_reserved
+
+    def full_disk(entries: list[Entry]) -> None:
+        raise DiskFullError("buffer b.db: the disk is full")
+
+    try:
+        await s.stage([payload, payload], [clock.monotonic()] * 2)
+        monkeypatch.setattr(s.queue, "append_reserved", full_disk)
+        assert not await s.commit_staged()
+        assert not await s.commit_staged()
+        assert sum("cannot write 2 unacknowledged" in m for m in caplog.messages) == 1  # once
+        assert s.staged == 2  # kept, still published from memory
+        await s.ack([1])
+        monkeypatch.setattr(s.queue, "append_reserved", real)
+        assert await s.commit_staged()
+        assert [e.seq for e in await s.read(0, 10)] == [2]
+        assert s.stats.batches == 1
+        assert any("takes writes again" in m for m in caplog.messages)
     finally:
         s.close()
