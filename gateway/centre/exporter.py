@@ -146,6 +146,14 @@ METRICS: tuple[MetricSpec, ...] = (
     _gauge("buffer_open", G, "buffer.open", "0 while a full disk keeps the buffer shut"),
     _gauge("buffer_batches", G, "buffer.batches", "batches on disk, not yet acknowledged"),
     _gauge("buffer_bytes", G, "buffer.bytes", "payload bytes of the batches on disk"),
+    _gauge(
+        "buffer_in_memory_batches",
+        G,
+        "buffer.in_memory_batches",
+        "batches published from memory, neither acknowledged nor on disk yet (lost at a "
+        "power cut)",
+        null_as=0.0,
+    ),
     _gauge("buffer_disk_bytes", G, "buffer.disk_bytes", "every file of the buffer, as bounded"),
     _gauge("buffer_limit_bytes", G, "buffer.max_bytes", "the bound: [buffer] max_bytes"),
     _gauge(
