@@ -150,8 +150,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "buffer_in_memory_batches",
         G,
         "buffer.in_memory_batches",
-        "batches published from memory, neither acknowledged nor on disk yet (lost at a "
-        "power cut)",
+        "batches published from memory, neither acknowledged nor on disk yet (lost at a power cut)",
         null_as=0.0,
     ),
     _gauge("buffer_disk_bytes", G, "buffer.disk_bytes", "every file of the buffer, as bounded"),
