@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import platform
 import signal
 import statistics
@@ -41,38 +40,15 @@ import paho.mqtt.client as paho
 from drivers.modbus.decode import Table
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
 from gateway.devtools.broker import Mosquitto
+from gateway.devtools.rig import LinkProxy
 from gateway.wire import decode_batch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from rig import TcpProxy  # noqa: E402 - the test rig's link that fails on cue
 
-
-class Link(TcpProxy):
-    """The test rig's link (`blackhole()`, `restore()`, `reset()`) on a port that stays the
-    same, plus `cut()`: every connection reset and nothing listening, so connects are
-    refused; `heal()` listens and carries traffic again."""
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # A relay still open when the bench exits is cancelled; ending it quietly keeps
-        # asyncio (3.11) from printing the cancellation as an error.
-        with contextlib.suppress(asyncio.CancelledError):
-            await super()._handle(reader, writer)
-
-    async def cut(self) -> None:
-        self.reset()
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-
-    async def heal(self) -> None:
-        if self._server is None:
-            await self.start()
-        self.restore()
+# The rig's link that fails on cue: blackhole() (bytes vanish, no reset), down() (every
+# connection reset and nothing listening on its port, so connects are refused) and
+# restore() (listening on the same port and carrying traffic again).
+Link = LinkProxy
 
 
 class Centre:
@@ -159,9 +135,9 @@ async def one_outage(
 ) -> tuple[float | None, int]:
     attempts_before = link.connections
     if kind == "blackhole":
-        link.blackhole()
+        await asyncio.to_thread(link.blackhole)
     elif kind == "reset":
-        await link.cut()
+        await asyncio.to_thread(link.down)
     else:
         await asyncio.to_thread(broker.stop)
     await asyncio.sleep(seconds)
@@ -169,7 +145,7 @@ async def one_outage(
     if kind == "broker":
         await asyncio.to_thread(broker.start)
     else:
-        await link.heal()
+        await asyncio.to_thread(link.restore)
     back = time.time()
     arrived = await wait_for(lambda: centre.first_new(seen, back) is not None, within)
     first = centre.first_new(seen, back) if arrived else None
@@ -185,7 +161,7 @@ async def main(args: argparse.Namespace) -> None:
         broker = Mosquitto(workdir / "broker")
         broker.start()
         link = Link(broker.port)
-        await link.start()
+        link.start()
         device = SimulatedDevice(unit=1)
         device.add_read_counter(Table.HOLDING, 0)
         log = (workdir / "gateway.log").open("wb")
@@ -222,7 +198,7 @@ async def main(args: argparse.Namespace) -> None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
             centre.close()
-            await link.stop()
+            link.stop()
             broker.stop()
             log.close()
             if args.keep_log:
