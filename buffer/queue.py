@@ -455,7 +455,9 @@ class DurableQueue:
         for chunk in self._budget.insert_chunks(rows):
             age_due = self._store_chunk(conn, chunk, now, unstored, age_due)
             unstored = []
-        self._age.appended(now)
+        # Rows of append_reserved keep the stamp of their reserve: the oldest decides when
+        # they can expire (never later than now, which is safe: it only checks sooner).
+        self._age.appended(min([now, *(created_at for _, created_at, _, _ in rows)]))
         self._after_write(now)
 
     def _store_chunk(

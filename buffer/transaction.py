@@ -240,7 +240,11 @@ class Tx:
                 self.drop_unstored(seq, created_at, len(payload))
             else:  # max_payload fits in an empty queue: only a bug gets here
                 raise BufferError(f"an entry of {len(rows[0][2])} bytes does not fit")
-        self.front_changed = self.front_changed or not self.batches
+        # Rows below the first entry (reserved seqs stored after later appends) are the
+        # new front too.
+        first = self.stats.oldest_seq
+        below = first is not None and rows[0][0] < first
+        self.front_changed = self.front_changed or not self.batches or below
         self.batches += len(rows)
         self.payload_bytes += sum(len(p) for _, _, p, _ in rows)
         self.last_seq = max(self.last_seq, rows[-1][0])

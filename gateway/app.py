@@ -104,6 +104,7 @@ from gateway.wire.messages import (
 log = logging.getLogger("gateway")
 
 WRITE_RETRY_SECONDS = 1.0
+ACK_ROOM_MAX = 0.5  # write = "unacked": an ageing batch closes up to this long before max_age
 UPLINK_STOP_SECONDS = 15.0  # drain (5 s), goodbye (2 s), disconnect (2 s); then leave regardless
 DRIVER_RESTART_SECONDS = 5.0
 # Readings held in memory while the buffer refuses writes (a read-only SD card):
@@ -166,6 +167,13 @@ async def _supervise(driver: Driver, clock: Clock) -> None:
             await clock.sleep(DRIVER_RESTART_SECONDS)
 
 
+def _ack_room(max_age: float, write: str) -> float:
+    """How much before [batch] max_age an ageing batch is closed: with write = "unacked" it
+    is due on disk max_age after its first reading, and the broker gets this long to
+    answer first (a power cut still loses at most max_age of readings)."""
+    return min(ACK_ROOM_MAX, max_age / 4) if write == "unacked" else 0.0
+
+
 class _Unencodable(Exception):
     """A batch that the wire encoder refused (a bug: values are checked before)."""
 
@@ -210,6 +218,7 @@ class Gateway:
             max_pending=MAX_PENDING,
             commit_interval=cfg.buffer.commit_interval,
             idle=cfg.batch.idle,
+            ack_room=_ack_room(cfg.batch.max_age, cfg.buffer.write),
             clock=self.clock,
         )
         self._alarm_events: asyncio.Queue[AlarmEvent] = asyncio.Queue()
@@ -657,6 +666,7 @@ class Gateway:
         self.batcher.max_readings = cfg.batch.max_readings
         self.batcher.max_age = cfg.batch.max_age
         self.batcher.idle = cfg.batch.idle
+        self.batcher.ack_room = _ack_room(cfg.batch.max_age, self._write_mode)
         self.batcher.commit_interval = cfg.buffer.commit_interval
         logging.getLogger().setLevel(cfg.gateway.log_level.upper())
         if cfg.gateway.id != self.gateway_id or cfg.mqtt != old.config.mqtt:

@@ -75,11 +75,15 @@ class Batcher:
         max_pending: int = 1_000_000,
         commit_interval: float = 0.0,
         idle: float = 0.0,
+        ack_room: float = 0.0,
         clock: Clock | None = None,
     ) -> None:
         self.max_readings = max_readings
         self.max_age = max_age
         self.idle = idle
+        # Close an ageing batch this much before max_age: with [buffer] write = "unacked"
+        # it is due on disk at max_age, and the broker's answer needs a moment to arrive.
+        self.ack_room = ack_room
         self.max_pending = max_pending
         self.commit_interval = commit_interval
         self._writing = 0  # batches at the head of _sealed being written now
@@ -224,7 +228,7 @@ class Batcher:
             if not self._open:
                 self._first_reading.clear()
                 continue
-            deadline = self._opened_at + self.max_age
+            deadline = self._opened_at + max(self.max_age - self.ack_room, 0.0)
             if self.idle:
                 deadline = min(deadline, self._added_at + self.idle)
             remaining = deadline - self._clock.monotonic()

@@ -11,6 +11,10 @@ knows the eviction policy only as DESIGN.md states it, and nothing of SQLite:
   drops as many of its oldest entries as the queue's byte-bound counter grew by, and
   checks their bytes, that they were taken only from a queue that was full, and that
   the files never exceed ``max_bytes``;
+- seqs handed out before their batch is stored (``reserve``): the model keeps the
+  reserved entries aside until ``append_reserved`` stores an in-order subset of them
+  (the rest count as acknowledged from memory and are never stored); a reserved seq is
+  never handed out again, whatever restart or crash comes between;
 - bit rot, by its rule: a bit flipped on disk in a stored payload (while the gateway is
   off) makes that entry the one explained difference from the model until a read
   reaches it; then it is counted in ``corrupt_batches``/``corrupt_bytes`` and gone,
@@ -22,10 +26,12 @@ sequences; the clock moves in 10 s steps and jumps by a year both ways.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sqlite3
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,7 +45,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from buffer import MIN_MAX_BYTES, BufferStats, DurableQueue, PayloadTooLargeError
+from buffer import MIN_MAX_BYTES, BufferStats, DurableQueue, Entry, PayloadTooLargeError
 from tests.buffer.helpers import FakeClock, flip_a_bit, footprint, payload_for, read_all
 
 MAX_BYTES = MIN_MAX_BYTES
@@ -59,6 +65,11 @@ Size = int | str
 
 class EncoderError(Exception):
     pass
+
+
+def unchanged_but_disk(stats: BufferStats) -> BufferStats:
+    """The snapshot without ``disk_bytes``, which a lease written to ``.seq`` changes."""
+    return dataclasses.replace(stats, disk_bytes=0)
 
 
 def abandon(queue: DurableQueue) -> None:
@@ -84,7 +95,10 @@ class BufferModel(RuleBasedStateMachine):
         self.synchronous: str = "full"
         self.model: dict[int, tuple[float, bytes]] = {}  # insertion order is seq order
         self.last_seq = 0  # the queue's high-water mark: the next append gets last_seq + 1
-        self.handed_out = 0  # the highest seq any append ever returned
+        self.handed_out = 0  # the highest seq any append or reserve ever returned
+        self.reserved: list[Entry] = []  # handed out by reserve, not stored (yet), in order
+        self.reserved_since_open = False  # a lease is in meta: a crash skips it
+        self.never_stored: set[int] = set()  # reserved seqs acknowledged from memory
         self.evicted = [0, 0]  # batches, bytes
         self.evicted_by_age = [0, 0]
         self.corrupt = [0, 0]  # batches, bytes: removed by a read because their CRC failed
@@ -115,9 +129,18 @@ class BufferModel(RuleBasedStateMachine):
             self.evicted[1] += size
         return expired
 
-    def settle(self, before: BufferStats, age_at: float | None, *, bytes_may_evict: bool) -> None:
-        """Apply to the model what the operation evicted: by age, exactly as documented;
-        by the byte bound, as many of the oldest entries as the queue says it took."""
+    def settle(
+        self,
+        before: BufferStats,
+        age_at: float | None,
+        *,
+        bytes_may_evict: bool,
+        new: dict[int, tuple[float, bytes]] | None = None,
+    ) -> None:
+        """Apply to the model what the operation evicted: by age, exactly as documented,
+        to the entries as they were before the ``new`` ones (appended or stored after a
+        reserve); by the byte bound, as many of the oldest entries as the queue says it
+        took, the entries stored before first, then the group's own first members."""
         after = self.q().stats()
         by_age = self.model_evict_by_age(age_at) if age_at is not None else 0
         assert after.evicted_by_age_batches - before.evicted_by_age_batches == by_age
@@ -125,20 +148,20 @@ class BufferModel(RuleBasedStateMachine):
         assert by_bytes >= 0
         if not bytes_may_evict:
             assert by_bytes == 0, "this operation must not evict for space"
-        popped = [self.model.pop(seq)[1] for seq in list(self.model)[:by_bytes]]
+        new = new or {}
+        order = [*self.model, *new]  # what the byte bound takes first
+        self.model.update(new)
+        popped = [self.model.pop(seq)[1] for seq in order[:by_bytes]]
+        self.model = dict(sorted(self.model.items()))  # a reserved seq may land in front
         self.evicted[0] += by_bytes
         self.evicted[1] += sum(map(len, popped))
         if popped:  # only a full queue evicts for space: what is left plus the last taken
             left = self.model_bytes() + 100 * len(self.model)
             assert left + len(popped[-1]) + 100 > DATA_BYTES // 4, "evicted from a roomy queue"
 
-    def model_append(self, payloads: dict[int, bytes]) -> None:
-        for seq, payload in payloads.items():
-            self.model[seq] = (self.clock.now, payload)
-        self.last_seq = max(payloads)
-
     def open(self) -> None:
-        before = BufferStats(0, 0, None, 0, *self.evicted, *self.evicted_by_age)
+        (evicted, evicted_bytes), (by_age, by_age_bytes) = self.evicted, self.evicted_by_age
+        before = BufferStats(0, 0, None, 0, evicted, evicted_bytes, by_age, by_age_bytes)
         self.queue = DurableQueue(
             self.path,
             max_bytes=MAX_BYTES,
@@ -149,15 +172,19 @@ class BufferModel(RuleBasedStateMachine):
         assert self.queue.recovered_from is None
         self.settle(before, self.clock.now, bytes_may_evict=False)  # the bounds apply at open
         self.cursor = 0
+        self.never_stored.update(e.seq for e in self.reserved)  # lost with the process
+        self.reserved = []
+        self.reserved_since_open = False
 
     def q(self) -> DurableQueue:
         assert self.queue is not None
         return self.queue
 
     def handed(self, seqs: list[int]) -> None:
+        """Seqs an append or a reserve returned: next to the mark, above all before them."""
+        assert seqs == list(range(self.last_seq + 1, self.last_seq + 1 + len(seqs)))
         assert seqs[0] > self.handed_out, "a seq was handed out twice"
-        assert seqs == sorted(set(seqs))
-        self.handed_out = seqs[-1]
+        self.handed_out = self.last_seq = seqs[-1]
 
     def size(self, spec: Size) -> int:
         if spec == "max":
@@ -166,6 +193,28 @@ class BufferModel(RuleBasedStateMachine):
             return self.q().max_payload + 1
         assert isinstance(spec, int)
         return spec
+
+    def makers(
+        self, specs: list[Size], fail_at: int | None
+    ) -> tuple[list[int], list[Callable[[int], bytes]], list[type[Exception]]]:
+        """Sizes, encoders (the one at ``fail_at`` raises) and the errors expected of a
+        group: the first decides, and then nothing is stored or reserved."""
+        sizes = [self.size(spec) for spec in specs]
+
+        def maker(i: int, size: int) -> Callable[[int], bytes]:
+            def make(seq: int) -> bytes:
+                if i == fail_at:
+                    raise EncoderError
+                return payload_for(seq, size)
+
+            return make
+
+        failures: list[type[Exception]] = [
+            EncoderError if i == fail_at else PayloadTooLargeError
+            for i, size in enumerate(sizes)
+            if i == fail_at or size > self.q().max_payload
+        ]
+        return sizes, [maker(i, size) for i, size in enumerate(sizes)], failures
 
     # -- rules -----------------------------------------------------------------------------
 
@@ -189,29 +238,13 @@ class BufferModel(RuleBasedStateMachine):
             assert self.q().stats() == before
             return
         seq = self.q().append(lambda s: payload_for(s, size))
-        assert seq == self.last_seq + 1
-        self.model_append({seq: payload_for(seq, size)})
-        self.settle(before, self.clock.now, bytes_may_evict=True)
         self.handed([seq])
+        new = {seq: (self.clock.now, payload_for(seq, size))}
+        self.settle(before, self.clock.now, bytes_may_evict=True, new=new)
 
     @rule(specs=st.lists(SIZES, max_size=8), fail_at=st.none() | st.integers(0, 7))
     def append_many(self, specs: list[Size], fail_at: int | None) -> None:
-        sizes = [self.size(spec) for spec in specs]
-
-        def maker(i: int, size: int):  # type: ignore[no-untyped-def]
-            def make(seq: int) -> bytes:
-                if i == fail_at:
-                    raise EncoderError
-                return payload_for(seq, size)
-
-            return make
-
-        makers = [maker(i, size) for i, size in enumerate(sizes)]
-        failures = [
-            EncoderError if i == fail_at else PayloadTooLargeError
-            for i, size in enumerate(sizes)
-            if i == fail_at or size > self.q().max_payload
-        ]
+        sizes, makers, failures = self.makers(specs, fail_at)
         before = self.q().stats()
         if failures:  # the first payload that fails decides; nothing is stored
             with pytest.raises(failures[0]):
@@ -219,12 +252,49 @@ class BufferModel(RuleBasedStateMachine):
             assert self.q().stats() == before
         elif sizes:
             seqs = self.q().append_many(makers)
-            assert seqs == list(range(self.last_seq + 1, self.last_seq + 1 + len(sizes)))
-            self.model_append({s: payload_for(s, n) for s, n in zip(seqs, sizes, strict=True)})
-            self.settle(before, self.clock.now, bytes_may_evict=True)
             self.handed(seqs)
+            new = {s: (self.clock.now, payload_for(s, n)) for s, n in zip(seqs, sizes, strict=True)}
+            self.settle(before, self.clock.now, bytes_may_evict=True, new=new)
         else:
             assert self.q().append_many(makers) == []
+
+    @rule(specs=st.lists(SIZES, max_size=4), fail_at=st.none() | st.integers(0, 3))
+    def reserve(self, specs: list[Size], fail_at: int | None) -> None:
+        """Publish first: seqs handed out for batches kept in memory, nothing stored."""
+        sizes, makers, failures = self.makers(specs, fail_at)
+        before = unchanged_but_disk(self.q().stats())
+        if failures:
+            with pytest.raises(failures[0]):
+                self.q().reserve(makers)
+            assert unchanged_but_disk(self.q().stats()) == before
+            return
+        entries = self.q().reserve(makers)
+        expected = [payload_for(self.last_seq + 1 + i, n) for i, n in enumerate(sizes)]
+        assert [e.payload for e in entries] == expected
+        assert all(e.created_at == self.clock.now for e in entries)
+        if entries:
+            self.handed([e.seq for e in entries])
+            self.reserved += entries
+            self.reserved_since_open = True
+        after = unchanged_but_disk(self.q().stats())
+        assert after == dataclasses.replace(before, last_seq=self.last_seq), "nothing stored"
+
+    @precondition(lambda self: self.reserved)
+    @rule(data=st.data())
+    def append_reserved(self, data: st.DataObject) -> None:
+        """Not acknowledged in time: store some of what is in memory, in seq order; the
+        rest was acknowledged from memory and is never stored."""
+        keep = data.draw(st.lists(st.booleans(), min_size=len(self.reserved)))
+        chosen = [e for e, kept in zip(self.reserved, keep, strict=False) if kept]
+        self.never_stored.update(e.seq for e in self.reserved if e not in chosen)
+        self.reserved = []
+        before = self.q().stats()
+        self.q().append_reserved(chosen)
+        if not chosen:
+            assert self.q().stats() == before
+            return
+        new = {e.seq: (e.created_at, e.payload) for e in chosen}
+        self.settle(before, self.clock.now, bytes_may_evict=True, new=new)
 
     @rule(limit=st.integers(1, 8))
     def take(self, limit: int) -> None:
@@ -236,17 +306,20 @@ class BufferModel(RuleBasedStateMachine):
             self.cursor = got[-1].seq
             self.taken.update(e.seq for e in got)
 
-    @precondition(lambda self: self.taken)
+    @precondition(lambda self: self.taken or self.never_stored)
     @rule(data=st.data())
     def ack(self, data: st.DataObject) -> None:
-        """PUBACKs for some of what was taken, some of it evicted meanwhile."""
-        acked = data.draw(st.lists(st.sampled_from(sorted(self.taken)), unique=True))
+        """PUBACKs for some of what was taken, some of it evicted meanwhile, and for
+        reserved seqs never stored (ignored)."""
+        ackable = sorted(self.taken | self.never_stored)
+        acked = data.draw(st.lists(st.sampled_from(ackable), unique=True))
         expected = len(set(acked) & self.model.keys())
         before = self.q().stats()
         assert self.q().ack(acked) == expected
         for seq in acked:
             self.model.pop(seq, None)
         self.taken -= set(acked)
+        self.never_stored -= set(acked)
         self.settle(before, None, bytes_may_evict=False)
 
     @rule()
@@ -272,7 +345,8 @@ class BufferModel(RuleBasedStateMachine):
 
     @rule(data=st.data(), delta=st.sampled_from([-YEAR, -30.0, 30.0, YEAR]))
     def shift_created_at(self, data: st.DataObject, delta: float) -> None:
-        """The gateway saw the clock step: entries of this boot get the step added."""
+        """The gateway saw the clock step: entries of this boot get the step added, in
+        the queue and in memory."""
         after = data.draw(st.sampled_from([0, *self.model, self.last_seq]))
         before = self.q().stats()
         shifted = [seq for seq in self.model if seq > after]
@@ -280,6 +354,10 @@ class BufferModel(RuleBasedStateMachine):
         for seq in shifted:
             created_at, payload = self.model[seq]
             self.model[seq] = (created_at + delta, payload)
+        self.reserved = [
+            dataclasses.replace(e, created_at=e.created_at + delta) if e.seq > after else e
+            for e in self.reserved
+        ]
         self.settle(before, None, bytes_may_evict=True)  # rewritten rows may need room
 
     @rule(tens=st.none() | st.integers(-5, 25))
@@ -297,6 +375,8 @@ class BufferModel(RuleBasedStateMachine):
 
     @rule()
     def restart(self) -> None:
+        """A clean stop: seqs continue right after the last one handed out, reserved or
+        stored (what is still reserved is lost here; the gateway writes it first)."""
         self.q().close()
         self.open()
         assert self.q().stats().last_seq == self.last_seq, "a clean close keeps the mark"
@@ -316,6 +396,9 @@ class BufferModel(RuleBasedStateMachine):
 
     @rule()
     def crash(self) -> None:
+        """SIGKILL: every seq handed out after it is above every seq handed out before
+        (``handed``), reserved ones never stored included."""
+        reserved = self.reserved_since_open  # (open() forgets it)
         witness = sqlite3.connect(self.path)  # keeps the WAL as a killed process leaves it
         try:
             witness.execute("SELECT count(*) FROM batches").fetchall()  # no read left open
@@ -324,9 +407,9 @@ class BufferModel(RuleBasedStateMachine):
         finally:
             witness.close()
         mark = self.q().stats().last_seq
-        if self.synchronous == "full":
+        if self.synchronous == "full" and not reserved:
             assert mark == self.last_seq
-        else:  # commits since the last fsync might have been lost: skip the whole lease
+        else:  # commits since the last fsync, or seqs reserved: skip the whole lease
             assert mark > self.last_seq
         self.last_seq = mark
 

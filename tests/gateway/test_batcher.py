@@ -69,6 +69,39 @@ async def test_a_batch_closes_when_its_first_reading_reaches_the_maximum_age() -
     await batcher.close(task)
 
 
+async def test_a_poll_cycle_over_closes_the_batch_after_the_idle_time() -> None:
+    clock = ManualClock()
+    written = Written(clock)
+    batcher = batcher_for(written, 1000, 5.0, idle=0.02)
+    task = asyncio.create_task(batcher.run())
+    await settle()
+    started = clock.monotonic()
+    batcher.add(readings(3))  # one device of the cycle answers ...
+    await clock.advance(0.015)
+    batcher.add(readings(3, 3))  # ... and the next one, within the idle time
+    await clock.advance(0.019)
+    assert written.batches == []
+    await clock.advance(0.002)  # nothing for 20 ms: the cycle is over
+    assert written.times == [started + 0.035]
+    assert [len(b) for b in written.batches] == [6]
+    assert written.batches[0].opened_at == started
+    await batcher.close(task)
+
+
+async def test_an_ageing_batch_leaves_room_for_the_brokers_answer_before_max_age() -> None:
+    clock = ManualClock()
+    written = Written(clock)
+    batcher = batcher_for(written, 1000, 2.0, idle=0.5, ack_room=0.5)
+    task = asyncio.create_task(batcher.run())
+    await settle()
+    started = clock.monotonic()
+    for _ in range(10):  # readings keep coming: idle never closes it
+        batcher.add(readings(1))
+        await clock.advance(0.2)
+    assert written.times == [started + 1.5]  # max_age 2 s minus the room for the answer
+    await batcher.close(task)
+
+
 async def test_close_writes_the_open_batch_and_everything_queued_in_order() -> None:
     clock = ManualClock()
     written = Written(clock, delay=0.01)  # a slow disk: several batches queue up
