@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from buffer import DurableQueue, Entry, PayloadTooLargeError
-from tests.buffer.helpers import payload_for, read_all, run_python
+from tests.buffer.helpers import FakeClock, payload_for, read_all, run_python
 
 MAX = 8 * 2**20
 
@@ -78,3 +78,26 @@ def test_seqs_reserved_before_a_sigkill_are_never_handed_out_again(
     with DurableQueue(path, max_bytes=MAX) as q:  # reopened with "full"
         assert [e.payload for e in read_all(q)] == [b"stored", b"reserved"]
         assert q.append(payload_for) > 14
+
+
+def test_a_reserved_entry_stored_below_the_first_one_becomes_the_front(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with DurableQueue(tmp_path / "b.db", max_bytes=MAX, max_age=100.0, clock=clock) as q:
+        (one,) = q.reserve([payload_for])
+        clock.now += 10
+        q.append(payload_for)  # seq 2, stored first
+        q.append_reserved([one])
+        stats = q.stats()
+        assert (stats.oldest_seq, stats.oldest_created_at) == (1, one.created_at)
+
+
+def test_a_reserved_entry_stored_after_max_age_is_evicted_by_the_age_bound(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    with DurableQueue(tmp_path / "b.db", max_bytes=MAX, max_age=100.0, clock=clock) as q:
+        entries = q.reserve([payload_for])
+        clock.now += 200  # kept in memory that long (a disk that refused writes)
+        q.append_reserved(entries)
+        assert q.evict_older_than() == 1
+        assert read_all(q) == []
