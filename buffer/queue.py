@@ -248,8 +248,11 @@ class DurableQueue:
         """Store entries under seqs ``reserve`` handed out, with one commit (one fsync).
 
         ``entries`` come from ``reserve`` (their ``created_at`` may have been shifted
-        since), in increasing seq order, none stored yet; the ones acknowledged
-        meanwhile are left out (a stored queue may have gaps). Otherwise as
+        since), in increasing seq order; the ones acknowledged meanwhile are left out (a
+        stored queue may have gaps). An entry already stored is skipped: a call that
+        failed may have committed part of its group (it is split into transactions that
+        fit the WAL), or reached the disk though it reported an error, and the caller
+        simply tries again with everything it still holds. Otherwise as
         ``append_many``: the bounds evict the oldest entries, members that cannot fit
         are counted as evicted.
         """
@@ -257,6 +260,14 @@ class DurableQueue:
             conn = self._open_connection()
             if not entries:
                 return
+            with translating(self._path, "read"):
+                stored = {
+                    seq
+                    for (seq,) in conn.execute(
+                        "SELECT seq FROM batches WHERE seq BETWEEN ? AND ?",
+                        (entries[0].seq, entries[-1].seq),
+                    )
+                }
             rows: list[NewRow] = []
             previous = 0
             for entry in entries:
@@ -266,9 +277,12 @@ class DurableQueue:
                         f"seq {seq} was not reserved, or is out of order (after {previous})"
                     )
                 previous = seq
+                if seq in stored:
+                    continue  # an earlier call stored it, then failed (or was not told)
                 payload = self._checked(payload)
                 rows.append((seq, float(created_at), payload, checksum(payload)))
-            self._store(conn, rows, self._clock())
+            if rows:
+                self._store(conn, rows, self._clock())
 
     def evict_older_than(self, now: float | None = None) -> int:
         """Apply the age bound now: evict the entries created before ``now - max_age``.
@@ -606,16 +620,17 @@ class DurableQueue:
         self, value: int, *, in_meta: bool = False, conn: sqlite3.Connection | None = None
     ) -> None:
         self._side_bytes = len(pid_line()) + self._seq.write(value)
-        self._seq_ceiling = value
         conn = conn or self._conn  # (close passes the connection it is closing)
         if (self._synchronous == "normal" or in_meta) and conn is not None:
             # The lease in the database too, fsynced: a later open with "full" (the
             # setting changed, or seqs were reserved) trusts the database, and must still
             # skip the seqs this run hands out and a power cut may take back (opening.py).
-            self._lease_in_meta = self._lease_in_meta or in_meta
             with translating(self._path, "write"):
                 in_transaction(conn, lambda: write_meta(conn, normal_lease=value))
             self._wal.sync_now()
+            self._lease_in_meta = self._lease_in_meta or in_meta
+        # Only once every write above succeeded: a failed one is tried again next time.
+        self._seq_ceiling = value
 
     def _disk_bytes(self) -> int:
         """Bytes of every file of the buffer: three stat calls (the database, -wal and

@@ -334,8 +334,9 @@ class Gateway:
                 uplink_task = tg.create_task(self.uplink.run(), name="uplink")
                 batcher_task = tg.create_task(self.batcher.run(), name="batcher")
                 alarm_task = tg.create_task(self._write_alarms(), name="alarms")
+                # Staged batches fall due on disk until the uplink has stopped.
+                commits = tg.create_task(self.store.run_commits(), name="buffer-commits")
                 helpers = [
-                    tg.create_task(self.store.run_commits(), name="buffer-commits"),
                     tg.create_task(self._maintain_buffers(), name="buffer-timers"),
                     tg.create_task(self.clock_watch.run(), name="clock"),
                     tg.create_task(self._reload_on_request(), name="reload"),
@@ -360,6 +361,7 @@ class Gateway:
                 await cancel_and_wait(helpers)
                 await cancel_and_wait(self._driver_tasks)
                 self.processing.flush(int(self.clock.time() * 1000))
+                store.closing()  # a full disk must not hold the stop: close() writes it all
                 await self.batcher.close(batcher_task)
                 await self._alarm_events.join()  # every alarm event is on disk
                 await cancel_and_wait([alarm_task])
@@ -370,10 +372,13 @@ class Gateway:
                 except TimeoutError:
                     log.warning("the broker did not answer in time; leaving without a goodbye")
                     await cancel_and_wait([uplink_task])
+                await cancel_and_wait([commits])
         finally:
             self._tg = None
-            store.close()
-            alarm_store.close()
+            try:
+                store.close()
+            finally:
+                alarm_store.close()
         stats = store.stats
         log.info("stopped; %d batch(es) remain on disk for the next start", stats.batches)
 

@@ -138,13 +138,18 @@ class BufferConfig(StrictModel):
 
     @model_validator(mode="after")
     def _commit_interval_goes_with_write_all(self) -> BufferConfig:
-        if self.commit_interval and self.write == "unacked":
+        if not self.commit_interval or self.write == "all":
+            return self
+        if "write" in self.model_fields_set:
             raise ValueError(
                 'commit_interval applies only with write = "all" (with "unacked", the '
                 "batches the broker has not acknowledged are written together when the "
                 'first of them is [batch] max_age old); set write = "all", or remove '
                 "commit_interval"
             )
+        # A config from before `write` existed: it keeps what it chose (config_warnings
+        # says so; the field stays "not set by the file" for that).
+        object.__setattr__(self, "write", "all")
         return self
 
     @field_validator("path", mode="before")
@@ -458,7 +463,20 @@ def config_warnings(config: GatewayConfig) -> list[str]:
         for plugin, own in by_plugin(enumerate(config.devices))
         for warning in plugin.warn(own)
     ]
-    return [_line(loc, message) for loc, message in _in_device_order(found)]
+    lines = [_line(loc, message) for loc, message in _in_device_order(found)]
+    buffer = config.buffer
+    if buffer.commit_interval and "write" not in buffer.model_fields_set:
+        lines.insert(
+            0,
+            _line(
+                ("buffer", "commit_interval"),
+                'implies write = "all": every batch is written to disk before it is '
+                "published, as before write existed; remove commit_interval to have "
+                "batches published first and written only if the broker has not "
+                "acknowledged them within [batch] max_age (far fewer SD-card writes)",
+            ),
+        )
+    return lines
 
 
 def file_warnings(config: GatewayConfig, path: Path, mode: int) -> list[str]:

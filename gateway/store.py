@@ -54,6 +54,7 @@ _EMPTY = BufferStats(
 MAX_STAGED_BYTES = 32 << 20
 """Payload bytes staged in memory at most; `stage` waits for room beyond it."""
 COMMIT_RETRY_SECONDS = 1.0  # after the disk refused a commit of staged batches
+_DISK_TROUBLE = (BufferError, OSError, sqlite3.Error)
 
 
 @dataclasses.dataclass(slots=True)
@@ -88,6 +89,12 @@ class Store:
         self._committing: set[int] = set()  # staged seqs being written now
         self._acked_meanwhile: list[int] = []  # ... and acknowledged during that write
         self._commit_failing = False
+        self._closing = False  # the gateway stops: stage no longer waits for room
+        # Staged seqs up to here may be on disk too: a write of them failed, perhaps after
+        # committing part of them. An ack of one deletes it from the disk as well.
+        self._maybe_on_disk = 0
+        self._tasks: set[asyncio.Future[None]] = set()  # acks after a write, running
+        self._acks_pending: set[int] = set()  # ... and their seqs
         self._disk_last = 0  # no seq above this is on disk: reads above it stay in memory
         self.staged_written = 0  # staged batches that had to be written (not acked in time)
         self.staged_acked = 0  # staged batches acknowledged from memory, never written
@@ -172,7 +179,7 @@ class Store:
         """Hand out seqs to these payloads and keep them in memory for the uplink; each is
         written to disk at its `due` (monotonic) unless acknowledged before. Raises as
         `append_many` does (PayloadTooLargeError, BufferUnavailableError, ...)."""
-        while self._staged_bytes >= MAX_STAGED_BYTES:
+        while self._staged_bytes >= MAX_STAGED_BYTES and not self._closing:
             self._room.clear()
             await self._room.wait()
         entries, self._stats = await self._call(lambda q: (q.reserve(make_payloads), q.stats()))
@@ -206,17 +213,33 @@ class Store:
 
     async def commit_staged(self) -> bool:
         """Write every staged batch to disk now, in one commit; False if the disk refused
-        (they stay staged; logged once until a commit succeeds)."""
+        (they stay staged; logged once until a commit succeeds). The write itself is
+        shielded: cancelled (the gateway stopping), it still finishes and is accounted."""
         group = [s.entry for s in self._staged.values()]
         if not group:
             return True
         self._committing = {e.seq for e in group}
+        writing = asyncio.ensure_future(self._call(partial(_write_then_stats, group)))
+        writing.add_done_callback(partial(self._written, group))
         try:
-            self._stats = await self._call(partial(_write_then_stats, group))
-        except (BufferError, OSError, sqlite3.Error) as err:
-            self._committing = set()
-            acked, self._acked_meanwhile = self._acked_meanwhile, []
-            await self.ack(acked)  # still in memory: dropped there, never written
+            await asyncio.shield(writing)
+        except Exception:  # disk trouble, or a bug: logged by _written; kept, tried again
+            return False
+        return True
+
+    def _written(self, group: list[Entry], writing: asyncio.Future[BufferStats]) -> None:
+        """The bookkeeping of a write of staged batches, on the event loop, whoever waits."""
+        self._committing = set()
+        acked, self._acked_meanwhile = self._acked_meanwhile, []
+        err = None if writing.cancelled() else writing.exception()
+        if writing.cancelled() or err is not None:
+            # Part of the group may be on disk (a write is split into transactions) or
+            # all of it (a COMMIT that failed late): the next write skips what is stored,
+            # reads look on disk too, and acks delete there too.
+            self._maybe_on_disk = max(self._maybe_on_disk, group[-1].seq)
+            self._disk_last = max(self._disk_last, group[-1].seq)
+            if acked:
+                self._ack_later(acked)  # dropped from memory, and from disk
             if not self._commit_failing:
                 self._commit_failing = True
                 log.error(
@@ -224,24 +247,37 @@ class Store:
                     "stay in memory and are published meanwhile; retrying",
                     len(group),
                     self.name,
-                    err,
+                    err or "cancelled",
+                    exc_info=None if isinstance(err, _DISK_TROUBLE) else err,  # a bug: trace
                 )
-            return False
-        finally:
-            self._committing = set()
+            return
+        self._stats = writing.result()
         if self._commit_failing:
             self._commit_failing = False
             log.info("the %s buffer takes writes again", self.name)
         for entry in group:
-            del self._staged[entry.seq]
-        self._staged_bytes -= sum(len(e.payload) for e in group)
+            staged = self._staged.pop(entry.seq, None)
+            if staged is not None:
+                self._staged_bytes -= len(staged.entry.payload)
         self.staged_written += len(group)
         self._disk_last = max(self._disk_last, group[-1].seq)
         self._room.set()
-        acked, self._acked_meanwhile = self._acked_meanwhile, []
         if acked:
-            await self.ack(acked)
-        return True
+            self._ack_later(acked)
+
+    def _ack_later(self, seqs: list[int]) -> None:
+        """Ack these once the loop gets to it; `close` does it for those still pending."""
+        self._acks_pending.update(seqs)
+
+        async def ack() -> None:
+            try:
+                await self.ack(seqs)
+            finally:
+                self._acks_pending.difference_update(seqs)
+
+        task = asyncio.ensure_future(ack())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def read(self, after_seq: int, limit: int) -> list[Entry]:
         """Entries to publish. A read may drop a batch whose CRC fails (bit rot): the
@@ -272,6 +308,8 @@ class Store:
                 del self._staged[seq]
                 self._staged_bytes -= len(staged.entry.payload)
                 dropped += 1
+                if seq <= self._maybe_on_disk:
+                    on_disk.append(seq)
         if dropped:
             self.staged_acked += dropped
             self._room.set()
@@ -316,6 +354,9 @@ class Store:
         """This buffer's section of the health report (`now`: the wall clock)."""
         stats = self._stats
         age = stats.oldest_age(now)  # never negative, whatever the clock did
+        if self._staged:  # not acknowledged either, in memory (a disk that refuses writes)
+            first = next(iter(self._staged.values())).entry.created_at
+            age = max(age or 0.0, now - first, 0.0)
         return BufferHealth(
             open=self.queue is not None,
             open_error=self.open_error,
@@ -339,16 +380,28 @@ class Store:
             in_memory_batches=len(self._staged),
         )
 
+    def closing(self) -> None:
+        """The gateway stops: `stage` takes what comes without waiting for room (`close`
+        writes it all)."""
+        self._closing = True
+        self._room.set()
+
     def close(self) -> None:
-        """Write what is still staged, then close the queue (the clean stop's promise)."""
+        """Write what is still staged, then close the queue (the clean stop's promise).
+        A write cancelled by the stop may have stored part of it: those are skipped, and
+        what was acknowledged meanwhile is deleted."""
         self._executor.shutdown(wait=True)
         if self.queue is None:
             return
         try:
-            if self._staged:
-                self.queue.append_reserved([s.entry for s in self._staged.values()])
-                self.staged_written += len(self._staged)
-                self._staged.clear()
+            acked = set(self._acked_meanwhile) | self._acks_pending
+            left = [s.entry for seq, s in self._staged.items() if seq not in acked]
+            if left:
+                self.queue.append_reserved(left)
+                self.staged_written += len(left)
+            if acked:
+                self.queue.ack(acked)
+            self._staged.clear()
         finally:
             self.queue.close()
 

@@ -5,12 +5,13 @@ or a SIGKILL, whatever ``synchronous`` says."""
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from buffer import DurableQueue, Entry, PayloadTooLargeError
+from buffer import BufferError, DurableQueue, Entry, PayloadTooLargeError
 from tests.buffer.helpers import FakeClock, payload_for, read_all, run_python
 
 MAX = 8 * 2**20
@@ -101,3 +102,38 @@ def test_a_reserved_entry_stored_after_max_age_is_evicted_by_the_age_bound(
         q.append_reserved(entries)
         assert q.evict_older_than() == 1
         assert read_all(q) == []
+
+
+def test_entries_a_failed_call_already_stored_are_skipped_when_tried_again(
+    tmp_path: Path,
+) -> None:
+    with DurableQueue(tmp_path / "b.db", max_bytes=MAX) as q:
+        entries = q.reserve([payload_for] * 3)
+        q.append_reserved(entries[:1])  # a call that committed its first chunk, then failed
+        q.append_reserved(entries)  # the caller tries again with everything it holds
+        assert [e.seq for e in read_all(q)] == [1, 2, 3]
+        assert q.stats().batches == 3
+
+
+def test_a_lease_that_could_not_be_written_is_written_at_the_next_reserve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import buffer.queue as queue_module
+
+    real = queue_module.write_meta
+    calls = {"n": 0}
+
+    def failing_once(conn: sqlite3.Connection, **values: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        real(conn, **values)
+
+    with DurableQueue(tmp_path / "b.db", max_bytes=MAX) as q:
+        monkeypatch.setattr(queue_module, "write_meta", failing_once)
+        with pytest.raises(BufferError):
+            q.reserve([payload_for])
+        (entry,) = q.reserve([payload_for])  # the lease is written now, before this seq
+        assert calls["n"] == 2
+        row = q._conn.execute("SELECT value FROM meta WHERE key = 'normal_lease'").fetchone()  # type: ignore[union-attr]
+        assert row[0] >= entry.seq

@@ -12,6 +12,7 @@ from drivers.modbus.decode import Table
 from drivers.modbus.plan import ReadRequest
 from drivers.modbus.timing import rtu_response_bytes
 from gateway.build import summarize
+from gateway.errors import ConfigError
 from gateway.settings import load_config, parse_config
 from tests.gateway.configs import GATEWAY, tcp_device
 
@@ -188,3 +189,18 @@ def test_a_readable_file_without_a_password_is_not_warned_about(tmp_path: Path) 
     path.write_text(GATEWAY + tcp_device())
     path.chmod(0o644)
     assert load_config(path).warnings == ()
+
+
+def test_a_commit_interval_from_before_write_existed_keeps_writing_every_batch() -> None:
+    text = GATEWAY + '[buffer]\ncommit_interval = "1s"\n' + tcp_device()
+    loaded = parse_config(text.encode(), "test.toml")
+    assert loaded.config.buffer.write == "all"  # what that config chose, kept
+    (found,) = loaded.warnings
+    assert found.startswith('buffer.commit_interval: implies write = "all"')
+    assert "remove commit_interval" in found
+
+
+def test_a_commit_interval_with_write_unacked_is_refused_in_words() -> None:
+    text = GATEWAY + '[buffer]\nwrite = "unacked"\ncommit_interval = "1s"\n' + tcp_device()
+    with pytest.raises(ConfigError, match='commit_interval applies only with write = "all"'):
+        parse_config(text.encode(), "test.toml")

@@ -136,3 +136,34 @@ async def test_a_refused_write_keeps_the_batches_in_memory_and_tries_again(
         assert any("takes writes again" in m for m in caplog.messages)
     finally:
         s.close()
+
+
+async def test_a_stop_that_cancels_a_write_loses_nothing_and_writes_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock()
+    s = store(tmp_path, clock)
+    await s.stage([payload, payload, payload], [clock.monotonic()] * 3)
+    writing = asyncio.create_task(s.commit_staged())
+    await asyncio.sleep(0)  # the write is on the worker thread now
+    writing.cancel()  # the gateway stops: run_commits is cancelled mid-write
+    await s.ack([2])  # the broker's answer arrives during the write
+    s.closing()
+    await s.stage([payload], [clock.monotonic() + 5])  # the open batch, sealed at the stop
+    s.close()  # writes what is left: skips what the cancelled write stored
+    with DurableQueue(tmp_path / "b.db", max_bytes=8 << 20) as q:
+        assert [e.seq for e in q.read()] == [1, 3, 4]
+
+
+async def test_health_counts_what_is_in_memory_and_how_old_it_is(tmp_path: Path) -> None:
+    clock = ManualClock()
+    s = store(tmp_path, clock)
+    try:
+        await s.stage([payload], [clock.monotonic() + 5])
+        await clock.advance(3.0)
+        health = s.health(clock.time(), 8 << 20)
+        assert (health.in_memory_batches, health.batches) == (1, 0)
+        assert health.oldest_unsent_age_s == 3.0
+        assert health.last_seq == 1
+    finally:
+        s.close()
