@@ -870,7 +870,11 @@ class MqttUplink:
         if up_for is None:  # a failed connect: logged already
             return normal
         self.last_error, self.last_reason_code = end.reason, end.code
-        silent = end.kind == "closed" and not self._session_refused
+        # A broker that hangs up after refusing (mosquitto) can close the socket before
+        # its refusal reaches us: while topics are denied, a quick close "without a word"
+        # is most likely that, not a session handed to another client.
+        after_denial = end.kind == "closed" and bool(self.denials) and up_for < SUSPECT_SESSION
+        silent = end.kind == "closed" and not self._session_refused and not after_denial
         if not silent or up_for >= SUSPECT_SESSION:
             self._short_drops = 0
         if end.kind == "takeover" or (
@@ -882,7 +886,7 @@ class MqttUplink:
             # takeover, counted above), one that went away refuses (the chain breaks).
             self._drop_probe = True
             normal = backoff_delay(1, self.config.reconnect_min, self.config.reconnect_max)
-        if end.kind == "closed" and self._session_refused and self.denials:
+        if end.kind == "closed" and (self._session_refused or after_denial) and self.denials:
             # Some brokers (mosquitto 2.0 with max_queued_messages 0) hang up after a
             # refusal; the denial has been logged and explains it.
             log.debug("the broker closed the connection after refusing a publish; reconnecting")
