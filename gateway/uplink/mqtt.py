@@ -93,6 +93,7 @@ TAKEOVER_QUIET = 600.0  # a session that lasts this long (seconds) ends a takeov
 SUSPECT_SESSION = 15.0
 SUSPECT_DROPS = 3
 SESSION_TAKEN_OVER = 0x8E
+NOT_AUTHORIZED = 0x87  # PUBACK: the broker's ACL refused the topic
 OVERTAKEN_GRACE = 1.0  # seconds a publish may stay unanswered after later ones were answered
 COMMAND_QUEUE = 16  # commands waiting their turn; beyond it a command is dropped
 
@@ -870,10 +871,12 @@ class MqttUplink:
         if up_for is None:  # a failed connect: logged already
             return normal
         self.last_error, self.last_reason_code = end.reason, end.code
-        # A broker that hangs up after refusing (mosquitto) can close the socket before
-        # its refusal reaches us: while topics are denied, a quick close "without a word"
-        # is most likely that, not a session handed to another client.
-        after_denial = end.kind == "closed" and bool(self.denials) and up_for < SUSPECT_SESSION
+        # A broker that hangs up after refusing by its ACL (mosquitto) can close the
+        # socket before its refusal reaches us: while a topic is denied as not authorized,
+        # a quick close "without a word" is most likely that, not a session handed to
+        # another client (whose publishes mosquitto refuses with 0x80 "unspecified").
+        acl_denied = any(d.reason_code == NOT_AUTHORIZED for d in self.denials.values())
+        after_denial = end.kind == "closed" and acl_denied and up_for < SUSPECT_SESSION
         silent = end.kind == "closed" and not self._session_refused and not after_denial
         if not silent or up_for >= SUSPECT_SESSION:
             self._short_drops = 0
