@@ -339,6 +339,7 @@ def test_set_holds_a_value_until_unset_and_status_shows_it_all(rig: Simulator) -
     try:
         held = tcp_ask(rig.port, 2, 10, 2, function=4)
         assert struct.unpack(">f", held[9:13]) == (3.5,)
+        assert len(tcp_ask(rig.port, 1, 0, 2)) == 13  # the pump read here, whatever ran before
         status = json.loads(rig.control("status"))
         gauge = next(d for d in status["devices"] if d["name"] == "gauge")
         assert gauge["points"] == [{"name": "level", "value": 3.5, "held": True, "fault": None}]
