@@ -40,6 +40,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.e2e_bench import cpu_seconds, write_bytes  # noqa: E402
+from bench.pi_bench import quantile  # noqa: E402
 from bench.startup_bench import (  # noqa: E402
     add_rig_arguments,
     arrivals,
@@ -81,9 +82,8 @@ def data_batches(collector: Any, start: float, end: float) -> list[tuple[int, in
 
 
 def _ms(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    return 1000 * values[min(len(values) - 1, int(q * len(values)))]
+    seconds = quantile(values, q)
+    return None if seconds is None else 1000 * seconds
 
 
 def measure(args: argparse.Namespace, workdir: Path) -> Figures:

@@ -222,14 +222,14 @@ def measure(
         cpu_us_per_reading=per_reading,
         pi_us_per_reading=per_reading * args.slowdown,
         throttled_share=throttled,
-        latency_p50_s=_quantile(delays, 0.50),
-        latency_p99_s=_quantile(delays, 0.99),
+        latency_p50_s=quantile(delays, 0.50),
+        latency_p99_s=quantile(delays, 0.99),
         first_data_s=run.first_data_s,
         start_cpu_s=run.start_cpu_s,
     )
 
 
-def _quantile(values: Sequence[float], q: float) -> float | None:
+def quantile(values: Sequence[float], q: float) -> float | None:
     if not values:
         return None
     return values[min(len(values) - 1, math.floor(q * len(values)))]

@@ -199,19 +199,13 @@ class DurableQueue:
         """
         with self._lock:
             conn = self._open_connection()
-            first = self._stats.last_seq + 1
-            payloads = [
-                self._checked(make(seq)) for seq, make in enumerate(make_payloads, start=first)
-            ]
+            first, payloads = self._hand_out(make_payloads, reserving=False)
             if not payloads:
                 return []
-            last = first + len(payloads) - 1
-            if last > self._seq_ceiling:  # (a reserving caller's lease is in meta too)
-                self._write_seq_file(last + _SEQ_LEASE, in_meta=self._lease_in_meta)
             now = self._clock()
             rows = [(seq, now, p, checksum(p)) for seq, p in enumerate(payloads, start=first)]
             self._store(conn, rows, now)
-            return list(range(first, last + 1))
+            return list(range(first, first + len(payloads)))
 
     def reserve(self, make_payloads: Sequence[Callable[[int], bytes]]) -> list[Entry]:
         """Hand out the next seqs to ``make_payload(seq)`` each, storing nothing; return
@@ -230,16 +224,10 @@ class DurableQueue:
         """
         with self._lock:
             self._open_connection()
-            first = self._stats.last_seq + 1
-            payloads = [
-                self._checked(make(seq)) for seq, make in enumerate(make_payloads, start=first)
-            ]
+            first, payloads = self._hand_out(make_payloads, reserving=True)
             if not payloads:
                 return []
-            last = first + len(payloads) - 1
-            if last > self._seq_ceiling or not self._lease_in_meta:
-                self._write_seq_file(last + _SEQ_LEASE, in_meta=True)
-            self._reserved_to = last
+            self._reserved_to = last = first + len(payloads) - 1
             self._stats = dataclasses.replace(self._stats, last_seq=last)
             now = self._clock()
             return [Entry(seq, now, p) for seq, p in enumerate(payloads, start=first)]
@@ -450,6 +438,20 @@ class DurableQueue:
         return f"<DurableQueue {self._path!r} {state} max_bytes={self._max_bytes}>"
 
     # -- appending -----------------------------------------------------------------------
+
+    def _hand_out(
+        self, make_payloads: Sequence[Callable[[int], bytes]], *, reserving: bool
+    ) -> tuple[int, list[bytes]]:
+        """The first of the next seqs and the payloads made for them and checked; the
+        lease renewed ahead of them first (into meta too for seqs handed out unstored,
+        and for every caller once a reserving one has put it there)."""
+        first = self._stats.last_seq + 1
+        payloads = [self._checked(make(seq)) for seq, make in enumerate(make_payloads, start=first)]
+        last = first + len(payloads) - 1
+        in_meta = reserving or self._lease_in_meta
+        if payloads and (last > self._seq_ceiling or (reserving and not self._lease_in_meta)):
+            self._write_seq_file(last + _SEQ_LEASE, in_meta=in_meta)
+        return first, payloads
 
     def _checked(self, payload: bytes) -> bytes:
         if not isinstance(payload, bytes):
