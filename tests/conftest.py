@@ -13,6 +13,7 @@ Soak runs (`soak` marker) are left out unless the `-m` expression names them
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -48,6 +49,17 @@ def gateway_process(tmp_path: Path) -> Iterator[Callable[[str], GatewayProcess]]
     yield make
     for gateway in made:
         gateway.cleanup()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The Ctrl-C tests send SIGINT to a command they started, as a terminal would. A
+    child keeps a SIGINT its parent ignores (execve keeps ignored signals), and Python
+    then never raises KeyboardInterrupt: the command runs on and the test times out. A
+    shell without job control (a script, `sh -c`) starts its `&` jobs with SIGINT ignored
+    (`.ci/run &`), so take SIGINT back here, in the controller and in every xdist worker:
+    the commands start as they do from a terminal."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

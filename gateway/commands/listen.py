@@ -376,6 +376,9 @@ def _listen(setup: Setup, args: argparse.Namespace) -> int:
     from gateway.commands.output import Progress
 
     ps = setup.port_settings
+    show = Show(args.json, setup.units)
+    totals = Totals()
+    started = time.monotonic()
     try:
         port = open_exclusive(ps)
     except ValueError as err:  # pyserial refuses the line settings
@@ -384,18 +387,15 @@ def _listen(setup: Setup, args: argparse.Namespace) -> int:
     except (serial.SerialException, OSError, termios.error) as err:
         _say(f"edge-gateway listen: {open_error(ps['port'], err)}")
         return EXIT_ENVIRONMENT
-    show = Show(args.json, setup.units)
-    totals = Totals()
-    started = time.monotonic()
-    last = started
-    deadline = started + args.seconds if args.seconds is not None else None
-    next_send = started if setup.command is not None else None
-    settings = f"{ps['baudrate']} {ps['bytesize']}{ps['parity']}{ps['stopbits']}"
-    if not args.json:
-        _say(f"listening on {ps['port']} at {settings} (Ctrl-C stops)")
     reason = "interrupted"
-    try:
+    try:  # the port is open: from here on a Ctrl-C at any moment closes it and says the totals
         with port, Progress("listening", total=args.frames) as progress:
+            last = started
+            deadline = started + args.seconds if args.seconds is not None else None
+            next_send = started if setup.command is not None else None
+            settings = f"{ps['baudrate']} {ps['bytesize']}{ps['parity']}{ps['stopbits']}"
+            if not args.json:
+                _say(f"listening on {ps['port']} at {settings} (Ctrl-C stops)")
             live = progress if not _stdout_is_terminal() else None
             while True:
                 now = time.monotonic()

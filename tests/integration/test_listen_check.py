@@ -543,11 +543,7 @@ async def test_listen_bad_framing_is_bad_input_with_the_key(gas_detector: LineIn
 # --- Ctrl-C ----------------------------------------------------------------------------------
 
 
-async def _interrupt(proc: asyncio.subprocess.Process, ready: Any) -> Done:
-    deadline = time.monotonic() + 30
-    while not ready():
-        assert time.monotonic() < deadline, "the command never got going"
-        await asyncio.sleep(0.05)
+async def _interrupt(proc: asyncio.subprocess.Process) -> Done:
     proc.send_signal(signal.SIGINT)
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
@@ -558,11 +554,48 @@ async def test_ctrl_c_stops_listen_with_130_no_traceback_and_the_port_closed(
     gas_detector: LineInstrument,
 ) -> None:
     proc = await spawn("listen", "--port", gas_detector.path, "--framing", "delimiter")
-    done = await _interrupt(proc, lambda: proc.pid in dict(port_holders(gas_detector.path)))
+    assert proc.stderr is not None
+    said = await asyncio.wait_for(proc.stderr.readline(), 30)  # said once the port is open
+    assert said.startswith(b"listening on "), said
+    assert proc.pid in dict(port_holders(gas_detector.path))
+    done = await _interrupt(proc)
     assert done.code == 130
     assert "Traceback" not in done.err and "KeyboardInterrupt" not in done.err
     assert "frame(s)" in done.err  # the totals so far
     assert proc.pid not in dict(port_holders(gas_detector.path))
+
+
+async def test_ctrl_c_reaches_the_command_when_the_test_run_was_started_ignoring_sigint(
+    tmp_path: Path,
+) -> None:
+    """`.ci/run &` from a script starts pytest with SIGINT ignored, and every command it
+    starts would inherit that and sit through its Ctrl-C (tests/conftest.py takes SIGINT
+    back): the listen test above, run by a pytest started so, passes within its bounds."""
+    test = f"{__file__}::test_ctrl_c_stops_listen_with_130_no_traceback_and_the_port_closed"
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the nested pytest inherits it
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            f"--basetemp={tmp_path / 'run'}",
+            test,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode == 0, out.decode()[-3000:]
 
 
 async def test_ctrl_c_stops_check_with_130_no_traceback_and_the_port_closed(
@@ -573,7 +606,11 @@ async def test_ctrl_c_stops_check_with_130_no_traceback_and_the_port_closed(
         devices = serial_line_devices(port.path, "/dev/null").split("[[devices]]")[1]
         path = config(tmp_path, "[[devices]]" + devices.replace('"5s"', '"60s"'))
         proc = await spawn("check", "-c", str(path))
-        done = await _interrupt(proc, lambda: proc.pid in dict(port_holders(port.path)))
+        deadline = time.monotonic() + 30
+        while proc.pid not in dict(port_holders(port.path)):
+            assert time.monotonic() < deadline, "check never opened the port"
+            await asyncio.sleep(0.05)
+        done = await _interrupt(proc)
         assert proc.pid not in dict(port_holders(port.path))
     finally:
         port.close()

@@ -418,7 +418,8 @@ async def test_a_user_not_in_dialout_is_told_to_join_it() -> None:
 
 
 async def test_ctrl_c_mid_scan_exits_130_without_a_traceback_and_shows_what_it_found() -> None:
-    async with rtu_bus(slave(2)) as port:
+    async with NullModem() as line, ModbusSimServer([slave(2)], serial_port=line.b.path):
+        port = line.a.path
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -433,7 +434,11 @@ async def test_ctrl_c_mid_scan_exits_130_without_a_traceback_and_shows_what_it_f
         assert proc.stderr is not None
         started = await asyncio.wait_for(proc.stderr.readline(), 30)  # the plan: it has begun
         assert started.startswith(b"scanning ")
-        await asyncio.sleep(1.0)  # units 1-8 or so at 9600 baud
+        # Unit 3 asked (a read of one register is 8 bytes on the wire): unit 2 was heard.
+        deadline = asyncio.get_running_loop().time() + 30
+        while line.bytes_a_to_b < 3 * 8:
+            assert asyncio.get_running_loop().time() < deadline, "the scan never reached unit 3"
+            await asyncio.sleep(0.02)
         proc.send_signal(signal.SIGINT)
         out, err = await asyncio.wait_for(proc.communicate(), 20)
         assert proc.returncode == 130
