@@ -12,7 +12,12 @@ Two windows, after the gateway has settled:
   from a reading's taking to its arrival at the centre (p50, p99, max); CPU;
 - **link down** (`--outage`, 0 to skip): the broker is stopped, the readings pile up;
   disk bytes per reading offered while it is down; then the broker comes back and the
-  bench waits for the readings taken during the outage to arrive (how many did).
+  bench waits for the readings taken during the outage to arrive (how many did);
+- **the outage's whole cost**: disk bytes per reading offered, counting the rows
+  written during the outage, the acks that delete them once the backlog arrived, and
+  the checkpoint that copies the WAL into the database (SQLite runs it when the WAL is
+  full or at close; the bench runs it beside the gateway, a `PASSIVE` checkpoint in a
+  process of its own that counts its own `/proc/self/io`).
 
     .venv/bin/python bench/footprint_bench.py                       # the defaults
     .venv/bin/python bench/footprint_bench.py --buffer 'write = "all"'  # before issue 14
@@ -27,6 +32,7 @@ import argparse
 import contextlib
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +60,7 @@ from gateway.wire import decode_batch  # noqa: E402
 
 SETTLE = 5.0  # seconds after the first batch before measuring
 BACKLOG_WAIT = 120.0  # seconds at most for the outage's readings to arrive
+ACK_SETTLE = 3.0  # seconds for the last acks after the backlog arrived
 
 
 @dataclass
@@ -70,6 +77,9 @@ class Figures:
     outage_offered: int
     outage_disk_bytes_per_reading: float | None
     outage_delivered: int | None
+    outage_acks_disk_bytes_per_reading: float | None
+    outage_checkpoint_disk_bytes_per_reading: float | None
+    outage_cycle_disk_bytes_per_reading: float | None
 
 
 def data_batches(collector: Any, start: float, end: float) -> list[tuple[int, int]]:
@@ -79,6 +89,28 @@ def data_batches(collector: Any, start: float, end: float) -> list[tuple[int, in
         for arrived, topic, payload in arrivals(collector)
         if start <= arrived < end and topic.endswith(("/data", "/data/history"))
     ]
+
+
+_CHECKPOINT = """
+import sqlite3, sys
+for db in sys.argv[1:]:
+    conn = sqlite3.connect(db, timeout=10)
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    conn.close()
+io = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())
+print(io["write_bytes"])
+"""
+
+
+def checkpoint_bytes(workdir: Path) -> int:
+    """Bytes written by checkpointing the buffers' WALs into their databases, as SQLite
+    does at close or when a WAL is full: run beside the gateway's connection, in a
+    process of its own that counts its own `/proc/self/io`."""
+    dbs = [str(db) for db in sorted(workdir.glob("**/*.db")) if Path(f"{db}-wal").exists()]
+    done = subprocess.run(
+        [sys.executable, "-c", _CHECKPOINT, *dbs], check=True, capture_output=True, text=True
+    )
+    return int(done.stdout)
 
 
 def _ms(values: list[float], q: float) -> float | None:
@@ -102,7 +134,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> Figures:
         time.sleep(2.0)  # the window's last readings on their way
         delays = sorted(latencies(run.collector, t0, t1, time.time()))
         batches = data_batches(run.collector, t0, t1 + 2.0)
-        outage_rate = outage_delivered = None
+        outage_rate = outage_delivered = acks_rate = checkpoint_rate = cycle_rate = None
         offered = 0
         if args.outage:
             broker.stop()
@@ -120,6 +152,10 @@ def measure(args: argparse.Namespace, workdir: Path) -> Figures:
                     "the outage's readings",
                 )
             outage_delivered = len(latencies(run.collector, o0, o1, time.time()))
+            time.sleep(ACK_SETTLE)  # the last acks deleted
+            acks_rate = (write_bytes(pid) - ow1) / max(1, offered)
+            checkpoint_rate = checkpoint_bytes(workdir) / max(1, offered)
+            cycle_rate = outage_rate + acks_rate + checkpoint_rate
     readings = len(delays)
     wire = sum(b for b, _ in batches) / max(1, sum(n for _, n in batches))
     return Figures(
@@ -135,6 +171,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> Figures:
         outage_offered=offered,
         outage_disk_bytes_per_reading=outage_rate,
         outage_delivered=outage_delivered,
+        outage_acks_disk_bytes_per_reading=acks_rate,
+        outage_checkpoint_disk_bytes_per_reading=checkpoint_rate,
+        outage_cycle_disk_bytes_per_reading=cycle_rate,
     )
 
 
@@ -173,6 +212,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"link down, {f.outage_s:.0f} s: disk {f.outage_disk_bytes_per_reading:.2f} B per "
             f"reading offered; {f.outage_delivered} of {f.outage_offered} delivered after"
+        )
+    if f.outage_cycle_disk_bytes_per_reading is not None:
+        print(
+            f"the outage's whole cost: disk {f.outage_cycle_disk_bytes_per_reading:.2f} B per "
+            f"reading offered (its rows {f.outage_disk_bytes_per_reading:.2f}, their acks "
+            f"{f.outage_acks_disk_bytes_per_reading:.2f}, the checkpoint "
+            f"{f.outage_checkpoint_disk_bytes_per_reading:.2f})"
         )
     return 0
 

@@ -63,7 +63,7 @@ __all__ = [
 FORMAT_VERSION: Final = 2
 """The on-disk format this package writes; files with a higher version are refused."""
 
-PAGE_SIZE: Final = 4096  # of new files (SQLite's default, measured in DESIGN.md)
+PAGE_SIZE: Final = 2048  # of new files (measured in DESIGN.md, "Page size")
 SQLITE_MAGIC: Final = b"SQLite format 3\x00"  # the first bytes of every SQLite database
 WAL_HEADER: Final = 32  # bytes of a -wal file's header, and of each frame's
 FRAME_HEADER: Final = 24

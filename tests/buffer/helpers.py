@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from buffer import BufferStats, DurableQueue, Entry
+from buffer.schema import PAGE_SIZE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SUBPROCESS_TIMEOUT = 20.0
@@ -97,7 +98,7 @@ def counters(stats: BufferStats) -> tuple[int, int, float | None, int, int, int,
     )
 
 
-PAGE = 4096  # of every buffer file
+PAGE = PAGE_SIZE  # of every new buffer file
 
 
 def flip_a_bit(path: Path, payload: bytes, where: str = "start") -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from buffer import DurableQueue
+from buffer.schema import PAGE_SIZE
 from tests.buffer.helpers import flip_a_bit, payload_for, read_all
 
 FIXTURES = Path(__file__).parent / "fixtures" / "version1"
@@ -134,3 +135,37 @@ def test_a_damaged_version_1_file_is_salvaged_and_its_batches_stay_unchecked(
         assert queue.append(lambda seq: payload_for(seq, 100)) == 14
     _, _, crcs = schema_of(path)
     assert {seq for seq, crc in crcs.items() if crc is None} == set(range(6, 14))
+
+
+# -- page size: new files take PAGE_SIZE, older files keep theirs ---------------------------------
+
+
+def page_size_of(path: Path) -> int:
+    conn = sqlite3.connect(f"{path.as_uri()}?immutable=1", uri=True)
+    try:
+        return int(conn.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_a_new_file_takes_2_kib_pages_and_a_4_kib_file_keeps_its_own_through_writes(
+    tmp_path: Path,
+) -> None:
+    new = tmp_path / "new" / "queue.db"
+    new.parent.mkdir()
+    with DurableQueue(new, max_bytes=MB) as queue:
+        queue.append(lambda seq: payload_for(seq, 3000))
+    assert page_size_of(new) == PAGE_SIZE == 2048
+
+    old = copy_of("clean.db", tmp_path)
+    assert page_size_of(old) == 4096
+    with DurableQueue(old, max_bytes=MB) as queue:
+        before = len(read_all(queue))
+        sizes = {
+            queue.append(lambda seq, size=size: payload_for(seq, size)): size for size in SIZES * 20
+        }
+        entries = read_all(queue)
+        assert [e.seq for e in entries[before:]] == list(sizes)
+        assert all(e.payload == payload_for(e.seq, sizes[e.seq]) for e in entries[before:])
+    assert page_size_of(old) == 4096
+    assert old.stat().st_size % 4096 == 0

@@ -24,10 +24,11 @@ from hypothesis import strategies as st
 
 from buffer import DurableQueue, Entry, NotABufferError
 from buffer.salvage import DamagedFile
+from buffer.schema import PAGE_SIZE
 from tests.buffer.helpers import payload_for as sized_payload
 from tests.buffer.helpers import read_all, run_python
 
-PAGE = 4096
+PAGE = PAGE_SIZE  # of new buffer files
 SIZES = (0, 100, 1000, 3000, 5000, 9000)  # none, small, several per page, one or two overflow pages
 
 
