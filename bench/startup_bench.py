@@ -22,6 +22,12 @@ into a private cache (PYTHONPYCACHEPREFIX) by a first start that is not counted;
 
     .venv/bin/python bench/startup_bench.py                 # 5 runs
     .venv/bin/python bench/startup_bench.py --runs 9 --json
+    .venv/bin/python bench/startup_bench.py --floor         # the libraries' own share
+
+`--floor` measures what no change of ours can take away: a fresh interpreter that
+imports only the third-party packages `edge-gateway run` loads (found by importing the
+daemon's modules in a first interpreter) and the standard library's asyncio and
+sqlite3, none of the gateway's own modules; its VmRSS is the floor under the gateway's.
 
 Prints a table with the median and the range of the runs; asserts nothing. Record the
 figures in docs/performance.md with the command line and the machine. pi_bench.py
@@ -35,6 +41,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -366,13 +373,64 @@ def add_rig_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object")
 
 
+_OURS = ("gateway", "drivers", "buffer", "config", "bench", "tests")
+
+_THIRD_PARTY = f"""
+import sys
+import gateway.cli, gateway.app
+ours = set({_OURS!r}) | set(sys.stdlib_module_names)
+print(" ".join(sorted(name for name, module in sys.modules.items()
+                      if name.split(".")[0] not in ours and not name.startswith("_")
+                      and getattr(module, "__spec__", None) is not None)))
+"""
+
+
+_IMPORT_AND_MEASURE = """
+import importlib, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(" ".join(str(int(status[k].split()[0]) / 1024) for k in ("VmRSS", "RssAnon", "RssFile")))
+"""
+
+
+def floor(runs: int) -> int:
+    """Print the VmRSS of an interpreter with only the libraries `run` loads."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    found = subprocess.run(
+        [sys.executable, "-c", _THIRD_PARTY], env=env, check=True, capture_output=True, text=True
+    )
+    libraries = ["asyncio", "sqlite3", *found.stdout.split()]
+    print(f"imported: asyncio, sqlite3 and {len(libraries) - 2} modules of", end=" ")
+    print(", ".join(sorted({name.split(".")[0] for name in libraries[2:]})))
+    for n in range(1, runs + 1):
+        got = subprocess.run(
+            [sys.executable, "-c", _IMPORT_AND_MEASURE, *libraries],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        rss, anon, file = (float(v) for v in got.stdout.split())
+        print(f"run {n}: VmRSS {rss:.1f} MiB (RssAnon {anon:.1f}, RssFile {file:.1f})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_rig_arguments(parser)
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="only measure the libraries' own share: an interpreter that imports what "
+        "`run` imports from outside this project, none of its modules",
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--interval", default="1s", help="poll interval")
     parser.add_argument("--load", type=float, default=30.0, help="seconds at load before memory")
     args = parser.parse_args(argv)
+    if args.floor:
+        return floor(args.runs)
     before = machine()
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="startup-bench-") as tmp:

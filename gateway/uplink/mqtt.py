@@ -29,7 +29,9 @@ will ("offline") when the gateway disappears without saying goodbye.
 Signed commands come in on `{prefix}/{id}/cmd/{verb}` (docs/topics.md, "Commands"):
 when the app sets `on_command`, every session subscribes to them at QoS 1; the
 handler judges and carries out each one, one at a time in arrival order, in a task of
-the uplink's lifetime, and the reply goes out in the session the command came in on.
+the uplink's lifetime, and the reply goes out in the session the command came in on; or,
+for a command whose session ended while it was carried out (a config apply that changes
+[mqtt] always ends it), in the next session, if that begins within `REPLY_CARRY`.
 The transport only moves bytes: it never looks inside a command or a reply.
 """
 
@@ -96,6 +98,7 @@ SESSION_TAKEN_OVER = 0x8E
 NOT_AUTHORIZED = 0x87  # PUBACK: the broker's ACL refused the topic
 OVERTAKEN_GRACE = 1.0  # seconds a publish may stay unanswered after later ones were answered
 COMMAND_QUEUE = 16  # commands waiting their turn; beyond it a command is dropped
+REPLY_CARRY = 300.0  # seconds a reply made after its session ended waits for the next one
 
 
 class _Stopping(Exception):
@@ -590,8 +593,8 @@ class _Command:
     payload: bytes
     reply_topic: str  # the MQTT 5 response topic, or the gateway's reply topic
     correlation: bytes | None  # MQTT 5 correlation data, copied onto the reply
-    # The replies of the session it came in on: once that session has ended, the reply
-    # is lost (never sent in a later session).
+    # The replies of the session it came in on. A reply made after that session ended
+    # is carried to the next one (`REPLY_CARRY`); one that was waiting here is lost.
     replies: asyncio.Queue[tuple[_Command, bytes]]
 
 
@@ -666,6 +669,8 @@ class MqttUplink:
         self.on_command: CommandHandler | None = None
         self._commands: asyncio.Queue[_Command] = asyncio.Queue(COMMAND_QUEUE)
         self._replies: asyncio.Queue[tuple[_Command, bytes]] | None = None  # this session's
+        # Replies made while no session was up: (made at, command, reply), for the next.
+        self._carried: list[tuple[float, _Command, bytes]] = []
         self._subscription = "pending"  # see `command_subscription`
         self._refusal_logged = False  # the command subscription's refusal has been said
         self._retained_logged: set[str] = set()  # retained command topics said
@@ -1015,6 +1020,7 @@ class MqttUplink:
         self._ticked = self.clock.monotonic()
         self.connected_since = self.clock.time()
         self._replies = asyncio.Queue() if self.on_command is not None else None
+        self._carry_replies()
         level = logging.INFO if self._down_announced or self.connects == 1 else logging.DEBUG
         self._down_announced = False
         log.log(
@@ -1207,9 +1213,11 @@ class MqttUplink:
         """One command at a time, in arrival order, for the uplink's whole life: a
         connection that drops does not cancel the command being carried out (a config
         apply is not cut in half), and the next session's commands wait for it. Its reply
-        is then lost: replies go out only in the session their command came in on, so the
-        sender times out and may ask again (the command's nonce keeps a resend of the same
-        command from acting twice)."""
+        goes out in the session that is up when it is made, or in the next one if that
+        begins within `REPLY_CARRY` (a config apply that changes [mqtt] reconnects before
+        its health window closes: its sender, waiting on the broker, still hears the
+        outcome). Later than that it is lost: its sender has timed out and may ask again
+        (the command's nonce keeps a resend of the same command from acting twice)."""
         while True:
             command = await self._commands.get()
             reply = await self._handle(command)
@@ -1217,11 +1225,14 @@ class MqttUplink:
                 if command.replies is self._replies:
                     command.replies.put_nowait((command, reply))
                 else:
+                    self._carried.append((self.clock.monotonic(), command, reply))
                     log.info(
-                        "the reply to a '%s' command is lost: the connection ended while it "
-                        "was carried out (its sender times out and may ask again)",
+                        "the connection ended while a '%s' command was carried out; its "
+                        "reply goes out in the next session (if one begins within %gs)",
                         command.verb,
+                        REPLY_CARRY,
                     )
+                    self._carry_replies()
             if self._burst_dropped and self._commands.empty():
                 log.info(
                     "every waiting command has been carried out; %d were dropped meanwhile",
@@ -1260,8 +1271,9 @@ class MqttUplink:
 
         A reply is sent once, in this session: refused, or not yet acknowledged when the
         connection drops, it is not sent again, and one still waiting here when the session
-        ends is lost (never queued for the next session). Its sender times out and may ask
-        again; the command's nonce keeps a resend of the same command from acting twice."""
+        ends is lost (only a reply made after its session ended is carried to the next:
+        `_carry_out_commands`). Its sender times out and may ask again; the command's nonce
+        keeps a resend of the same command from acting twice."""
         while True:
             command, reply = await replies.get()
             properties = None
@@ -1276,6 +1288,24 @@ class MqttUplink:
                 "out and may ask again)",
                 properties=properties,
             )
+
+    def _carry_replies(self) -> None:
+        """Hand the replies made while no session was up to this session's queue (those
+        younger than `REPLY_CARRY`; older ones are lost, said once each)."""
+        if self._replies is None or not self._carried:
+            return
+        carried, self._carried = self._carried, []
+        now = self.clock.monotonic()
+        for made, command, reply in carried:
+            if now - made <= REPLY_CARRY:
+                self._replies.put_nowait((command, reply))
+            else:
+                log.info(
+                    "the reply to a '%s' command is lost: no session began within %gs of "
+                    "it (its sender has timed out and may ask again)",
+                    command.verb,
+                    REPLY_CARRY,
+                )
 
     def _commands_session_ended(self) -> None:
         """What the ended session received and did not carry out is dropped: its replies

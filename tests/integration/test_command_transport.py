@@ -24,6 +24,7 @@ from integration.test_broker_misbehaviour import uplink_running
 
 from gateway.centre.client import BrokerAddress, CentreClient, CentreError, Connection, Received
 from gateway.devtools.broker import Mosquitto
+from gateway.devtools.rig import LinkProxy
 from gateway.uplink import mqtt
 from gateway.uplink.mqtt import MqttUplink
 from gateway.uplink.topics import Topics
@@ -357,13 +358,12 @@ async def test_commands_beyond_the_queue_are_dropped_counted_and_said_once(
     assert any("2 were dropped meanwhile" in m for m in messages), messages
 
 
-async def test_a_command_under_way_when_the_connection_drops_is_finished_but_its_reply_lost(
-    tmp_path: Path, broker: Mosquitto, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A broker restart does not cut a config apply in half; the commands waiting behind it
-    are dropped (their replies could not be sent), and the next session's wait their turn."""
-    caplog.set_level(logging.INFO, logger="gateway.uplink")
-    handler = Handler()
+async def under_way_across_a_restart(
+    tmp_path: Path, broker: Mosquitto, handler: Handler
+) -> tuple[list[Received], int]:
+    """A config-apply under way while the broker restarts, two pings waiting behind it,
+    a ping sent in the next session, where the apply then ends. The config-apply replies
+    the next session saw, and the commands dropped."""
     handler.release = asyncio.Event()
     async with running_uplink(tmp_path, broker.port, handler) as uplink:
         async with centre(broker.port, TOPICS.reply("+")) as side:
@@ -375,19 +375,76 @@ async def test_a_command_under_way_when_the_connection_drops_is_finished_but_its
         await asyncio.to_thread(broker.restart)
         await until(lambda: uplink.connects == 2, "a reconnect", within=10)
         await until(lambda: uplink.command_subscription == "subscribed", "a new subscription")
-        assert uplink.commands_dropped == 2
         async with centre(broker.port, TOPICS.reply("+")) as side:
             await side.send("ping", b"3")
             await asyncio.sleep(0.2)
             assert handler.started == ["config-apply"], "ran beside the command under way"
             handler.release.set()
             await until(lambda: bool(side.on(TOPICS.reply("ping"))), "reply to the new command")
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.3)
+            dropped = uplink.commands_dropped
     assert [payload for _, payload, *_ in handler.calls] == [b"0", b"3"]
-    assert side.on(TOPICS.reply("config-apply")) == [], "a reply crossed into a new session"
+    return side.on(TOPICS.reply("config-apply")), dropped
+
+
+async def test_a_command_under_way_when_the_connection_drops_is_finished_and_replied_to_next_session(
+    tmp_path: Path, broker: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker restart does not cut a config apply in half, and its sender still hears
+    the outcome: the reply goes out in the next session. The commands waiting behind it
+    are dropped (their replies could not be sent), and the next session's wait their turn."""
+    caplog.set_level(logging.INFO, logger="gateway.uplink")
+    replies, dropped = await under_way_across_a_restart(tmp_path, broker, Handler())
+    assert len(replies) == 1, "the config-apply's reply, once, in the next session"
+    assert dropped == 2
     messages = [r.getMessage() for r in caplog.records]
     assert any("ended with 2 command(s) waiting their turn: dropped" in m for m in messages)
-    assert any("reply to a 'config-apply' command is lost" in m for m in messages)
+    assert any(
+        "while a 'config-apply' command was carried out; its reply goes out in the next" in m
+        for m in messages
+    )
+
+
+async def test_a_config_apply_that_ends_while_the_link_is_down_is_replied_to_at_the_reconnect(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """What a config apply that changes [mqtt] does: its session ends while it is carried
+    out and the outcome is known before the next begins. The sender, still on the broker,
+    gets the reply, with its correlation data, once the gateway is back."""
+    handler = Handler()
+    handler.release = asyncio.Event()
+    proxy = LinkProxy(broker.port)
+    proxy.start()
+    try:
+        async with (
+            running_uplink(tmp_path, proxy.port, handler) as uplink,
+            centre(broker.port, TOPICS.reply("+")) as side,
+        ):
+            await side.send("config-apply", b"0", correlation=b"apply-1")
+            await until(lambda: handler.started == ["config-apply"], "the command begun")
+            proxy.down()
+            await until(lambda: uplink.state != "online", "the link down")
+            handler.release.set()
+            await until(lambda: len(handler.calls) == 1, "the apply done, the link down")
+            assert side.on(TOPICS.reply("config-apply")) == []
+            proxy.restore()
+            await until(lambda: bool(side.on(TOPICS.reply("config-apply"))), "the reply", within=15)
+            await asyncio.sleep(0.3)
+            [reply] = side.on(TOPICS.reply("config-apply"))
+            assert reply.correlation_data == b"apply-1"
+    finally:
+        proxy.stop()
+
+
+async def test_a_reply_older_than_the_carry_bound_is_lost_and_said(
+    tmp_path: Path, broker: Mosquitto, caplog: pytest.LogCaptureFixture, monkeypatch
+) -> None:
+    monkeypatch.setattr(mqtt, "REPLY_CARRY", -1.0)  # every carried reply is too old
+    caplog.set_level(logging.INFO, logger="gateway.uplink")
+    replies, _ = await under_way_across_a_restart(tmp_path, broker, Handler())
+    assert replies == [], "a stale reply crossed into a new session"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("the reply to a 'config-apply' command is lost: no session" in m for m in messages)
 
 
 # --- the subscription -----------------------------------------------------------------

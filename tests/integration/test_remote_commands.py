@@ -202,6 +202,28 @@ async def test_config_apply_by_command_commits_a_config_that_works(
     assert "log level debug for 30s" in gp.log
 
 
+async def test_config_apply_that_changes_mqtt_reconnects_commits_and_its_reply_still_arrives(
+    tmp_path: Path, broker: Mosquitto, keys: Path, gateway_process
+) -> None:
+    """An [mqtt] change ends the session the command came in on before the health window
+    closes; the sender, still waiting on the broker, hears the outcome all the same."""
+    async with cabinet(tmp_path, broker, gateway_process) as (gp, sub):
+        new = tmp_path / "new.toml"
+        new.write_text(
+            gp.config.read_text().replace('health_interval = "1s"', 'health_interval = "2s"')
+        )
+        assert new.read_text() != gp.config.read_text()
+        code, reply = await asyncio.to_thread(
+            send, broker, keys / "ops.key", "config-apply", "--config", str(new)
+        )
+        assert code == 0, reply
+        assert reply["result"]["outcome"] == "committed"
+        assert gp.config.read_text() == new.read_text()
+        online = [p for p in sub.on("/status") if b"online" in p]
+        assert len(online) >= 2, "the gateway reconnected for the new [mqtt]"
+    assert "goes out in the next session" in gp.log
+
+
 def publish_and_wait(
     broker: Mosquitto, verb: str, payload: bytes, timeout: float = 20
 ) -> dict[str, Any]:
