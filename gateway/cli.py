@@ -17,6 +17,7 @@ import argparse
 import importlib
 import os
 import pkgutil
+import signal
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -56,7 +57,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     named = next((word for word in words if not word.startswith("-")), None)
-    args = build_parser(named).parse_args(words)
+    try:
+        parser = _loaded(named)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    args = parser.parse_args(words)
     try:
         result: int = args.func(args)
     except KeyboardInterrupt:
@@ -68,6 +73,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return _closed_pipe()
     return result
+
+
+def _loaded(named: str | None) -> argparse.ArgumentParser:
+    """`build_parser`, which imports the command's module (pydantic and the rest: a few
+    tenths of a second). A Ctrl-C meanwhile is held until the imports are done, then
+    raised: inside a library's import it could surface as that library's own error,
+    with a traceback."""
+    held: list[int] = []
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return build_parser(named)  # ignored, or someone else's: not ours to change
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        parser = build_parser(named)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if held:
+        raise KeyboardInterrupt
+    return parser
 
 
 def _closed_pipe() -> int:

@@ -106,3 +106,31 @@ def test_every_argument_of_every_command_has_help_text() -> None:
         for action in sub._actions:
             if not isinstance(action, argparse._HelpAction):
                 assert action.help, f"edge-gateway {name}: {action.dest} has no help text"
+
+
+CTRL_C_WHILE_LOADING = """
+import os, signal, sys
+import gateway.cli
+
+build = gateway.cli.build_parser
+
+def build_interrupted(named):
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the command's modules load
+    return build(named)
+
+gateway.cli.build_parser = build_interrupted
+sys.exit(gateway.cli.main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_while_the_commands_modules_load_exits_130_quietly_without_running_it() -> None:
+    got = subprocess.run(
+        [sys.executable, "-c", CTRL_C_WHILE_LOADING, "schema"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert got.returncode == 130, got.stderr
+    assert "Traceback" not in got.stderr
+    assert got.stdout == "", "the command ran after the Ctrl-C"
