@@ -59,6 +59,9 @@ examples:
   edge-gateway listen --port /dev/ttyUSB2 --send 'R\\r\\n' --every 2 --framing delimiter
   edge-gateway listen -c /etc/edge-gateway/gateway.toml --device gas --frames 5
 
+When nothing arrives within 5 s (or half of --seconds), or bytes arrive but the framing
+cuts no frame, a hint on stderr says what to check (line settings, wiring, framing).
+
 --framing and --parser take the keys of the config's framing and parser tables,
 as a TOML inline table with or without braces (a kind alone takes its defaults).
 Write regular expressions in single quotes (TOML literal strings: no escapes).
@@ -392,6 +395,8 @@ def _listen(setup: Setup, args: argparse.Namespace) -> int:
         with port, Progress("listening", total=args.frames) as progress:
             last = started
             deadline = started + args.seconds if args.seconds is not None else None
+            quiet = min(HINT_AFTER, args.seconds / 2) if args.seconds else HINT_AFTER
+            hint_at: float | None = started + quiet
             next_send = started if setup.command is not None else None
             settings = f"{ps['baudrate']} {ps['bytesize']}{ps['parity']}{ps['stopbits']}"
             if not args.json:
@@ -413,9 +418,16 @@ def _listen(setup: Setup, args: argparse.Namespace) -> int:
                     waits.append(deadline - now)
                 if next_send is not None:
                     waits.append(next_send - now)
+                if hint_at is not None:
+                    waits.append(hint_at - now)
                 ready, _, _ = select.select([port.fileno()], [], [], max(0.0, min(waits)))
                 if live is not None:
                     live.advance(0, f"{now - started:.0f}s, {totals.bytes} bytes")
+                if hint_at is not None and now >= hint_at:
+                    hint = silence_hint(setup, totals, quiet, args.raw)
+                    if hint is not None:
+                        _say(hint)
+                    hint_at = None
                 if not ready:
                     continue
                 data = port.read(max(1, port.in_waiting))
@@ -443,6 +455,43 @@ def _listen(setup: Setup, args: argparse.Namespace) -> int:
     if args.frames is not None and totals.frames < args.frames:
         return EXIT_FAILURE
     return EXIT_OK
+
+
+HINT_AFTER = 5.0  # seconds (or half of --seconds) of nothing before a hint on stderr
+
+
+def silence_hint(setup: Setup, totals: Totals, seconds: float, raw: bool) -> str | None:
+    """What to check when nothing came (or no frame was cut) in `seconds`; None when
+    all is well. Said once, on stderr, for the person at the port."""
+    ps = setup.port_settings
+    settings = f"{ps['baudrate']} {ps['bytesize']}{ps['parity']}{ps['stopbits']}"
+    if totals.bytes == 0:
+        asked = (
+            f"{totals.sent} request(s) sent and not one byte back"
+            if totals.sent
+            else "nothing received"
+        )
+        ask = (
+            "Does the instrument take this request (its manual; --send)?"
+            if totals.sent
+            else "Is the instrument powered, and does it send on its own (some only answer "
+            "a request: --send)?"
+        )
+        return (
+            f"hint: {asked} in {seconds:.2g}s on {ps['port']} at {settings}. {ask} Check "
+            "the baud rate, data bits, parity and stop bits against its manual, and the "
+            "wiring: RS-232 TX to RX and a common ground; RS-485 A and B (D+ and D-) not "
+            "swapped, and the bus terminated."
+        )
+    if setup.framer is not None and totals.frames == 0:
+        see = "" if raw else " (--raw shows the bytes as they arrive)"
+        return (
+            f"hint: {totals.bytes} bytes in {seconds:.2g}s but not one frame cut: the "
+            f"framing does not match what the instrument sends{see}; {totals.discards} "
+            "discard(s) so far. If the bytes look like noise, check the baud rate and "
+            "parity."
+        )
+    return None
 
 
 def _frames(

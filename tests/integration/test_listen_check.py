@@ -478,6 +478,36 @@ async def test_listen_as_a_device_of_the_config_shows_points_as_the_gateway_read
     assert refused.code == 2 and "modbus_tcp" in refused.err
 
 
+async def test_listen_to_a_silent_port_says_what_to_check_and_exits_1() -> None:
+    port = PtyPort()
+    try:
+        done = await edge_gateway("listen", "--port", port.path, "--seconds", "1", "--json")
+    finally:
+        port.close()
+    assert done.code == 1, done.err
+    assert f"hint: nothing received in 0.5s on {port.path} at 9600 8N1." in done.err
+    assert "RS-485 A and B" in done.err and "baud rate" in done.err
+    assert done.json_lines()[-1]["event"] == "end", "stdout stays JSON"
+    assert done.err.count("hint:") == 1
+
+
+async def test_listen_with_a_framing_that_cuts_nothing_says_so(
+    gas_detector: LineInstrument,
+) -> None:
+    done = await edge_gateway(
+        "listen",
+        "--port",
+        gas_detector.path,
+        "--framing",
+        'kind="delimiter", delimiter="@@"',
+        "--seconds",
+        "1",
+    )
+    assert done.code == 0, done.err
+    assert re.search(r"hint: \d+ bytes in 0.5s but not one frame cut", done.err), done.err
+    assert "--raw shows the bytes" in done.err
+
+
 async def test_listen_to_a_port_that_does_not_exist_exits_3() -> None:
     done = await edge_gateway("listen", "--port", "/dev/ttyUSB-nothing-here", "--seconds", "1")
     assert done.code == 3
