@@ -104,6 +104,7 @@ from gateway.wire.messages import (
 log = logging.getLogger("gateway")
 
 WRITE_RETRY_SECONDS = 1.0
+STORE_WEDGED = 120.0  # seconds a buffer's disk call may run before the watchdog starves
 ACK_ROOM_MAX = 0.5  # write = "unacked": an ageing batch closes up to this long before max_age
 UPLINK_STOP_SECONDS = 15.0  # drain (5 s), goodbye (2 s), disconnect (2 s); then leave regardless
 DRIVER_RESTART_SECONDS = 5.0
@@ -440,7 +441,16 @@ class Gateway:
 
     def alive(self) -> str | None:
         """None while every part makes progress; else what is stuck (the watchdog's
-        question). A blocked event loop cannot even ask: the watchdog starves."""
+        question): a buffer's disk call that has not returned for `STORE_WEDGED`, or the
+        uplink (`MqttUplink.stalled`). A blocked event loop cannot even ask: the watchdog
+        starves. A device that hangs is its own driver's business (backed off, on health)."""
+        for store in (self.store, self.alarm_store):
+            busy = store.busy_for()
+            if busy > STORE_WEDGED:
+                return (
+                    f"the {store.name} buffer: a disk operation has not returned for "
+                    f"{busy:.0f}s (the storage has stopped answering?)"
+                )
         return self.uplink.stalled()
 
     async def reload(self) -> bool:

@@ -104,6 +104,7 @@ class Store:
         self.open_error: str | None = None  # why it is not open, while it is not
         self.opened_seq = 0  # the last seq on disk when the queue was opened (this boot)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"buffer-{name}")
+        self._busy_since: float | None = None  # monotonic: the call on the worker began
         self._stats = _EMPTY
         if isinstance(source, DurableQueue):
             self._opener: Callable[[], DurableQueue] = lambda: source
@@ -156,7 +157,24 @@ class Store:
 
     async def _call(self, fn: Callable[[DurableQueue], T]) -> T:
         queue = self._queue()
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, queue)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._timed, fn, queue
+        )
+
+    def _timed(self, fn: Callable[[DurableQueue], T], queue: DurableQueue) -> T:
+        """`fn(queue)` on the worker thread, with its start kept for `busy_for`."""
+        self._busy_since = self._clock.monotonic()
+        try:
+            return fn(queue)
+        finally:
+            self._busy_since = None
+
+    def busy_for(self) -> float:
+        """Seconds the call now on the worker thread has been running (0 when none is): a
+        disk that stopped answering shows here (the watchdog's question). Opening is not
+        counted: a compaction or a salvage at open may take minutes by design."""
+        since = self._busy_since
+        return 0.0 if since is None else max(0.0, self._clock.monotonic() - since)
 
     async def append(self, make_payload: Callable[[int], bytes]) -> int:
         seq, self._stats = await self._call(lambda q: (q.append(make_payload), q.stats()))

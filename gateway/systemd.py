@@ -66,7 +66,7 @@ async def feed_watchdog(
             if starving is not None:
                 log.info("every part makes progress again; feeding the watchdog")
             starving = None
-        elif reason != starving:
+        elif starving is None:  # said once: the reason's figures move at every look
             starving = reason
             log.error(
                 "%s: not feeding the systemd watchdog, so the service will be restarted "

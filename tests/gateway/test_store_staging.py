@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from pathlib import Path
 
 import pytest
@@ -166,4 +167,33 @@ async def test_health_counts_what_is_in_memory_and_how_old_it_is(tmp_path: Path)
         assert health.oldest_unsent_age_s == 3.0
         assert health.last_seq == 1
     finally:
+        s.close()
+
+
+async def test_a_disk_call_that_does_not_return_shows_in_busy_for_and_clears_when_it_does(
+    tmp_path: Path,
+) -> None:
+    """What the systemd watchdog asks (GatewayApp.alive): how long the call on the
+    worker thread has been running; a storage that stopped answering keeps it growing."""
+    clock = ManualClock()
+    s = store(tmp_path, clock)
+    release = threading.Event()
+    entered = threading.Event()
+
+    def stuck_payload(seq: int) -> bytes:  # made on the worker thread, in the transaction
+        entered.set()
+        release.wait(10)
+        return payload(seq)
+
+    try:
+        assert s.busy_for() == 0.0
+        appending = asyncio.ensure_future(s.append(stuck_payload))
+        assert await asyncio.to_thread(entered.wait, 10)
+        clock.mono += 130.0
+        assert s.busy_for() == pytest.approx(130.0)
+        release.set()
+        assert await appending == 1
+        assert s.busy_for() == 0.0
+    finally:
+        release.set()
         s.close()
