@@ -39,7 +39,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -49,14 +48,13 @@ from bench.e2e_bench import cpu_seconds, write_bytes  # noqa: E402
 from bench.pi_bench import quantile  # noqa: E402
 from bench.startup_bench import (  # noqa: E402
     add_rig_arguments,
-    arrivals,
+    data_batches,
     latencies,
     machine,
     rig,
     started_gateway,
 )
 from gateway.devtools.rig import RigTimeout, wait_until  # noqa: E402
-from gateway.wire import decode_batch  # noqa: E402
 
 SETTLE = 5.0  # seconds after the first batch before measuring
 BACKLOG_WAIT = 120.0  # seconds at most for the outage's readings to arrive
@@ -80,15 +78,6 @@ class Figures:
     outage_acks_disk_bytes_per_reading: float | None
     outage_checkpoint_disk_bytes_per_reading: float | None
     outage_cycle_disk_bytes_per_reading: float | None
-
-
-def data_batches(collector: Any, start: float, end: float) -> list[tuple[int, int]]:
-    """(payload bytes, readings) of each data batch that arrived in [start, end)."""
-    return [
-        (len(payload), len(decode_batch(payload).readings))
-        for arrived, topic, payload in arrivals(collector)
-        if start <= arrived < end and topic.endswith(("/data", "/data/history"))
-    ]
 
 
 _CHECKPOINT = """

@@ -59,6 +59,7 @@ from bench.e2e_bench import cpu_seconds  # noqa: E402
 from bench.startup_bench import (  # noqa: E402
     BATCH_MAX_AGE,
     add_rig_arguments,
+    data_batches,
     latencies,
     loadavg,
     machine,
@@ -169,6 +170,7 @@ class Step:
     throttled_share: float | None  # of the periods in the window in which the quota ran out
     latency_p50_s: float | None
     latency_p99_s: float | None
+    readings_per_batch: float
     first_data_s: float  # spawn -> first batch at the centre, under the quota
     start_cpu_s: float  # the gateway's CPU time by then
 
@@ -204,6 +206,7 @@ def measure(
         periods1 = quota.throttling() if quota is not None else None
         time.sleep(BATCH_MAX_AGE + GRACE)
         delays = sorted(latencies(run.collector, start, end, time.time()))
+        batches = data_batches(run.collector, start, end)
     window = end - start
     cpu = cpu1 - cpu0
     delivered = len(delays)
@@ -224,6 +227,7 @@ def measure(
         throttled_share=throttled,
         latency_p50_s=quantile(delays, 0.50),
         latency_p99_s=quantile(delays, 0.99),
+        readings_per_batch=sum(n for _, n in batches) / max(1, len(batches)),
         first_data_s=run.first_data_s,
         start_cpu_s=run.start_cpu_s,
     )
@@ -291,17 +295,18 @@ def _row(s: Step) -> str:
         f"{100 * s.delivered_share:6.1f} % {'held' if s.held else 'NOT':>5} "
         f"{100 * s.cpu_core_share:6.1f} % {pct(s.quota_share):>7} {s.cpu_us_per_reading:7.1f} "
         f"{s.pi_us_per_reading:7.0f} {pct(s.throttled_share):>7} "
-        f"{ms(s.latency_p50_s):>6} {ms(s.latency_p99_s):>6} {s.first_data_s:6.2f}"
+        f"{ms(s.latency_p50_s):>6} {ms(s.latency_p99_s):>6} {s.readings_per_batch:7.0f} "
+        f"{s.first_data_s:6.2f}"
     )
 
 
 HEADER = (
     f"{'offered':>8} {'poll':>6} {'delivered':>10} {'share':>8} {'':>5} "
     f"{'CPU':>8} {'quota':>7} {'us/rdg':>7} {'Pi us':>7} {'thrott':>7} "
-    f"{'p50ms':>6} {'p99ms':>6} {'start':>6}\n"
+    f"{'p50ms':>6} {'p99ms':>6} {'rdg/b':>7} {'start':>6}\n"
     f"{'/s':>8} {'ms':>6} {'/s':>10} {'':>8} {'':>5} "
     f"{'1 core':>8} {'used':>7} {'here':>7} {'x slow':>7} {'':>7} "
-    f"{'':>6} {'':>6} {'s':>6}"
+    f"{'':>6} {'':>6} {'batch':>7} {'s':>6}"
 )
 
 

@@ -166,6 +166,15 @@ def arrivals(collector: Collector) -> list[tuple[float, str, bytes]]:
     ]
 
 
+def data_batches(collector: Collector, start: float, end: float) -> list[tuple[int, int]]:
+    """(payload bytes, readings) of each data batch that arrived in [start, end)."""
+    return [
+        (len(payload), len(decode_batch(payload).readings))
+        for arrived, topic, payload in arrivals(collector)
+        if start <= arrived < end and topic.endswith(("/data", "/data/history"))
+    ]
+
+
 def latencies(collector: Collector, start: float, end: float, by: float) -> list[float]:
     """For each reading taken in [start, end) (its own timestamp; time.time() seconds)
     that had arrived at the centre by `by`: seconds from its taking to its arrival.
