@@ -396,6 +396,8 @@ class Store:
             first_unsent_seq=stats.oldest_seq,
             boot_first_seq=self.opened_seq + 1 if self.queue is not None else None,
             in_memory_batches=len(self._staged),
+            acked_from_memory=self.staged_acked,
+            written_from_memory=self.staged_written,
         )
 
     def closing(self) -> None:

@@ -153,6 +153,19 @@ METRICS: tuple[MetricSpec, ...] = (
         "batches published from memory, neither acknowledged nor on disk yet (lost at a power cut)",
         null_as=0.0,
     ),
+    _counter(
+        "buffer_acked_from_memory",
+        G,
+        "buffer.acked_from_memory",
+        "batches published from memory and acknowledged in time, never written to disk",
+    ),
+    _counter(
+        "buffer_written_from_memory",
+        G,
+        "buffer.written_from_memory",
+        "batches published from memory that had to be written to disk (not acknowledged "
+        "within [batch] max_age)",
+    ),
     _gauge("buffer_disk_bytes", G, "buffer.disk_bytes", "every file of the buffer, as bounded"),
     _gauge("buffer_limit_bytes", G, "buffer.max_bytes", "the bound: [buffer] max_bytes"),
     _gauge(

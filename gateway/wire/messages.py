@@ -211,6 +211,11 @@ class BufferHealth:
     # Batches published from memory, neither acknowledged nor written to disk yet ([buffer]
     # write = "unacked"): a power cut loses them. Their seqs are within ..last_seq.
     in_memory_batches: int = 0
+    # Since this boot, of the batches published from memory: acknowledged in time and never
+    # written, and written because the broker had not acknowledged them in time (an outage:
+    # what the SD card paid for).
+    acked_from_memory: int = 0
+    written_from_memory: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,6 +159,7 @@ async def test_a_stop_that_cancels_a_write_loses_nothing_and_writes_nothing_twic
 async def test_health_counts_what_is_in_memory_and_how_old_it_is(tmp_path: Path) -> None:
     clock = ManualClock()
     s = store(tmp_path, clock)
+    commits = asyncio.create_task(s.run_commits())
     try:
         await s.stage([payload], [clock.monotonic() + 5])
         await clock.advance(3.0)
@@ -166,7 +167,19 @@ async def test_health_counts_what_is_in_memory_and_how_old_it_is(tmp_path: Path)
         assert (health.in_memory_batches, health.batches) == (1, 0)
         assert health.oldest_unsent_age_s == 3.0
         assert health.last_seq == 1
+        assert (health.acked_from_memory, health.written_from_memory) == (0, 0)
+        await s.stage([payload], [clock.monotonic() + 5])
+        assert await s.ack([2]) == 1
+        await clock.advance(2.5)  # the first is due: written
+        for _ in range(100):
+            if s.stats.batches == 1:
+                break
+            await asyncio.sleep(0.01)
+        health = s.health(clock.time(), 8 << 20)
+        assert (health.acked_from_memory, health.written_from_memory) == (1, 1)
+        assert (health.in_memory_batches, health.batches) == (0, 1)
     finally:
+        commits.cancel()
         s.close()
 
 
