@@ -89,6 +89,11 @@ class Budget:
     def usable(self) -> int:
         return self.page_size  # buffer files reserve no bytes at the end of their pages
 
+    @property
+    def trunk_entries(self) -> int:
+        """Free pages one freelist trunk page lists (fileformat2.html, 1.5)."""
+        return self.usable // 4 - 2
+
     def overflow_pages(self, size: int, overhead: int = RECORD_OVERHEAD) -> int:
         """Overflow pages of a row with a ``size``-byte payload (fileformat2.html, 1.6)."""
         record, usable = size + overhead, self.usable
@@ -139,13 +144,13 @@ class Budget:
         pages, leaves (at least half full: appends fill them), interior pages, page 1,
         the freelist's trunk pages."""
         leaves = -(-cells // (self.usable // 2)) + 1
-        return overflow + leaves + TXN_FIXED_FRAMES + overflow // 1000 + 1
+        return overflow + leaves + TXN_FIXED_FRAMES + overflow // self.trunk_entries + 1
 
     def delete_frames(self, runs: int, rows: int, freed_pages: int) -> int:
         """An upper bound of the WAL frames deleting ``rows`` rows in ``runs`` runs of
         consecutive seqs writes: the pages that keep rows (a deleted leaf is freed, not
         written), interior pages and the freelist's trunk pages."""
-        return 3 * runs + -(-rows // 10) + freed_pages // 1000 + 1
+        return 3 * runs + -(-rows // 10) + freed_pages // self.trunk_entries + 1
 
     def largest_payload(self) -> int:
         def fits(size: int) -> bool:

@@ -101,7 +101,9 @@ class DamagedFile:
             sound_header = header[:16] == SQLITE_MAGIC
             db_page_size = _page_size(header) if sound_header else None
             self._wal_pages, wal_page_size = self._read_wal(db_page_size)
-            self.page_size: int = db_page_size or wal_page_size or PAGE_SIZE
+            self.page_size: int = (
+                db_page_size or wal_page_size or _guess_page_size(self._db) or PAGE_SIZE
+            )
             reserved = header[20] if sound_header else 0
             self._usable = self.page_size - reserved
             db_size = os.fstat(self._db).st_size if self._db is not None else 0
@@ -399,6 +401,41 @@ def _page_size(header: bytes) -> int | None:
     value = _U16.unpack_from(header, 16)[0]
     size = 65536 if value == 1 else value
     return size if _valid_page_size(size) else None
+
+
+_BTREE_PAGES: Final = frozenset({0x02, 0x05, 0x0A, 0x0D})  # the page types of a b-tree
+_GUESS_BYTES: Final = 512 * 1024  # how much of the file a guess of its page size reads
+
+
+def _guess_page_size(fd: int | None) -> int | None:
+    """The page size of a file whose header is gone and whose WAL does not say it: the
+    largest size at whose multiples about as many b-tree page headers start as at the
+    best size's (files made before 2026-11-30 have 4 KiB pages, later ones 2 KiB; at a
+    smaller size than the file's, the extra offsets fall mid-page and add almost none).
+    None when no size finds any."""
+    data = _pread(fd, _GUESS_BYTES, 0)
+    hits = {
+        size: sum(_looks_like_btree_page(data, at, size) for at in range(size, len(data), size))
+        for size in (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+    }
+    best = max(hits.values())
+    if best == 0:
+        return None
+    return max(size for size, found in hits.items() if found >= 0.9 * best)
+
+
+def _looks_like_btree_page(data: bytes, at: int, size: int) -> bool:
+    """A plausible b-tree page header (not page 1's) at `at`, for pages of `size` bytes."""
+    if at + 8 > len(data) or data[at] not in _BTREE_PAGES:
+        return False
+    freeblock, cells, content = struct.unpack_from(">HHH", data, at + 1)
+    content = content or 65536
+    header = 8 if data[at] in (0x0A, 0x0D) else 12
+    return (
+        (freeblock == 0 or header <= freeblock < size)
+        and header + 2 * cells <= content <= size
+        and data[at + 7] < 255  # fragmented free bytes: at most 60 in a sound page
+    )
 
 
 def _valid_page_size(size: int) -> bool:

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from buffer import DurableQueue, Entry, NotABufferError
+from buffer import DurableQueue, Entry, NotABufferError, opening
 from buffer.salvage import DamagedFile
 from buffer.schema import PAGE_SIZE
 from tests.buffer.helpers import payload_for as sized_payload
@@ -229,6 +229,25 @@ def test_rows_still_in_the_wal_are_salvaged_when_the_database_header_is_destroye
         assert [e.seq for e in kept] == list(range(4, 41)), "acked rows do not come back"
         assert all(e.payload == payload_for(e.seq) for e in kept if e.seq <= 10)
         assert all(e.payload == appended_by_child(e.seq) for e in kept if e.seq > 10)
+
+
+@pytest.mark.parametrize("page_size", [4096, 2048, 1024])
+def test_a_file_without_its_header_nor_a_wal_is_salvaged_whatever_its_page_size(
+    path: Path, page_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files made before 2026-11-30 have 4 KiB pages, later ones 2 KiB: with page 1's
+    header gone and no WAL to say it, the salvage finds the size from the pages."""
+    monkeypatch.setattr(opening, "PAGE_SIZE", page_size)
+    rows = fill(path, 60)
+    monkeypatch.undo()
+    assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
+    with path.open("r+b") as f:
+        f.write(bytes(100))
+
+    with DurableQueue(path, max_bytes=10**8) as queue:
+        assert queue.recovered_from is not None
+        assert queue.salvaged_batches == 60
+        assert read_all(queue) == rows
 
 
 def test_a_wal_left_without_its_database_is_salvaged_not_replayed(path: Path) -> None:
