@@ -500,9 +500,10 @@ class Gateway:
         reconnects = (
             loaded.config.gateway.id != self.gateway_id or loaded.config.mqtt != old.config.mqtt
         )
+        connects = self.uplink.connects  # a reconnect must show a session of its own
         await self._switch(loaded, processing, drivers, source)
         window = window_seconds(loaded.config, reconnects=reconnects)
-        problems = await self._watch_window(before, window)
+        problems = await self._watch_window(before, window, connects if reconnects else None)
         if not problems:
             note = await asyncio.to_thread(self._write_config_file, raw, source)
             self._history_finish(entry, "committed", note)
@@ -530,8 +531,19 @@ class Gateway:
         )
         return Applied("rolled_back", config_hash, old.config_hash, why, window)
 
-    async def _watch_window(self, before: Baseline, window: float) -> list[str]:
-        judge = HealthWindow(before, lambda: self.uplink.state, self._device_healths)
+    async def _watch_window(
+        self, before: Baseline, window: float, connects: int | None = None
+    ) -> list[str]:
+        """The health window. With `connects` (the new config reconnects), the broker counts
+        as reached only through a session begun after the switch: the old session is still
+        online while it says goodbye, and must not vouch for new [mqtt] settings."""
+
+        def uplink_state() -> str:
+            if connects is not None and self.uplink.connects <= connects:
+                return "connecting"
+            return self.uplink.state
+
+        judge = HealthWindow(before, uplink_state, self._device_healths)
         deadline = self.clock.monotonic() + window
         while True:
             problems = judge.missing()

@@ -141,6 +141,31 @@ async def test_a_config_that_loses_a_device_is_rolled_back_with_the_reason(
     assert "rolling back to" in gp.log
 
 
+async def test_a_config_whose_mqtt_settings_reach_no_broker_is_rolled_back_and_data_flows_again(
+    tmp_path: Path, broker: Mosquitto, gateway_process
+) -> None:
+    """The old session is still online while it says goodbye: it must not vouch for the
+    new [mqtt] section. A port where no broker listens is rolled back, not committed."""
+    async with cabinet(tmp_path, broker, gateway_process) as (gp, sub, _sim):
+        good = gp.config.read_text()
+        bad = tmp_path / "bad.toml"
+        bad.write_text(
+            good.replace(
+                f"port = {broker.port}\n", f'port = {free_port()}\nconnect_timeout = "1s"\n', 1
+            )
+        )
+        assert bad.read_text() != good
+        result = await asyncio.to_thread(cli, "apply", str(bad), "-c", str(gp.config), "--json")
+        assert result.returncode == 1, result.stdout + result.stderr + gp.log
+        outcome = json.loads(result.stdout)
+        assert outcome["outcome"] == "rolled_back", outcome
+        assert "the broker is not reached" in outcome["reason"]
+        assert gp.config.read_text() == good, "the file still holds the config that works"
+        seen = len(polls(sub))
+        await sub.wait_async(lambda: len(polls(sub)) > seen + 5, 30, "readings arrive again")
+        assert [e["outcome"] for e in history(gp)] == ["committed", "rolled_back"]
+
+
 async def test_a_file_edited_in_place_that_breaks_is_rolled_back_and_the_file_restored(
     tmp_path: Path, broker: Mosquitto, gateway_process
 ) -> None:
