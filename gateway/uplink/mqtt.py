@@ -42,6 +42,7 @@ import collections
 import contextlib
 import logging
 import math
+import random
 import socket
 import ssl
 import time
@@ -66,6 +67,7 @@ from gateway.wire.messages import DenialHealth, Identity, Status, UplinkHealth, 
 log = logging.getLogger("gateway.uplink")
 
 SIDE_BACKLOG = 1000  # events and state changes kept in memory while offline
+PROBE_SPREAD = 4.0  # the quick probe after a silent drop: within reconnect_min x this
 WEDGED_SLACK = 60.0  # seconds beyond every bound before the uplink counts as wedged
 ACK_FLUSH_INTERVAL = 0.2  # seconds between grouped deletes of acknowledged batches
 ALARM_WINDOW = 5  # alarm publishes in flight at once, on top of the data window
@@ -593,9 +595,19 @@ class _Command:
     payload: bytes
     reply_topic: str  # the MQTT 5 response topic, or the gateway's reply topic
     correlation: bytes | None  # MQTT 5 correlation data, copied onto the reply
-    # The replies of the session it came in on. A reply made after that session ended
-    # is carried to the next one (`REPLY_CARRY`); one that was waiting here is lost.
+    # The replies of the session it came in on. A reply made after that session ended,
+    # or not yet sent when it ended, is carried to the next one (`REPLY_CARRY`).
     replies: asyncio.Queue[tuple[_Command, bytes]]
+
+
+def probe_delay(reconnect_min: float, reconnect_max: float) -> float:
+    """The delay of the quick probe after a silent drop: uniform between half of
+    `reconnect_min` and `PROBE_SPREAD` times it (at most `reconnect_max`). A broker that
+    restarts drops every gateway at the same instant; spread over 0.25-2 s at the defaults,
+    a thousand of them come back at ~50 per 100 ms instead of ~300 (which overflowed
+    mosquitto's listen queue of 100 with TLS: bench/fleet_bench.py)."""
+    upper = min(reconnect_max, PROBE_SPREAD * reconnect_min)
+    return random.uniform(reconnect_min / 2, max(upper, reconnect_min / 2))
 
 
 # --- the uplink ----------------------------------------------------------------------
@@ -893,7 +905,7 @@ class MqttUplink:
             # Come back quickly once: a broker that is still there accepts at once (a
             # takeover, counted above), one that went away refuses (the chain breaks).
             self._drop_probe = True
-            normal = backoff_delay(1, self.config.reconnect_min, self.config.reconnect_max)
+            normal = probe_delay(self.config.reconnect_min, self.config.reconnect_max)
         if end.kind == "closed" and (self._session_refused or after_denial) and self.denials:
             # Some brokers (mosquitto 2.0 with max_queued_messages 0) hang up after a
             # refusal; the denial has been logged and explains it.
@@ -1269,11 +1281,10 @@ class MqttUplink:
         """Publish each reply (QoS 1, not retained) with its command's correlation data, as
         a side publish: in flight for the watchdog, and a refused one is a denial in health.
 
-        A reply is sent once, in this session: refused, or not yet acknowledged when the
-        connection drops, it is not sent again, and one still waiting here when the session
-        ends is lost (only a reply made after its session ended is carried to the next:
-        `_carry_out_commands`). Its sender times out and may ask again; the command's nonce
-        keeps a resend of the same command from acting twice."""
+        A reply is sent once: refused, or not yet acknowledged when the connection drops,
+        it is not sent again (its sender times out and may ask again; the command's nonce
+        keeps a resend of the same command from acting twice). One still waiting here when
+        the session ends is carried to the next (`_commands_session_ended`)."""
         while True:
             command, reply = await replies.get()
             properties = None
@@ -1308,15 +1319,21 @@ class MqttUplink:
                 )
 
     def _commands_session_ended(self) -> None:
-        """What the ended session received and did not carry out is dropped: its replies
-        could not be sent, and a sender that times out may ask again."""
+        """What the ended session received and did not carry out is dropped (a sender that
+        times out may ask again); the replies it had not sent yet are carried to the next
+        session, as those made after it ended (`REPLY_CARRY`)."""
         replies, self._replies = self._replies, None
         self._subscription = "pending"
         if replies is not None and not replies.empty():
+            now = self.clock.monotonic()
+            while not replies.empty():
+                command, reply = replies.get_nowait()
+                self._carried.append((now, command, reply))
             log.info(
-                "%d reply(ies) to commands lost: the connection ended before they were sent "
-                "(their senders time out and may ask again)",
-                replies.qsize(),
+                "the connection ended before %d reply(ies) to commands were sent; they go out "
+                "in the next session (if one begins within %gs)",
+                len(self._carried),
+                REPLY_CARRY,
             )
         waiting = 0
         while not self._commands.empty():

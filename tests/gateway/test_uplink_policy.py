@@ -18,6 +18,7 @@ from gateway.uplink.mqtt import (
     Ending,
     describe_connect_failure,
     describe_ending,
+    probe_delay,
     reason_text,
 )
 
@@ -33,6 +34,21 @@ def test_the_back_off_doubles_from_its_base_and_jitter_only_shortens_it() -> Non
         delays = [backoff_delay(failures, 0.5, 5.0) for _ in range(2000)]
         assert ceiling / 2 <= min(delays) and max(delays) <= ceiling
         assert max(delays) - min(delays) > ceiling / 4  # spread: gateways do not return together
+
+
+def test_the_probe_after_a_silent_drop_spreads_a_fleet_over_a_quarter_to_two_seconds() -> None:
+    """A broker restart drops a thousand gateways at one instant: their quick probes must
+    not arrive in one burst (bench/fleet_bench.py measured ~300 in 100 ms before)."""
+    delays = sorted(probe_delay(0.5, 5.0) for _ in range(1000))
+    assert delays[0] >= 0.25 and delays[-1] <= 2.0
+    busiest = max(
+        sum(1 for d in delays if start <= d < start + 0.1)
+        for start in (x / 100 for x in range(200))
+    )
+    assert busiest <= 90  # 1,000 spread over 1.75 s: ~57 per 100 ms on average
+    # bounded by reconnect_max, and never below half of reconnect_min
+    assert all(0.05 <= probe_delay(0.1, 0.25) <= 0.25 for _ in range(500))
+    assert all(1.0 <= probe_delay(2.0, 2.0) <= 2.0 for _ in range(500))
 
 
 def test_a_taken_over_session_waits_half_a_minute_or_more_and_at_most_five_minutes() -> None:
