@@ -17,7 +17,6 @@ import argparse
 import importlib
 import os
 import pkgutil
-import signal
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -57,17 +56,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     named = next((word for word in words if not word.startswith("-")), None)
-    try:
-        parser = _loaded(named)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    args = parser.parse_args(words)
-    try:
+    try:  # importing the command's modules (build_parser, and inside run) takes a while
+        args = build_parser(named).parse_args(words)
         result: int = args.func(args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return _closed_pipe()
+    except Exception as err:
+        if _interrupted(err):
+            return EXIT_INTERRUPTED
+        raise
     try:
         sys.stdout.flush()  # a reader that left after our last line is a closed pipe too
     except BrokenPipeError:
@@ -75,22 +74,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
-def _loaded(named: str | None) -> argparse.ArgumentParser:
-    """`build_parser`, which imports the command's module (pydantic and the rest: a few
-    tenths of a second). A Ctrl-C meanwhile is held until the imports are done, then
-    raised: inside a library's import it could surface as that library's own error,
-    with a traceback."""
-    held: list[int] = []
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        return build_parser(named)  # ignored, or someone else's: not ours to change
-    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
-    try:
-        parser = build_parser(named)
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if held:
-        raise KeyboardInterrupt
-    return parser
+def _interrupted(err: BaseException) -> bool:
+    """A Ctrl-C that a library turned into an error of its own (pydantic, building a
+    model while the KeyboardInterrupt went through it, raises SchemaError from it)."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _closed_pipe() -> int:

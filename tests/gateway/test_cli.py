@@ -123,6 +123,34 @@ sys.exit(gateway.cli.main(sys.argv[1:]))
 """
 
 
+CTRL_C_WRAPPED_BY_A_LIBRARY = """
+import sys
+import gateway.cli
+import gateway.commands.schema as schema
+
+def run(args):
+    try:
+        raise KeyboardInterrupt  # Ctrl-C inside a library, say pydantic building a model
+    except KeyboardInterrupt as err:
+        raise RuntimeError("the library's own error") from err
+
+schema.run = run
+sys.exit(gateway.cli.main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_that_a_library_turned_into_its_own_error_still_exits_130_quietly() -> None:
+    got = subprocess.run(
+        [sys.executable, "-c", CTRL_C_WRAPPED_BY_A_LIBRARY, "schema"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert got.returncode == 130, got.stderr
+    assert "Traceback" not in got.stderr
+
+
 def test_ctrl_c_while_the_commands_modules_load_exits_130_quietly_without_running_it() -> None:
     got = subprocess.run(
         [sys.executable, "-c", CTRL_C_WHILE_LOADING, "schema"],
