@@ -155,10 +155,12 @@ class Store:
             )
         return self.queue
 
-    async def _call(self, fn: Callable[[DurableQueue], T]) -> T:
+    async def _call(self, fn: Callable[[DurableQueue], T], *, watched: bool = True) -> T:
+        """`fn(queue)` on the worker thread; `watched`: counted by `busy_for` (the calls of
+        the data path, each bounded in size; not the rare rewrites of a whole backlog)."""
         queue = self._queue()
         return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._timed, fn, queue
+            self._executor, self._timed if watched else _untimed, fn, queue
         )
 
     def _timed(self, fn: Callable[[DurableQueue], T], queue: DurableQueue) -> T:
@@ -171,8 +173,9 @@ class Store:
 
     def busy_for(self) -> float:
         """Seconds the call now on the worker thread has been running (0 when none is): a
-        disk that stopped answering shows here (the watchdog's question). Opening is not
-        counted: a compaction or a salvage at open may take minutes by design."""
+        disk that stopped answering shows here (the watchdog's question). Not counted, as
+        they may take minutes on a slow card by design: opening (a compaction, a salvage),
+        the age bound's eviction and the re-dating of a backlog after a clock step."""
         since = self._busy_since
         return 0.0 if since is None else max(0.0, self._clock.monotonic() - since)
 
@@ -346,7 +349,9 @@ class Store:
         """Apply the age bound now (on a timer, so a silent gateway ages out too)."""
         if self.queue is None:
             return 0
-        evicted, self._stats = await self._call(lambda q: (q.evict_older_than(), q.stats()))
+        evicted, self._stats = await self._call(
+            lambda q: (q.evict_older_than(), q.stats()), watched=False
+        )
         return evicted
 
     async def shift_created_at(self, delta: float) -> int:
@@ -359,7 +364,7 @@ class Store:
             )
         after = self.opened_seq
         shifted, self._stats = await self._call(
-            lambda q: (q.shift_created_at(after, delta), q.stats())
+            lambda q: (q.shift_created_at(after, delta), q.stats()), watched=False
         )
         return shifted
 
@@ -441,6 +446,10 @@ def _episode(episode: EvictionEpisode | None) -> EvictionHealth | None:
         oldest_created_at=round(episode.oldest_created_at, 3),
         newest_created_at=round(episode.newest_created_at, 3),
     )
+
+
+def _untimed(fn: Callable[[DurableQueue], T], queue: DurableQueue) -> T:
+    return fn(queue)
 
 
 def _write_then_stats(entries: list[Entry], queue: DurableQueue) -> BufferStats:

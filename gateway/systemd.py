@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 from collections.abc import Callable
 
@@ -66,7 +67,8 @@ async def feed_watchdog(
             if starving is not None:
                 log.info("every part makes progress again; feeding the watchdog")
             starving = None
-        elif starving is None:  # said once: the reason's figures move at every look
+        elif starving is None or _shape(reason) != _shape(starving):
+            # Said once per stuck part: its figures ("for 130s") move at every look.
             starving = reason
             log.error(
                 "%s: not feeding the systemd watchdog, so the service will be restarted "
@@ -75,6 +77,11 @@ async def feed_watchdog(
                 period,
             )
         await clock.sleep(period / 3)
+
+
+def _shape(reason: str) -> str:
+    """A reason without its figures: two looks at the same stuck part compare equal."""
+    return re.sub(r"\d+(\.\d+)?", "#", reason)
 
 
 async def ready_when(condition: asyncio.Event, at_most: float, status: Callable[[], str]) -> None:

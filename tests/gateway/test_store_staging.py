@@ -171,7 +171,7 @@ async def test_health_counts_what_is_in_memory_and_how_old_it_is(tmp_path: Path)
         await s.stage([payload], [clock.monotonic() + 5])
         assert await s.ack([2]) == 1
         await clock.advance(2.5)  # the first is due: written
-        for _ in range(100):
+        for _ in range(500):  # the commit runs on the worker thread: up to 5 s
             if s.stats.batches == 1:
                 break
             await asyncio.sleep(0.01)

@@ -67,3 +67,30 @@ async def test_a_stuck_part_starves_the_watchdog_said_once_and_recovery_said_onc
     assert sum("not feeding the systemd watchdog" in m for m in said) == 1, said
     assert "has not returned for 140s: not feeding" in said[0]
     assert sum("feeding the watchdog" in m and "again" in m for m in said) == 1, said
+
+
+async def test_a_different_part_getting_stuck_is_said_too(
+    notify_socket: socket.socket, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The storage hangs: the uplink's acks wait behind it and the session stops ticking
+    first; when the buffer's own reason comes, it is said as well (the real cause)."""
+    caplog.set_level(logging.INFO, logger="gateway.systemd")
+    clock = ManualClock()
+    reasons = iter(
+        [None, "the MQTT session has not ticked for 61s", "the MQTT session has not ticked for 81s"]
+        + [f"the data buffer: a disk operation has not returned for {n}s" for n in (121, 141)]
+    )
+
+    def alive() -> str | None:
+        return next(reasons, "the data buffer: a disk operation has not returned for 161s")
+
+    feeder = asyncio.ensure_future(systemd.feed_watchdog(alive, clock, interval=60.0))
+    try:
+        await clock.advance(100.0)
+    finally:
+        feeder.cancel()
+        await asyncio.gather(feeder, return_exceptions=True)
+    said = [r.getMessage() for r in caplog.records if "not feeding" in r.getMessage()]
+    assert len(said) == 2, said
+    assert said[0].startswith("the MQTT session has not ticked for 61s")
+    assert said[1].startswith("the data buffer: a disk operation has not returned for 121s")
