@@ -81,10 +81,16 @@ class Figures:
 
 
 _CHECKPOINT = """
-import sqlite3, sys
+import sqlite3, sys, time
 for db in sys.argv[1:]:
     conn = sqlite3.connect(db, timeout=10)
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    for _ in range(50):  # a reader's snapshot can hold part of it back: until it is all done
+        busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if log == done:
+            break
+        time.sleep(0.1)
+    else:
+        sys.exit(f"{db}: the checkpoint copied {done} of {log} frames")
     conn.close()
 io = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())
 print(io["write_bytes"])

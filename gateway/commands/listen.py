@@ -59,8 +59,9 @@ examples:
   edge-gateway listen --port /dev/ttyUSB2 --send 'R\\r\\n' --every 2 --framing delimiter
   edge-gateway listen -c /etc/edge-gateway/gateway.toml --device gas --frames 5
 
-When nothing arrives within 5 s (or half of --seconds), or bytes arrive but the framing
-cuts no frame, a hint on stderr says what to check (line settings, wiring, framing).
+When nothing arrived in the first 5 s (or by the end of a shorter --seconds), or bytes
+arrived but the framing cut no frame, a hint on stderr says what to check (line settings,
+wiring, framing).
 
 --framing and --parser take the keys of the config's framing and parser tables,
 as a TOML inline table with or without braces (a kind alone takes its defaults).
@@ -391,12 +392,11 @@ def _listen(setup: Setup, args: argparse.Namespace) -> int:
         _say(f"edge-gateway listen: {open_error(ps['port'], err)}")
         return EXIT_ENVIRONMENT
     reason = "interrupted"
+    hint_at: float | None = started + HINT_AFTER
     try:  # the port is open: from here on a Ctrl-C at any moment closes it and says the totals
         with port, Progress("listening", total=args.frames) as progress:
             last = started
             deadline = started + args.seconds if args.seconds is not None else None
-            quiet = min(HINT_AFTER, args.seconds / 2) if args.seconds else HINT_AFTER
-            hint_at: float | None = started + quiet
             next_send = started if setup.command is not None else None
             settings = f"{ps['baudrate']} {ps['bytesize']}{ps['parity']}{ps['stopbits']}"
             if not args.json:
@@ -424,9 +424,9 @@ def _listen(setup: Setup, args: argparse.Namespace) -> int:
                 if live is not None:
                     live.advance(0, f"{now - started:.0f}s, {totals.bytes} bytes")
                 if hint_at is not None and now >= hint_at:
-                    hint = silence_hint(setup, totals, quiet, args.raw)
+                    hint = silence_hint(setup, totals, HINT_AFTER, args.raw)
                     if hint is not None:
-                        _say(hint)
+                        progress.say(hint)
                     hint_at = None
                 if not ready:
                     continue
@@ -449,6 +449,10 @@ def _listen(setup: Setup, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         show.end(totals, time.monotonic() - started, reason)
         raise
+    if hint_at is not None and reason == "seconds":  # a listen shorter than HINT_AFTER
+        hint = silence_hint(setup, totals, time.monotonic() - started, args.raw)
+        if hint is not None:
+            _say(hint)
     show.end(totals, time.monotonic() - started, reason)
     if totals.bytes == 0:
         return EXIT_FAILURE
@@ -457,7 +461,7 @@ def _listen(setup: Setup, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-HINT_AFTER = 5.0  # seconds (or half of --seconds) of nothing before a hint on stderr
+HINT_AFTER = 5.0  # seconds of listening before a hint on stderr (or the end, if sooner)
 
 
 def silence_hint(setup: Setup, totals: Totals, seconds: float, raw: bool) -> str | None:

@@ -79,6 +79,15 @@ class Progress:
         self.stream.flush()
         self._shown = True
 
+    def say(self, text: str) -> None:
+        """A line for people on the progress stream, on a line of its own (the progress
+        line, if shown, is cleared first and drawn again at the next `advance`)."""
+        if self._shown:
+            self.stream.write("\r" + " " * 78 + "\r")
+            self._shown = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
     def __enter__(self) -> Progress:
         return self
 

@@ -485,7 +485,7 @@ async def test_listen_to_a_silent_port_says_what_to_check_and_exits_1() -> None:
     finally:
         port.close()
     assert done.code == 1, done.err
-    assert f"hint: nothing received in 0.5s on {port.path} at 9600 8N1." in done.err
+    assert re.search(rf"hint: nothing received in 1\.?\d?s on {port.path} at 9600 8N1\.", done.err)
     assert "RS-485 A and B" in done.err and "baud rate" in done.err
     assert done.json_lines()[-1]["event"] == "end", "stdout stays JSON"
     assert done.err.count("hint:") == 1
@@ -504,7 +504,7 @@ async def test_listen_with_a_framing_that_cuts_nothing_says_so(
         "1",
     )
     assert done.code == 0, done.err
-    assert re.search(r"hint: \d+ bytes in 0.5s but not one frame cut", done.err), done.err
+    assert re.search(r"hint: \d+ bytes in 1\.?\d?s but not one frame cut", done.err), done.err
     assert "--raw shows the bytes" in done.err
 
 
