@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import secrets
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -77,7 +76,7 @@ from gateway.pipeline.processing import Processing, compile_processing
 from gateway.remote import MAX_READ_WAIT, VERBS, Remote
 from gateway.settings import CommandsConfig, LoadedConfig, parse_config
 from gateway.state import FILE_MODE
-from gateway.store import Store
+from gateway.store import DISK_TROUBLE, Store
 from gateway.tasks import cancel_and_wait
 from gateway.uplink.mqtt import MqttUplink
 from gateway.uplink.topics import Topics
@@ -1022,7 +1021,7 @@ class Gateway:
                 if buffer.max_age is not None and now - last_age_check >= AGE_CHECK_INTERVAL:
                     last_age_check = now
                     await self.store.evict_older_than()
-            except (BufferError, OSError, sqlite3.Error) as err:
+            except DISK_TROUBLE as err:
                 log.debug("buffer timer: %s", err)  # the writers log disk trouble once
 
     async def _clock_stepped(self, delta: float) -> None:
@@ -1038,7 +1037,7 @@ class Gateway:
         for store in (self.store, self.alarm_store):
             try:
                 shifted = await store.shift_created_at(delta)
-            except (BufferError, OSError, sqlite3.Error) as err:
+            except DISK_TROUBLE as err:
                 log.error("could not re-date the %s buffer after the step: %s", store.name, err)
                 continue
             if shifted:
@@ -1170,7 +1169,7 @@ class Gateway:
                 await write()
             except (PayloadTooLargeError, _Unencodable):
                 raise
-            except (BufferError, OSError, sqlite3.Error) as err:
+            except DISK_TROUBLE as err:
                 if not failing:
                     log.error(
                         "cannot write %s to the buffer (%s); keeping it in memory and retrying",

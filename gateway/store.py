@@ -54,7 +54,7 @@ _EMPTY = BufferStats(
 MAX_STAGED_BYTES = 32 << 20
 """Payload bytes staged in memory at most; `stage` waits for room beyond it."""
 COMMIT_RETRY_SECONDS = 1.0  # after the disk refused a commit of staged batches
-_DISK_TROUBLE = (BufferError, OSError, sqlite3.Error)
+DISK_TROUBLE = (BufferError, OSError, sqlite3.Error)  # what a full or failing disk raises
 
 
 @dataclasses.dataclass(slots=True)
@@ -269,7 +269,7 @@ class Store:
                     len(group),
                     self.name,
                     err or "cancelled",
-                    exc_info=None if isinstance(err, _DISK_TROUBLE) else err,  # a bug: trace
+                    exc_info=None if isinstance(err, DISK_TROUBLE) else err,  # a bug: trace
                 )
             return
         self._stats = writing.result()

@@ -398,9 +398,8 @@ def _listen(setup: Setup, args: argparse.Namespace) -> int:
             last = started
             deadline = started + args.seconds if args.seconds is not None else None
             next_send = started if setup.command is not None else None
-            settings = f"{ps['baudrate']} {ps['bytesize']}{ps['parity']}{ps['stopbits']}"
             if not args.json:
-                _say(f"listening on {ps['port']} at {settings} (Ctrl-C stops)")
+                _say(f"listening on {ps['port']} at {_line_text(ps)} (Ctrl-C stops)")
             live = progress if not _stdout_is_terminal() else None
             while True:
                 now = time.monotonic()
@@ -464,11 +463,15 @@ def _listen(setup: Setup, args: argparse.Namespace) -> int:
 HINT_AFTER = 5.0  # seconds of listening before a hint on stderr (or the end, if sooner)
 
 
+def _line_text(ps: dict[str, Any]) -> str:
+    """'9600 8N1': the line settings as technicians write them."""
+    return f"{ps['baudrate']} {ps['bytesize']}{ps['parity']}{ps['stopbits']}"
+
+
 def silence_hint(setup: Setup, totals: Totals, seconds: float, raw: bool) -> str | None:
     """What to check when nothing came (or no frame was cut) in `seconds`; None when
     all is well. Said once, on stderr, for the person at the port."""
     ps = setup.port_settings
-    settings = f"{ps['baudrate']} {ps['bytesize']}{ps['parity']}{ps['stopbits']}"
     if totals.bytes == 0:
         asked = (
             f"{totals.sent} request(s) sent and not one byte back"
@@ -482,7 +485,7 @@ def silence_hint(setup: Setup, totals: Totals, seconds: float, raw: bool) -> str
             "a request: --send)?"
         )
         return (
-            f"hint: {asked} in {seconds:.2g}s on {ps['port']} at {settings}. {ask} Check "
+            f"hint: {asked} in {seconds:.2g}s on {ps['port']} at {_line_text(ps)}. {ask} Check "
             "the baud rate, data bits, parity and stop bits against its manual, and the "
             "wiring: RS-232 TX to RX and a common ground; RS-485 A and B (D+ and D-) not "
             "swapped, and the bus terminated."

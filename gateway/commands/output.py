@@ -82,11 +82,15 @@ class Progress:
     def say(self, text: str) -> None:
         """A line for people on the progress stream, on a line of its own (the progress
         line, if shown, is cleared first and drawn again at the next `advance`)."""
-        if self._shown:
-            self.stream.write("\r" + " " * 78 + "\r")
-            self._shown = False
+        self._clear()
         self.stream.write(text + "\n")
         self.stream.flush()
+
+    def _clear(self) -> None:
+        if self._shown:
+            self.stream.write("\r" + " " * 78 + "\r")
+            self.stream.flush()
+            self._shown = False
 
     def __enter__(self) -> Progress:
         return self
@@ -97,6 +101,4 @@ class Progress:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._shown:  # leave the terminal as we found it, also on Ctrl-C
-            self.stream.write("\r" + " " * 78 + "\r")
-            self.stream.flush()
+        self._clear()  # leave the terminal as we found it, also on Ctrl-C

@@ -1325,14 +1325,14 @@ class MqttUplink:
         replies, self._replies = self._replies, None
         self._subscription = "pending"
         if replies is not None and not replies.empty():
-            now = self.clock.monotonic()
+            now, unsent = self.clock.monotonic(), replies.qsize()
             while not replies.empty():
                 command, reply = replies.get_nowait()
                 self._carried.append((now, command, reply))
             log.info(
                 "the connection ended before %d reply(ies) to commands were sent; they go out "
                 "in the next session (if one begins within %gs)",
-                len(self._carried),
+                unsent,
                 REPLY_CARRY,
             )
         waiting = 0

@@ -139,26 +139,25 @@ sys.exit(gateway.cli.main(sys.argv[1:]))
 """
 
 
-def test_ctrl_c_that_a_library_turned_into_its_own_error_still_exits_130_quietly() -> None:
-    got = subprocess.run(
-        [sys.executable, "-c", CTRL_C_WRAPPED_BY_A_LIBRARY, "schema"],
+def _schema_under(script: str) -> subprocess.CompletedProcess[str]:
+    """`edge-gateway schema` run by `script` (which patches the CLI first)."""
+    return subprocess.run(
+        [sys.executable, "-c", script, "schema"],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_ctrl_c_that_a_library_turned_into_its_own_error_still_exits_130_quietly() -> None:
+    got = _schema_under(CTRL_C_WRAPPED_BY_A_LIBRARY)
     assert got.returncode == 130, got.stderr
     assert "Traceback" not in got.stderr
 
 
 def test_ctrl_c_while_the_commands_modules_load_exits_130_quietly_without_running_it() -> None:
-    got = subprocess.run(
-        [sys.executable, "-c", CTRL_C_WHILE_LOADING, "schema"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    got = _schema_under(CTRL_C_WHILE_LOADING)
     assert got.returncode == 130, got.stderr
     assert "Traceback" not in got.stderr
     assert got.stdout == "", "the command ran after the Ctrl-C"
