@@ -20,12 +20,16 @@ Invariants, true after every committed transaction and so after any crash:
    (``buffer.opening``).
 6. ``read`` never returns a payload that does not match the CRC-32 stored with it: such
    an entry is removed and counted in ``corrupt_batches`` (``buffer.schema``).
+7. Every seq in the outage journal (``buffer.journal``: what ``append_reserved``
+   stores, while it has room) is above every seq in the database: the journal is
+   folded into the database before any other write to it, at open and at close.
 
 The on-disk format is in ``buffer.schema``; the full contract in ``buffer/DESIGN.md``.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import functools
@@ -47,13 +51,22 @@ from buffer.files import (
     SeqFile,
     WalSync,
     acquire_process_lock,
+    environment_error,
     make_directory,
     pid_line,
     release_process_lock,
     sizes,
     write_error,
 )
-from buffer.footprint import MIN_EVICT_FRAMES, Budget, NewRow, check_max_bytes, members_that_fit
+from buffer.footprint import (
+    MIN_EVICT_FRAMES,
+    SIDE_RESERVE,
+    Budget,
+    NewRow,
+    check_max_bytes,
+    members_that_fit,
+)
+from buffer.journal import JOURNAL_MAX, Journal, group_bytes
 from buffer.opening import (
     Opened,
     Synchronous,
@@ -65,6 +78,7 @@ from buffer.opening import (
 )
 from buffer.schema import (
     PAGE_SIZE,
+    Damaged,
     Row,
     check_rows,
     checksum,
@@ -136,6 +150,7 @@ class DurableQueue:
         self._evictions = EvictionLog(self._path, max_bytes, max_age)
         self._damage = DamageLog(self._path)
         self._wal = WalSync(self._path)
+        self._journal = Journal(self._path, durable=synchronous == "full")
         self._warned_checkpoint = False
         self.recovered_from = None
         self.salvaged_batches = self.unreadable_batches = 0
@@ -155,6 +170,7 @@ class DurableQueue:
                 self.unreadable_batches = recovery.unreadable_batches
             self._stats = self._take(opened)
             try:
+                self._fold_left_journal()
                 self._evict_to_bounds(self._clock())
                 self._write_seq_file(self._stats.last_seq + _SEQ_LEASE)
                 self._after_write(self._clock())
@@ -202,6 +218,7 @@ class DurableQueue:
             first, payloads = self._hand_out(make_payloads, reserving=False)
             if not payloads:
                 return []
+            self._fold(conn)
             now = self._clock()
             rows = [(seq, now, p, checksum(p)) for seq, p in enumerate(payloads, start=first)]
             self._store(conn, rows, now)
@@ -265,12 +282,18 @@ class DurableQueue:
                         f"seq {seq} was not reserved, or is out of order (after {previous})"
                     )
                 previous = seq
-                if seq in stored:
+                if seq in stored or self._journal.holds(seq):
                     continue  # an earlier call stored it, then failed (or was not told)
                 payload = self._checked(payload)
                 rows.append((seq, float(created_at), payload, checksum(payload)))
-            if rows:
-                self._store(conn, rows, self._clock())
+            if not rows:
+                return
+            with translating(self._path, "read"):
+                (top,) = conn.execute("SELECT coalesce(max(seq), 0) FROM batches").fetchone()
+            if rows[0][0] > max(top, self._journal.last_seq) and self._journal_fits(rows):
+                self._write_journal(rows)  # above everything stored: the journal's invariant
+            else:
+                self._fold(conn, rows)
 
     def evict_older_than(self, now: float | None = None) -> int:
         """Apply the age bound now: evict the entries created before ``now - max_age``.
@@ -286,6 +309,9 @@ class DurableQueue:
             if self._age.max_age is None:
                 return 0
             at = self._clock() if now is None else now
+            front = self._journal.front()
+            if front is not None and front[1] < at - self._age.max_age:
+                self._fold(conn)  # the journal's oldest expired too: the database evicts
             evicted = self._evict_expired(conn, at)
             if evicted:
                 self._after_write(at)
@@ -323,6 +349,17 @@ class DurableQueue:
                 if len(rows) < want:
                     break
                 after = rows[-1][0]
+            # Every seq in the journal is above every seq in the database.
+            after = entries[-1].seq if entries else after
+            while len(entries) < limit and self._journal.batches:
+                sound, damaged = self._journal.read(after, limit - len(entries))
+                entries += sound
+                if not damaged:
+                    if sound:
+                        self._damage.end("a read found none")
+                    break
+                self._journal_damaged(conn, damaged)
+                after = max(after, damaged[-1].seq, sound[-1].seq if sound else 0)
             return entries
 
     def ack(self, seqs: Iterable[int]) -> int:
@@ -337,7 +374,12 @@ class DurableQueue:
             conn = self._open_connection()
             last_seq = self._stats.last_seq
             wanted = sorted({s for s in map(operator.index, seqs) if 0 < s <= last_seq})
-            return self._delete(conn, wanted, corrupt=False)
+            first = self._journal.first_seq()
+            if first is None:
+                return self._delete(conn, wanted, corrupt=False)
+            split = bisect.bisect_left(wanted, first)
+            released = len(self._journal.release(wanted[split:]))
+            return self._delete(conn, wanted[:split], corrupt=False) + released
 
     def shift_created_at(self, after_seq: int, delta: float) -> int:
         """Add ``delta`` seconds to ``created_at`` of every entry with ``seq > after_seq``.
@@ -359,6 +401,7 @@ class DurableQueue:
             conn = self._open_connection()
             if not delta or after >= self._stats.last_seq:
                 return 0
+            self._fold(conn)  # (rare: a clock step) the entries to re-date are all in SQLite
             with translating(self._path, "read"):
                 rows = list(rows_in_seq_order(conn, after=max(after, 0)))
             shifted = 0
@@ -388,6 +431,10 @@ class DurableQueue:
             self._open_connection()
             if self._synchronous == "normal":
                 self._wal.sync()
+                try:
+                    self._journal.sync()
+                except OSError as err:
+                    raise BufferError(f"buffer {self._path}: sync failed: {err}") from err
 
     def stats(self) -> BufferStats:
         """The snapshot taken after the last write, with ``disk_bytes`` measured now.
@@ -398,7 +445,7 @@ class DurableQueue:
         """
         if self._conn is None:
             return self._stats
-        return dataclasses.replace(self._stats, disk_bytes=self._disk_bytes())
+        return self._with_journal(dataclasses.replace(self._stats, disk_bytes=self._disk_bytes()))
 
     def close(self) -> None:
         """Checkpoint, close the database and release the process lock. Idempotent."""
@@ -408,6 +455,10 @@ class DurableQueue:
                 return
             try:
                 try:
+                    try:
+                        self._fold(conn)  # the next open finds one file (and no repeats)
+                    finally:
+                        self._journal.close()
                     self._damage.end("the buffer was closed")
                     if self._evictions.active:
                         now = self._clock()
@@ -574,6 +625,117 @@ class DurableQueue:
                 f"buffer {self._path}: shifting created_at would grow the file past max_bytes"
             )
 
+    # -- the outage journal (buffer/journal.py) -------------------------------------------
+
+    def _journal_fits(self, rows: list[NewRow]) -> bool:
+        """Does a group of these rows fit in the journal's room: a third of what the files
+        leave free under ``max_bytes`` (a fold copies the journal into the database before
+        deleting it), ``JOURNAL_MAX`` at most?"""
+        budget = self._budget
+        taken = SIDE_RESERVE + budget.wal_bytes + budget.shm_bytes
+        free = self._max_bytes - taken - self._file_pages * budget.page_size
+        need = group_bytes([len(p) for _, _, p, _ in rows])
+        return self._journal.disk_bytes + need <= min(JOURNAL_MAX, free // 3)
+
+    def _write_journal(self, rows: list[NewRow]) -> None:
+        try:
+            self._journal.write(rows)
+        except OSError as err:
+            raise environment_error(self._path, err, "write to") from err
+
+    def _fold(self, conn: sqlite3.Connection, rows: Sequence[NewRow] = ()) -> None:
+        """Move the journal's live entries into the database (then ``rows``), in order,
+        and delete the journal: before any other write to the database, so that every
+        seq in the journal stays above every seq in the database."""
+        if self._journal.disk_bytes:
+            now = self._clock()
+            for group, damaged in self._journal.live():
+                if damaged:
+                    self._journal_damaged(conn, damaged)
+                if group:
+                    self._store(conn, group, now)
+            try:
+                self._journal.remove_all()
+            except OSError as err:
+                raise environment_error(self._path, err, "write to") from err
+        if rows:
+            self._store(conn, list(rows), self._clock())
+
+    def _fold_left_journal(self) -> None:
+        """At open: the journal a previous run left (it was killed, or lost power) goes
+        into the database; entries it had stored there already are skipped."""
+        try:
+            scanned = self._journal.scan()
+        except OSError as err:
+            raise environment_error(self._path, err, "read") from err
+        if scanned.torn_groups or scanned.damaged:
+            _log.warning(
+                "buffer %s: the outage journal left by the last run held %d group(s) cut off"
+                " by the crash or damaged, and %d batch(es) that no longer match their CRC-32;"
+                " the batches that check are kept",
+                self._path,
+                scanned.torn_groups,
+                scanned.damaged,
+            )
+        conn = self._open_connection()
+        rows = scanned.rows
+        if rows:
+            with translating(self._path, "read"):
+                stored = {
+                    seq
+                    for (seq,) in conn.execute(
+                        "SELECT seq FROM batches WHERE seq BETWEEN ? AND ?",
+                        (rows[0][0], rows[-1][0]),
+                    )
+                }
+            rows = [row for row in rows if row[0] not in stored]
+        if rows:
+            _log.info(
+                "buffer %s: %d batch(es) the last run left in its outage journal moved into the"
+                " database",
+                self._path,
+                len(rows),
+            )
+            for start in range(0, len(rows), 256):
+                self._store(conn, rows[start : start + 256], self._clock())
+        try:
+            self._journal.remove_all()
+        except OSError as err:
+            raise environment_error(self._path, err, "write to") from err
+
+    def _journal_damaged(self, conn: sqlite3.Connection, damaged: list[Damaged]) -> None:
+        """Journal entries whose payload failed its CRC-32: released, never returned,
+        counted in ``corrupt_*`` (persisted in ``meta``) and logged as a read's are."""
+        released = self._journal.release([d.seq for d in damaged])
+        stats = dataclasses.replace(
+            self._stats,
+            corrupt_batches=self._stats.corrupt_batches + len(released),
+            corrupt_bytes=self._stats.corrupt_bytes + sum(size for _, _, size in released),
+        )
+        counters = {"corrupt_batches": stats.corrupt_batches, "corrupt_bytes": stats.corrupt_bytes}
+        with translating(self._path, "write"):
+            in_transaction(conn, lambda: write_meta(conn, **counters))
+        self._wal.committed()
+        self._stats = stats
+        self._damage.removed(damaged)
+
+    def _with_journal(self, stats: BufferStats) -> BufferStats:
+        """The database's counters with the journal's live entries added (they are newer)."""
+        journal = self._journal
+        if not journal.batches:
+            return stats
+        front = journal.front()
+        oldest = stats.oldest_created_at, stats.oldest_seq
+        if not stats.batches and front is not None:
+            oldest = front[1], front[0]
+        return dataclasses.replace(
+            stats,
+            batches=stats.batches + journal.batches,
+            bytes=stats.bytes + journal.bytes,
+            oldest_created_at=oldest[0],
+            oldest_seq=oldest[1],
+        )
+
     # -- eviction episodes ----------------------------------------------------------------
 
     def _maybe_end_episode(self, now: float) -> None:
@@ -637,7 +799,7 @@ class DurableQueue:
     def _disk_bytes(self) -> int:
         """Bytes of every file of the buffer: three stat calls (the database, -wal and
         -shm); the lock and .seq files are written only by us, their sizes remembered."""
-        return self._side_bytes + sum(sizes(self._path))
+        return self._side_bytes + sum(sizes(self._path)) + self._journal.disk_bytes
 
     # -- transactions ------------------------------------------------------------------
 

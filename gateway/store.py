@@ -11,7 +11,9 @@ them at once; a batch the broker acknowledges before its `due` time is never wri
 to the SD card. `run_commits` writes the rest, every staged batch in one commit, when
 the first of them falls due (the gateway makes that its first reading's time plus
 `[batch] max_age`, so a power cut loses at most that much, as with an open batch);
-`close` writes whatever is still staged. Memory is bounded: `stage` waits while
+`close` writes whatever is still staged. Those writes go to the buffer's outage
+journal, an append-only file that costs the card each page once (buffer/DESIGN.md,
+"Outage journal"), and from there into SQLite only if the outage outlives it. Memory is bounded: `stage` waits while
 `MAX_STAGED_BYTES` are staged (a disk that refuses writes), and the batcher's own bound
 takes over.
 

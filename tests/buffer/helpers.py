@@ -67,6 +67,9 @@ def footprint(path: Path) -> int:
     for suffix in FOOTPRINT_SUFFIXES:
         with contextlib.suppress(FileNotFoundError):
             total += Path(f"{path}{suffix}").stat().st_size
+    for segment in Path(path).parent.glob(f"{Path(path).name}.journal-*"):  # the outage journal
+        with contextlib.suppress(FileNotFoundError):
+            total += segment.stat().st_size
     return total
 
 
