@@ -278,6 +278,44 @@ def bench_commit_modes(root: Path, table: Table, per_reading: list[tuple[str, st
             )
 
 
+def bench_outages(root: Path, table: Table, per_reading: list[tuple[str, str]]) -> None:
+    """An outage's whole cycle through ``append_reserved`` (the gateway's default): groups
+    of GROUP batches stored as the outage goes on, then the backlog read and acked in
+    windows of ACK_GROUP, then ``close`` (SQLite checkpoints there). A short outage fits
+    the outage journal; a long one (more than its 16 MiB) is folded into SQLite."""
+    for label, batches in (("short", TIMED_APPENDS // 2), ("long", 4 * TIMED_APPENDS)):
+        queue = DurableQueue(root / f"outage-{label}" / "queue.db", max_bytes=UNBOUNDED)
+        w0 = written_bytes()
+        start = time.perf_counter()
+        try:
+            for _ in range(batches // GROUP):
+                queue.append_reserved(queue.reserve([make_payload] * GROUP))
+            stored = time.perf_counter()
+            while window := queue.read(limit=ACK_GROUP):
+                queue.ack([e.seq for e in window])
+        finally:
+            queue.close()
+        w1 = written_bytes()
+        amp = "n/a" if w0 is None or w1 is None else f"{(w1 - w0) / (batches * PAYLOAD_BYTES):.2f}x"
+        mb = batches * PAYLOAD_BYTES / 2**20
+        table.add(
+            f"outage, {label} ({mb:,.0f} MiB): reserved groups of {GROUP}, drained, closed",
+            batches,
+            time.perf_counter() - start,
+            [],
+            amp,
+        )
+        table.add_text(f"  of which storing the {batches:,} batches", f"{stored - start:.2f} s")
+        if amp != "n/a":
+            per_batch = float(amp.rstrip("x")) * PAYLOAD_BYTES
+            per_reading.append(
+                (
+                    f"outage, {label}, whole cycle",
+                    f"{amp}  = {per_batch / READINGS_PER_BATCH:,.0f} B per reading",
+                )
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--large", action="store_true", help="also measure at a 100k backlog")
@@ -299,6 +337,7 @@ def main() -> None:
     started = time.perf_counter()
     try:
         bench_commit_modes(root, table, per_reading)
+        bench_outages(root, table, per_reading)
         bench_backlogs(root, backlogs, table)
         bench_at_cap(root, table)
         bench_small_cap(root, table)

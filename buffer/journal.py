@@ -105,6 +105,7 @@ class Journal:
         self._segment = 0  # the segment groups are appended to (0: none yet)
         self._unsynced: set[int] = set()  # segments written since the last sync
         self._disk_bytes = 0
+        self._floor = 0  # seqs up to this are the database's (a fold that failed part way)
         self.batches = 0  # live entries
         self.bytes = 0  # their payload bytes
 
@@ -122,7 +123,7 @@ class Journal:
 
     def first_seq(self) -> int | None:
         """The lowest seq that may be in the journal (live or not), or None when empty."""
-        return self._firsts[0] if self._groups else None
+        return max(self._firsts[0], self._floor + 1) if self._groups else None
 
     def front(self) -> tuple[int, float] | None:
         """(seq, created_at) of the lowest live entry, or None. Safe from another thread
@@ -131,6 +132,12 @@ class Journal:
             if (i := group.live.find(1)) >= 0:
                 return group.seqs[i], group.created[i]
         return None
+
+    def expired(self, cutoff: float) -> bool:
+        """Is a live entry stamped before ``cutoff``? Not only the front: after a clock
+        step back, an entry stamped in the future may come before an expired one.
+        (Judged group by group: a released entry of a live group may make it say yes.)"""
+        return any(group.alive and min(group.created) < cutoff for group in self._groups)
 
     def holds(self, seq: int) -> bool:
         """Is ``seq`` stored here and not yet released?"""
@@ -181,15 +188,17 @@ class Journal:
         a segment that came back after a power cut would publish its batches again."""
         self._close_fds()
         paths = self.segment_paths()
-        for _, name in paths:
-            with contextlib.suppress(FileNotFoundError):
-                Path(name).unlink()
+        try:
+            for _, name in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    Path(name).unlink()
+        finally:  # the descriptors are closed: the index must not point into them any more
+            self._groups, self._firsts = [], []
+            self._sizes, self._live_in, self._unsynced = {}, {}, set()
+            self._segment = self._floor = 0
+            self.batches = self.bytes = self._disk_bytes = 0
         if paths:
             fsync_dir(self._path)
-        self._groups, self._firsts = [], []
-        self._sizes, self._live_in, self._unsynced = {}, {}, set()
-        self._segment = 0
-        self.batches = self.bytes = self._disk_bytes = 0
 
     # -- writing -----------------------------------------------------------------------
 
@@ -219,6 +228,10 @@ class Journal:
                 self._unsynced.add(segment)
         except OSError:
             self._segment = 0  # never write into a tail that may hold a torn group
+            if not offset:  # nothing else in it: deleted (a disk that refuses every write
+                with contextlib.suppress(OSError):  # would pile up files and descriptors)
+                    self._drop_segments({segment})
+                raise
             with contextlib.suppress(OSError):
                 size = os.fstat(fd).st_size
                 self._disk_bytes += size - self._sizes[segment]
@@ -343,6 +356,20 @@ class Journal:
         if emptied:
             self._drop_segments(emptied)
         return released
+
+    def forget(self, through: int) -> None:
+        """A fold that failed part way committed every live seq up to ``through`` to the
+        database: they are the database's now (read, acked and evicted there). Their
+        segments stay until the next fold deletes the journal."""
+        for group in self._groups:
+            for i, seq in enumerate(group.seqs):
+                if seq <= through and group.live[i]:
+                    group.live[i] = 0
+                    group.alive -= 1
+                    self.batches -= 1
+                    self.bytes -= group.sizes[i]
+                    self._live_in[group.segment] -= 1
+        self._floor = max(self._floor, through)
 
     def _drop_segments(self, segments: set[int]) -> None:
         for segment in segments:

@@ -40,7 +40,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Final, Self
 
@@ -96,6 +96,9 @@ _SEQ_LEASE: Final = 1_000_000
 """How far ahead of the last seq the ``.seq`` side file is written while the queue is open."""
 
 _MAX_INT64: Final = 2**63 - 1
+_FOLD_BYTES: Final = 1 << 20
+"""A fold moves the journal into the database in calls of about this many payload bytes:
+large transactions write each page about once (the journal's own groups are small)."""
 _log = logging.getLogger("buffer")
 
 
@@ -174,6 +177,7 @@ class DurableQueue:
                 self._evict_to_bounds(self._clock())
                 self._write_seq_file(self._stats.last_seq + _SEQ_LEASE)
                 self._after_write(self._clock())
+                self._shown = self._stats  # (the journal is folded: empty)
             except BaseException:
                 if self._conn is not None:
                     self._conn.close()
@@ -213,7 +217,7 @@ class DurableQueue:
         than one transaction of the WAL reserve is committed in several, in order (a
         crash in between keeps a prefix of the group; see DESIGN.md).
         """
-        with self._lock:
+        with self._locked():
             conn = self._open_connection()
             first, payloads = self._hand_out(make_payloads, reserving=False)
             if not payloads:
@@ -239,7 +243,7 @@ class DurableQueue:
         (acknowledged from memory, or lost with the process) is simply absent; ``ack``
         ignores it.
         """
-        with self._lock:
+        with self._locked():
             self._open_connection()
             first, payloads = self._hand_out(make_payloads, reserving=True)
             if not payloads:
@@ -261,7 +265,7 @@ class DurableQueue:
         ``append_many``: the bounds evict the oldest entries, members that cannot fit
         are counted as evicted.
         """
-        with self._lock:
+        with self._locked():
             conn = self._open_connection()
             if not entries:
                 return
@@ -290,10 +294,28 @@ class DurableQueue:
                 return
             with translating(self._path, "read"):
                 (top,) = conn.execute("SELECT coalesce(max(seq), 0) FROM batches").fetchone()
-            if rows[0][0] > max(top, self._journal.last_seq) and self._journal_fits(rows):
-                self._write_journal(rows)  # above everything stored: the journal's invariant
-            else:
-                self._fold(conn, rows)
+            now = self._clock()
+            cutoff = self._age.cutoff(now)
+            if (
+                rows[0][0] > max(top, self._journal.last_seq)  # the journal's invariant
+                and self._journal_fits(rows)
+                and (cutoff is None or not self._journal.expired(cutoff))
+            ):
+                # The age bound, as append_many applies it: only to the database here (no
+                # journal entry has expired, so the expired prefix ends in the database).
+                if self._evict_expired(conn, now):
+                    self._after_write(now)
+                try:
+                    self._journal.write(rows)
+                    return
+                except OSError as err:  # a full disk: the database may have room in the
+                    _log.warning(  # pages it holds, as before the journal existed
+                        "buffer %s: cannot write to the outage journal (%s); storing in the"
+                        " database",
+                        self._path,
+                        err,
+                    )
+            self._fold(conn, rows)
 
     def evict_older_than(self, now: float | None = None) -> int:
         """Apply the age bound now: evict the entries created before ``now - max_age``.
@@ -304,14 +326,13 @@ class DurableQueue:
         entries were evicted; 0 without a ``max_age``. Cheap enough for a timer: without
         an expired entry it reads nothing.
         """
-        with self._lock:
+        with self._locked():
             conn = self._open_connection()
             if self._age.max_age is None:
                 return 0
             at = self._clock() if now is None else now
-            front = self._journal.front()
-            if front is not None and front[1] < at - self._age.max_age:
-                self._fold(conn)  # the journal's oldest expired too: the database evicts
+            if self._journal.expired(at - self._age.max_age):
+                self._fold(conn)  # a journal entry expired too: the database evicts
             evicted = self._evict_expired(conn, at)
             if evicted:
                 self._after_write(at)
@@ -326,7 +347,7 @@ class DurableQueue:
         it fill its place (see DESIGN.md, "Checksums")."""
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
-        with self._lock:
+        with self._locked():
             conn = self._open_connection()
             entries: list[Entry] = []
             after = min(max(after_seq, 0), _MAX_INT64)
@@ -370,7 +391,7 @@ class DurableQueue:
         WAL's headroom is committed in several (a crash in between only means some of
         them are published again).
         """
-        with self._lock:
+        with self._locked():
             conn = self._open_connection()
             last_seq = self._stats.last_seq
             wanted = sorted({s for s in map(operator.index, seqs) if 0 < s <= last_seq})
@@ -397,7 +418,7 @@ class DurableQueue:
             or not math.isfinite(delta)
         ):
             raise ValueError(f"delta must be a finite number of seconds, got {delta!r}")
-        with self._lock:
+        with self._locked():
             conn = self._open_connection()
             if not delta or after >= self._stats.last_seq:
                 return 0
@@ -427,7 +448,7 @@ class DurableQueue:
         calling it every second bounds what a power cut can take back to about a second
         of commits, at one flush per call that had something to flush.
         """
-        with self._lock:
+        with self._locked():
             self._open_connection()
             if self._synchronous == "normal":
                 self._wal.sync()
@@ -443,13 +464,14 @@ class DurableQueue:
         event loop). ``disk_bytes`` costs three ``stat`` calls (file metadata, in memory
         for files in use); 0 once the queue is closed.
         """
+        shown = self._shown  # one read: the database's counters and the journal's together
         if self._conn is None:
-            return self._stats
-        return self._with_journal(dataclasses.replace(self._stats, disk_bytes=self._disk_bytes()))
+            return shown
+        return dataclasses.replace(shown, disk_bytes=self._disk_bytes())
 
     def close(self) -> None:
         """Checkpoint, close the database and release the process lock. Idempotent."""
-        with self._lock:
+        with self._locked():
             conn, self._conn = self._conn, None
             if conn is None:
                 return
@@ -488,6 +510,18 @@ class DurableQueue:
         state = "closed" if self._conn is None else "open"
         return f"<DurableQueue {self._path!r} {state} max_bytes={self._max_bytes}>"
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The lock of every public call; at its end (whatever happened) the snapshot that
+        ``stats()`` returns is replaced whole: the database's counters with the journal's
+        entries added. Combined as ``stats()`` ran, a fold (the entries committed to the
+        database, still in the journal until it is deleted) counted them twice."""
+        with self._lock:
+            try:
+                yield
+            finally:
+                self._shown = self._with_journal(self._stats)
+
     # -- appending -----------------------------------------------------------------------
 
     def _hand_out(
@@ -511,14 +545,17 @@ class DurableQueue:
             raise PayloadTooLargeError(len(payload), self._max_bytes, self._budget.max_payload)
         return payload
 
-    def _store(self, conn: sqlite3.Connection, rows: list[NewRow], now: float) -> None:
+    def _store(
+        self, conn: sqlite3.Connection, rows: list[NewRow], now: float, *, age: bool = True
+    ) -> None:
         """Commit new rows: the members of a group that cannot fit are counted as evicted
-        without being written; the rest go in chunks that fit one transaction each."""
+        without being written; the rest go in chunks that fit one transaction each.
+        ``age=False`` (a fold: entries moved, not appended) leaves the age bound alone."""
         keep = members_that_fit(self._budget, [len(p) for _, _, p, _ in rows])
         unstored, rows = rows[:keep], rows[keep:]
         # The age bound applies once per call, to the entries as they were before it
         # (then the byte bound): entries a byte eviction exposes wait for the next check.
-        age_due = self._age_due(now)
+        age_due = age and self._age_due(now)
         for chunk in self._budget.insert_chunks(rows):
             age_due = self._store_chunk(conn, chunk, now, unstored, age_due)
             unstored = []
@@ -637,23 +674,32 @@ class DurableQueue:
         need = group_bytes([len(p) for _, _, p, _ in rows])
         return self._journal.disk_bytes + need <= min(JOURNAL_MAX, free // 3)
 
-    def _write_journal(self, rows: list[NewRow]) -> None:
-        try:
-            self._journal.write(rows)
-        except OSError as err:
-            raise environment_error(self._path, err, "write to") from err
-
     def _fold(self, conn: sqlite3.Connection, rows: Sequence[NewRow] = ()) -> None:
         """Move the journal's live entries into the database (then ``rows``), in order,
         and delete the journal: before any other write to the database, so that every
         seq in the journal stays above every seq in the database."""
         if self._journal.disk_bytes:
             now = self._clock()
-            for group, damaged in self._journal.live():
-                if damaged:
-                    self._journal_damaged(conn, damaged)
-                if group:
-                    self._store(conn, group, now)
+            try:
+                moving: list[NewRow] = []
+                for group, damaged in self._journal.live():
+                    if damaged:
+                        self._journal_damaged(conn, damaged)
+                    moving += group
+                    if sum(len(p) for _, _, p, _ in moving) >= _FOLD_BYTES:
+                        self._store(conn, moving, now, age=False)  # moved, not appended
+                        moving = []
+                if moving:
+                    self._store(conn, moving, now, age=False)
+                if self._synchronous == "normal":
+                    self._wal.sync_now()  # before the journal goes: a power cut keeps them
+            except BaseException:
+                # What was committed is the database's now: a retry must not insert it
+                # again, nor an ack look for it in the journal.
+                with contextlib.suppress(sqlite3.Error):
+                    (top,) = conn.execute("SELECT coalesce(max(seq), 0) FROM batches").fetchone()
+                    self._journal.forget(top)
+                raise
             try:
                 self._journal.remove_all()
             except OSError as err:
@@ -696,8 +742,16 @@ class DurableQueue:
                 self._path,
                 len(rows),
             )
-            for start in range(0, len(rows), 256):
-                self._store(conn, rows[start : start + 256], self._clock())
+            start = 0
+            while start < len(rows):
+                end, size = start, 0
+                while end < len(rows) and size < _FOLD_BYTES:
+                    size += len(rows[end][2])
+                    end += 1
+                self._store(conn, rows[start:end], self._clock())
+                start = end
+            if self._synchronous == "normal":
+                self._wal.sync_now()  # before the journal goes: a power cut keeps them
         try:
             self._journal.remove_all()
         except OSError as err:

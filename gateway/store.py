@@ -13,9 +13,9 @@ the first of them falls due (the gateway makes that its first reading's time plu
 `[batch] max_age`, so a power cut loses at most that much, as with an open batch);
 `close` writes whatever is still staged. Those writes go to the buffer's outage
 journal, an append-only file that costs the card each page once (buffer/DESIGN.md,
-"Outage journal"), and from there into SQLite only if the outage outlives it. Memory is bounded: `stage` waits while
-`MAX_STAGED_BYTES` are staged (a disk that refuses writes), and the batcher's own bound
-takes over.
+"Outage journal"), and from there into SQLite only if the outage outlives it. Memory
+is bounded: `stage` waits while `MAX_STAGED_BYTES` are staged (a disk that refuses
+writes), and the batcher's own bound takes over.
 
 A store may start closed: when the disk is full at start-up the gateway does not
 refuse to start; it keeps collecting in memory (bounded by the batcher) and opens

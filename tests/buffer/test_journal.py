@@ -5,13 +5,18 @@ crash, before any other write and when it has no room; damage is caught by CRC."
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from buffer import DurableQueue
+import buffer.files
+import buffer.journal
+import buffer.transaction
+from buffer import BufferError, DiskFullError, DurableQueue
 from buffer.journal import GROUP_ALIGN, SEGMENT_BYTES
 from tests.buffer.helpers import FakeClock, footprint, payload_for, read_all, run_python
 
@@ -215,3 +220,198 @@ def test_a_clock_step_re_dates_journalled_entries_too(tmp_path: Path) -> None:
         q.append_reserved(q.reserve([payload_for] * 2))
         assert q.shift_created_at(0, 30.0) == 2
         assert [e.created_at for e in read_all(q)] == [clock.now + 30, clock.now + 30]
+
+
+# -- found in review -------------------------------------------------------------------------
+
+
+def test_a_fold_only_moves_entries_so_evict_older_than_and_shifts_count_what_they_did(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    with DurableQueue(tmp_path / "b.db", max_bytes=MAX, max_age=100.0, clock=clock) as q:
+        q.append_reserved(q.reserve([payload_for]))  # seq 1, stamped T
+        clock.now += 60
+        q.append_reserved(q.reserve([payload_for]))  # seq 2, stamped T + 60
+        clock.now += 100
+        # At T + 120 only seq 1 has expired; the fold must not judge by the clock (T + 160).
+        assert q.evict_older_than(clock.now - 40) == 1
+        assert [e.seq for e in read_all(q)] == [2]
+        assert q.stats().evicted_by_age_batches == 1
+    with DurableQueue(tmp_path / "c.db", max_bytes=MAX, max_age=100.0, clock=clock) as q:
+        q.append_reserved(q.reserve([payload_for]))
+        clock.now += 60
+        q.append_reserved(q.reserve([payload_for]))
+        clock.now += 100
+        assert q.shift_created_at(0, 100.0) == 2  # a shift evicts nothing by age
+        assert q.stats().evicted_by_age_batches == 0
+        assert len(read_all(q)) == 2
+
+
+def test_append_reserved_applies_the_age_bound_as_append_many_does(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    clock = FakeClock()
+    with DurableQueue(path, max_bytes=MAX, max_age=100.0, clock=clock) as q:
+        q.append(payload_for)  # seq 1, in the database
+        clock.now += 150
+        q.append_reserved(q.reserve([payload_for]))  # seq 2: seq 1 has expired
+        assert q.stats().evicted_by_age_batches == 1
+        assert [e.seq for e in read_all(q)] == [2]
+        clock.now += 150
+        q.append_reserved(q.reserve([payload_for]))  # seq 3: seq 2, in the journal, expired
+        assert q.stats().evicted_by_age_batches == 2
+        assert [e.seq for e in read_all(q)] == [3]
+
+
+def test_an_expired_journal_entry_behind_one_stamped_in_the_future_is_evicted(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    with DurableQueue(tmp_path / "b.db", max_bytes=MAX, max_age=100.0, clock=clock) as q:
+        q.append_reserved(q.reserve([payload_for]))  # seq 1, stamped T
+        clock.now -= 1000  # NTP steps the clock back
+        q.append_reserved(q.reserve([payload_for]))  # seq 2, stamped T - 1000
+        clock.now += 150
+        # seq 2 has expired; seq 1 is stamped in the future before it: expired too (DESIGN).
+        assert q.evict_older_than() == 2
+        assert read_all(q) == []
+
+
+def test_with_synchronous_normal_a_fold_fsyncs_the_wal_before_it_deletes_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "b.db"
+    events: list[str] = []
+    real_fsync, real_unlink = buffer.files.fsync, os.unlink
+
+    def fsync(name: str, *, directory: bool = False) -> None:
+        events.append(f"fsync {name}")
+        real_fsync(name, directory=directory)
+
+    def unlink(name: str | os.PathLike[str], *args: object, **kwargs: object) -> None:
+        events.append(f"unlink {os.fspath(name)}")
+        real_unlink(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    with DurableQueue(path, max_bytes=MAX, synchronous="normal") as q:
+        q.append_reserved(q.reserve([payload_for] * 3))
+        q.sync()  # promised: they survive a power cut from here on
+        monkeypatch.setattr(buffer.files, "fsync", fsync)
+        monkeypatch.setattr(os, "unlink", unlink)
+        assert q._conn is not None
+        q._conn.set_trace_callback(lambda sql: events.append(sql))
+        q.append(payload_for)  # folds the journal into the (unsynced) WAL first
+        q._conn.set_trace_callback(None)
+    gone = next(i for i, e in enumerate(events) if e.startswith("unlink") and ".journal-" in e)
+    last_commit = max(i for i, e in enumerate(events[:gone]) if e == "COMMIT")
+    assert f"fsync {path}-wal" in events[last_commit:gone], events
+
+
+def test_stats_from_another_thread_never_count_an_entry_twice_during_a_fold(
+    tmp_path: Path,
+) -> None:
+    with DurableQueue(tmp_path / "b.db", max_bytes=MAX) as q:
+        for _ in range(3):
+            q.append_reserved(q.reserve([payload_for]))
+        seen: list[int] = []
+        assert q._conn is not None
+        # Every statement of the fold is a moment another thread may call stats() at.
+        q._conn.set_trace_callback(lambda sql: seen.append(q.stats().batches))
+        q.append(payload_for)
+        q._conn.set_trace_callback(None)
+        assert seen
+        assert set(seen) <= {3, 4}, seen
+        assert q.stats().batches == 4
+
+
+def test_a_full_disk_for_the_journal_falls_back_to_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "b.db"
+    with DurableQueue(path, max_bytes=MAX) as q:
+        q.append_reserved(q.reserve([payload_for]))  # seq 1 in the journal
+
+        def full(fd: int, data: bytes, offset: int) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        # The disk is full, but the database has room in the pages it already holds (as
+        # before the journal existed, append_reserved still stores).
+        monkeypatch.setattr(os, "pwrite", full)
+        q.append_reserved(q.reserve([payload_for]))
+        monkeypatch.undo()
+        assert rows_in_database(path) == [1, 2]
+        assert segments(path) == []
+        assert [e.seq for e in read_all(q)] == [1, 2]
+
+
+def test_a_disk_refusing_every_write_leaves_no_pile_of_empty_segments_or_descriptors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "b.db"
+    with DurableQueue(path, max_bytes=MAX) as q:
+
+        def full(fd: int, data: bytes, offset: int) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def no_room(*args: object, **kwargs: object) -> None:
+            raise DiskFullError(f"cannot write to buffer {path}: the disk is full")
+
+        entries = q.reserve([payload_for] * 20)  # (the lease is written before the disk fills)
+        monkeypatch.setattr(os, "pwrite", full)
+        monkeypatch.setattr(DurableQueue, "_fold", no_room)  # the database is full as well
+        fds = len(list(Path("/proc/self/fd").iterdir()))
+        for entry in entries:  # the gateway tries again every few seconds
+            with pytest.raises(DiskFullError):
+                q.append_reserved([entry])
+        assert len(list(Path("/proc/self/fd").iterdir())) <= fds + 1
+        assert len(segments(path)) <= 1
+        monkeypatch.undo()
+
+
+def test_a_fold_cut_short_by_a_failing_disk_leaves_a_queue_that_still_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "b.db"
+    with DurableQueue(path, max_bytes=MAX) as q:
+        for _ in range(3):
+            q.append_reserved(q.reserve([payload_for]))  # three groups
+        real = buffer.transaction.Tx.evict_and_insert
+        calls = 0
+
+        def failing(tx: buffer.transaction.Tx, *args: object, **kwargs: object) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 2:  # the first group is committed, the second fails
+                raise sqlite3.OperationalError("disk I/O error")
+            real(tx, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(buffer.transaction.Tx, "evict_and_insert", failing)
+        with pytest.raises(BufferError):
+            q.append(payload_for)
+        monkeypatch.undo()
+        seq = q.append(payload_for)  # the disk is back
+        assert [e.seq for e in read_all(q)] == [1, 2, 3, seq]
+        assert q.ack([1, 2, 3, seq]) == 4
+        assert read_all(q) == []
+        assert q.stats().batches == 0
+    assert rows_in_database(path) == []
+
+
+def test_a_journal_whose_deletion_failed_is_still_read_and_folded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "b.db"
+    with DurableQueue(path, max_bytes=MAX) as q:
+        q.append_reserved(q.reserve([payload_for] * 2))
+
+        def eio(name: str) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(buffer.journal, "fsync_dir", eio)
+        with pytest.raises(BufferError):
+            q.append(payload_for)  # folded and committed; the directory's fsync failed
+        monkeypatch.undo()
+        seq = q.append(payload_for)  # (the call that failed consumed no seq: 3)
+        assert [e.seq for e in read_all(q)] == [1, 2, seq] == [1, 2, 3]
+        assert q.ack([1, 2, 3]) == 3
+        assert read_all(q) == []
+    assert rows_in_database(path) == []
