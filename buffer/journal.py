@@ -84,11 +84,10 @@ class _Group:
 
 @dataclasses.dataclass(slots=True)
 class Scanned:
-    """What ``scan`` found in the journal left by the last run."""
+    """What ``scan`` dropped from the journal left by the last run (counted as it goes)."""
 
-    rows: list[Row]  # in seq order, each seq once, the payload matching its CRC
-    damaged: int  # records dropped: a payload that no longer matches its CRC
-    torn_groups: int  # groups whose header or body did not check (a crash, or rot)
+    damaged: int = 0  # records dropped: a payload that no longer matches its CRC
+    torn_groups: int = 0  # groups whose header or body did not check (a crash, or rot)
 
 
 class Journal:
@@ -157,31 +156,33 @@ class Journal:
                     found.append((int(m.group(1)), entry.path))
         return sorted(found)
 
-    def scan(self) -> Scanned:
-        """Every record of the segments on disk that checks, in seq order (for the fold at
-        open). Reads whole segments: a journal is at most ``JOURNAL_MAX``."""
-        rows: dict[int, Row] = {}
-        damaged = torn = 0
+    def scan(self, report: Scanned) -> Iterator[list[Row]]:
+        """The records of the segments on disk that check, segment by segment (for the
+        fold at open: one segment in memory at a time), each seq once; what was dropped
+        is counted in ``report``."""
+        seen: set[int] = set()
         for _, name in self.segment_paths():
             data = Path(name).read_bytes()
+            rows: list[Row] = []
             offset = 0
             while offset + _HEADER_BYTES <= len(data):
                 parsed = _parse_group(data, offset)
                 if parsed is None:
                     if any(data[offset : offset + GROUP_ALIGN]):
-                        torn += 1
+                        report.torn_groups += 1
                     offset += GROUP_ALIGN
                     continue
                 records, bad, length = parsed
                 if bad:
-                    torn += 1
+                    report.torn_groups += 1
                 for row in records:
                     if zlib.crc32(row[2]) != row[3]:
-                        damaged += 1
-                    else:
-                        rows.setdefault(row[0], row)
+                        report.damaged += 1
+                    elif row[0] not in seen:
+                        seen.add(row[0])
+                        rows.append(row)
                 offset += -(-length // GROUP_ALIGN) * GROUP_ALIGN
-        return Scanned([rows[seq] for seq in sorted(rows)], damaged, torn)
+            yield sorted(rows)
 
     def remove_all(self) -> None:
         """Delete every segment (after a fold committed them to the database), durably:

@@ -66,7 +66,7 @@ from buffer.footprint import (
     check_max_bytes,
     members_that_fit,
 )
-from buffer.journal import JOURNAL_MAX, Journal, group_bytes
+from buffer.journal import JOURNAL_MAX, Journal, Scanned, group_bytes
 from buffer.opening import (
     Opened,
     Synchronous,
@@ -709,53 +709,60 @@ class DurableQueue:
 
     def _fold_left_journal(self) -> None:
         """At open: the journal a previous run left (it was killed, or lost power) goes
-        into the database; entries it had stored there already are skipped."""
+        into the database, about 1 MiB at a time; entries it had stored there already
+        are skipped."""
+        conn = self._open_connection()
+        report = Scanned()
+        moved = 0
+        moving: list[NewRow] = []
         try:
-            scanned = self._journal.scan()
+            for rows in self._journal.scan(report):
+                moving += rows
+                if sum(len(p) for _, _, p, _ in moving) >= _FOLD_BYTES:
+                    moved += self._move_left(conn, moving)
+                    moving = []
+            moved += self._move_left(conn, moving)
         except OSError as err:
             raise environment_error(self._path, err, "read") from err
-        if scanned.torn_groups or scanned.damaged:
+        if report.torn_groups or report.damaged:
             _log.warning(
                 "buffer %s: the outage journal left by the last run held %d group(s) cut off"
                 " by the crash or damaged, and %d batch(es) that no longer match their CRC-32;"
                 " the batches that check are kept",
                 self._path,
-                scanned.torn_groups,
-                scanned.damaged,
+                report.torn_groups,
+                report.damaged,
             )
-        conn = self._open_connection()
-        rows = scanned.rows
-        if rows:
-            with translating(self._path, "read"):
-                stored = {
-                    seq
-                    for (seq,) in conn.execute(
-                        "SELECT seq FROM batches WHERE seq BETWEEN ? AND ?",
-                        (rows[0][0], rows[-1][0]),
-                    )
-                }
-            rows = [row for row in rows if row[0] not in stored]
-        if rows:
+        if moved:
             _log.info(
                 "buffer %s: %d batch(es) the last run left in its outage journal moved into the"
                 " database",
                 self._path,
-                len(rows),
+                moved,
             )
-            start = 0
-            while start < len(rows):
-                end, size = start, 0
-                while end < len(rows) and size < _FOLD_BYTES:
-                    size += len(rows[end][2])
-                    end += 1
-                self._store(conn, rows[start:end], self._clock())
-                start = end
             if self._synchronous == "normal":
                 self._wal.sync_now()  # before the journal goes: a power cut keeps them
         try:
             self._journal.remove_all()
         except OSError as err:
             raise environment_error(self._path, err, "write to") from err
+
+    def _move_left(self, conn: sqlite3.Connection, rows: list[NewRow]) -> int:
+        """Store these rows of a journal left by the last run, but those stored already."""
+        if not rows:
+            return 0
+        with translating(self._path, "read"):
+            stored = {
+                seq
+                for (seq,) in conn.execute(
+                    "SELECT seq FROM batches WHERE seq BETWEEN ? AND ?",
+                    (min(r[0] for r in rows), max(r[0] for r in rows)),
+                )
+            }
+        rows = sorted(row for row in rows if row[0] not in stored)
+        if rows:
+            self._store(conn, rows, self._clock(), age=False)  # moved: open applies the bounds
+        return len(rows)
 
     def _journal_damaged(self, conn: sqlite3.Connection, damaged: list[Damaged]) -> None:
         """Journal entries whose payload failed its CRC-32: released, never returned,
