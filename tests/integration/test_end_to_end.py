@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 from pathlib import Path
 
 from rig import GatewayProcess, Subscriber, TcpProxy, gateway_config, modbus_device
@@ -53,6 +55,16 @@ def pump_gateway(
     return gp
 
 
+def journal_segments(directory: Path) -> list[Path]:
+    return list(directory.glob("buffer.db.journal-*"))
+
+
+def rows_in(database: Path) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM batches").fetchone()
+    return int(count)
+
+
 async def stop(gp: GatewayProcess) -> int:
     return await asyncio.to_thread(gp.stop)
 
@@ -94,6 +106,9 @@ async def test_readings_made_while_the_broker_is_down_arrive_in_order_after_it_r
         before_outage = sim.devices[1].reads
         await asyncio.sleep(2.5)
         polled_during_outage = (sim.devices[1].reads - before_outage) // 2
+        # The outage's batches went to the outage journal, not into SQLite.
+        assert journal_segments(tmp_path), gp.log
+        assert rows_in(tmp_path / "buffer.db") == 0
         await asyncio.to_thread(broker.start)
         await subscriber.wait_async(
             lambda: (
@@ -102,6 +117,10 @@ async def test_readings_made_while_the_broker_is_down_arrive_in_order_after_it_r
             ),
             20,
             "readings from after the outage",
+        )
+        # Once the backlog is acknowledged its segments are deleted.
+        await subscriber.wait_async(
+            lambda: not journal_segments(tmp_path), 20, "the journal emptied by the acks"
         )
         assert await stop(gp) == 0, gp.log
     assert polled_during_outage >= 10, "the outage was too short to test anything"
