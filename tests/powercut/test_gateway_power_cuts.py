@@ -15,7 +15,8 @@ Accounting at the centre, by (gateway, boot, seq), per `[buffer]` setting:
   committed batch arrives: the seqs have no hole. With `"normal"`, and with the default
   `write = "unacked"` (batches published from memory, written only if not acknowledged
   within max_age), a hole is allowed only where a boot begins (seqs continue above the
-  fsynced lease);
+  fsynced lease); `slow_link` is the defaults with the broker's PUBACK 0.8 s away, so
+  every batch goes through the outage journal (buffer/DESIGN.md) before its ack;
 - the readings lost at each cut are the newest ones, within the window buffer/DESIGN.md
   states for the setting (the open batch, or with "unacked" max_age from a batch's
   first reading; plus the commit interval, or the 1 s sync timer of "normal"); no
@@ -60,6 +61,7 @@ from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
 from gateway.control.keys import generate_key_pair, load_private_key
 from gateway.control.signing import envelope_bytes, new_command, sign
 from gateway.devtools.broker import Mosquitto
+from gateway.devtools.rig import LinkProxy
 from gateway.flashing import write_atomically
 from gateway.wire import Batch, decode_batch
 
@@ -70,12 +72,17 @@ POLL_S = 0.05
 MAX_AGE_S = 0.3
 SYNC_INTERVAL_S = 1.0  # gateway/app.py: the WAL is fsynced this often with sync = "normal"
 COMMIT_INTERVAL_S = 1.0
+SLOW_LINK_MS = 400  # each way: the PUBACK comes after max_age
 SLACK_S = 0.5  # a commit's own time (an fsync through FUSE) and the poll that was under way
 
 # [buffer] lines per durability setting, and the newest readings a cut may take with it
 # (buffer/DESIGN.md, "Durability window"; README: "at most the readings not yet batched").
 SETTINGS: dict[str, tuple[str, float]] = {
     "unacked": ("", MAX_AGE_S),  # the defaults: write = "unacked", sync = "full"
+    # The defaults with the broker's PUBACK 0.8 s away (SLOW_LINK_MS each way through a
+    # proxy): every batch falls due before it is acknowledged, so every batch goes
+    # through the outage journal: written, acked there, its segments deleted.
+    "slow_link": ("", MAX_AGE_S),
     "full": ('write = "all"\nsync = "full"', MAX_AGE_S),
     "normal": ('write = "all"\nsync = "normal"', MAX_AGE_S + SYNC_INTERVAL_S),
     "commit_interval": (
@@ -190,9 +197,9 @@ def recent_ok(sub: Subscriber, centre: Centre, within: float = 120.0) -> set[str
     return {n for n in answered_ok(sub) if n in centre.sent and now - centre.sent[n][1] < within}
 
 
-def config_text(broker: Mosquitto, port: int, data: Path, trusted: Path, setting: str) -> str:
+def config_text(broker_port: int, port: int, data: Path, trusted: Path, setting: str) -> str:
     text = gateway_config(
-        broker_port=broker.port,
+        broker_port=broker_port,
         buffer_path=data / "buffer.db",
         devices=modbus_device("pump", port, 1, POINTS, interval=f"{POLL_S * 1000:.0f}ms") + ALARMS,
         gateway_id=GATEWAY,
@@ -292,8 +299,14 @@ async def power_cuts(
         device.add_read_counter(Table.HOLDING, 0)
         device.set_value(Table.HOLDING, 2, 0.0, DataType.FLOAT32)
         read_at = time_the_reads(device)
-        async with ModbusSimServer([device]) as sim:
-            base = config_text(broker, sim.port, data, trusted, setting)
+        async with contextlib.AsyncExitStack() as stack:
+            sim = await stack.enter_async_context(ModbusSimServer([device]))
+            broker_port = broker.port
+            if setting == "slow_link":
+                proxy = stack.enter_context(LinkProxy(broker.port))
+                proxy.slow(SLOW_LINK_MS)
+                broker_port = proxy.port
+            base = config_text(broker_port, sim.port, data, trusted, setting)
             variants = {base + f"\n# flashed {n}\n" for n in range(4)} | {base}
             config = fs.mountpoint / "gateway.toml"  # /etc/edge-gateway, same card
             write_atomically(config, base.encode())
@@ -536,7 +549,7 @@ def account(
     assert figures.seqs_reused == 0, "a seq was handed out twice: the centre would drop data"
     assert figures.alarm_seqs_reused == 0, "an alarm seq was handed out twice"
     assert figures.alarm_holes == 0, "a committed alarm never arrived"
-    if figures.setting in ("normal", "unacked"):
+    if figures.setting in ("normal", "unacked", "slow_link"):
         stray = [h for h in figures.holes if h[1] + 1 not in boot_starts]
         assert not stray, f"holes in the seqs where no boot began: {stray}"
     else:
