@@ -87,6 +87,7 @@ class Scanned:
     """What ``scan`` dropped from the journal left by the last run (counted as it goes)."""
 
     damaged: int = 0  # records dropped: a payload that no longer matches its CRC
+    damaged_bytes: int = 0  # ... their payload bytes
     torn_groups: int = 0  # groups whose header or body did not check (a crash, or rot)
 
 
@@ -178,6 +179,7 @@ class Journal:
                 for row in records:
                     if zlib.crc32(row[2]) != row[3]:
                         report.damaged += 1
+                        report.damaged_bytes += len(row[2])
                     elif row[0] not in seen:
                         seen.add(row[0])
                         rows.append(row)

@@ -724,6 +724,8 @@ class DurableQueue:
             moved += self._move_left(conn, moving)
         except OSError as err:
             raise environment_error(self._path, err, "read") from err
+        if report.damaged:  # counted as read counts the damage it finds
+            self._count_corrupt(conn, report.damaged, report.damaged_bytes)
         if report.torn_groups or report.damaged:
             _log.warning(
                 "buffer %s: the outage journal left by the last run held %d group(s) cut off"
@@ -768,17 +770,21 @@ class DurableQueue:
         """Journal entries whose payload failed its CRC-32: released, never returned,
         counted in ``corrupt_*`` (persisted in ``meta``) and logged as a read's are."""
         released = self._journal.release([d.seq for d in damaged])
+        self._count_corrupt(conn, len(released), sum(size for _, _, size in released))
+        self._damage.removed(damaged)
+
+    def _count_corrupt(self, conn: sqlite3.Connection, batches: int, size: int) -> None:
+        """Add journal entries found damaged to ``corrupt_*``, committed to ``meta``."""
         stats = dataclasses.replace(
             self._stats,
-            corrupt_batches=self._stats.corrupt_batches + len(released),
-            corrupt_bytes=self._stats.corrupt_bytes + sum(size for _, _, size in released),
+            corrupt_batches=self._stats.corrupt_batches + batches,
+            corrupt_bytes=self._stats.corrupt_bytes + size,
         )
         counters = {"corrupt_batches": stats.corrupt_batches, "corrupt_bytes": stats.corrupt_bytes}
         with translating(self._path, "write"):
             in_transaction(conn, lambda: write_meta(conn, **counters))
         self._wal.committed()
         self._stats = stats
-        self._damage.removed(damaged)
 
     def _with_journal(self, stats: BufferStats) -> BufferStats:
         """The database's counters with the journal's live entries added (they are newer)."""

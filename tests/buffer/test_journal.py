@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import sqlite3
+import zlib
 from pathlib import Path
 
 import pytest
@@ -367,7 +368,7 @@ def test_a_disk_refusing_every_write_leaves_no_pile_of_empty_segments_or_descrip
         monkeypatch.undo()
 
 
-def test_a_fold_cut_short_by_a_failing_disk_leaves_a_queue_that_still_works(
+def test_an_append_that_fails_after_its_fold_leaves_a_queue_that_still_works(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "b.db"
@@ -380,7 +381,7 @@ def test_a_fold_cut_short_by_a_failing_disk_leaves_a_queue_that_still_works(
         def failing(tx: buffer.transaction.Tx, *args: object, **kwargs: object) -> None:
             nonlocal calls
             calls += 1
-            if calls == 2:  # the first group is committed, the second fails
+            if calls == 2:  # the fold (one call: 3 small groups) commits; the append's fails
                 raise sqlite3.OperationalError("disk I/O error")
             real(tx, *args, **kwargs)  # type: ignore[arg-type]
 
@@ -415,3 +416,142 @@ def test_a_journal_whose_deletion_failed_is_still_read_and_folded(
         assert q.ack([1, 2, 3]) == 3
         assert read_all(q) == []
     assert rows_in_database(path) == []
+
+
+# -- found by mutation testing -----------------------------------------------------------------
+
+
+def test_a_reader_paging_through_a_group_gets_every_entry_of_it(tmp_path: Path) -> None:
+    with DurableQueue(tmp_path / "b.db", max_bytes=MAX) as q:
+        for _ in range(3):
+            q.append_reserved(q.reserve([payload_for] * 3))  # groups 1-3, 4-6, 7-9
+        pages, after = [], 0
+        while page := q.read(after, limit=2):  # a window smaller than a group
+            pages.append([e.seq for e in page])
+            after = page[-1].seq
+        assert pages == [[1, 2], [3, 4], [5, 6], [7, 8], [9]]
+        assert [e.seq for e in q.read(after_seq=5, limit=10)] == [6, 7, 8, 9]
+
+
+def test_a_group_the_last_run_wrote_twice_is_folded_once(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    done = run_python(_KILLED, str(path), "full", "2", "0")
+    assert done.returncode == 9, done.stderr
+    (segment,) = segments(path)
+    # A write reported failed (its fdatasync) that reached the disk all the same, then
+    # written again into a new segment: the second group is on the disk twice.
+    second = segment.read_bytes()[GROUP_ALIGN : 2 * GROUP_ALIGN]
+    Path(f"{path}.journal-2").write_bytes(second)
+    with DurableQueue(path, max_bytes=MAX) as q:
+        assert [e.seq for e in read_all(q)] == list(range(1, 81))
+    assert rows_in_database(path) == list(range(1, 81))
+
+
+def test_a_rotted_payload_in_a_journal_left_by_a_crash_never_enters_the_database(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "b.db"
+    done = run_python(_KILLED, str(path), "full", "2", "0")
+    assert done.returncode == 9, done.stderr
+    (segment,) = segments(path)
+    with segment.open("r+b") as f:
+        f.seek(GROUP_ALIGN + 20 + 24 + 10)  # the second group: the payload of seq 41
+        f.write(b"rot")
+    with caplog.at_level(logging.WARNING, logger="buffer"), DurableQueue(path, max_bytes=MAX) as q:
+        assert 41 not in rows_in_database(path)  # dropped by the scan, not stored
+        assert [e.seq for e in read_all(q)] == [*range(1, 41), *range(42, 81)]
+        stats = q.stats()
+        assert (stats.corrupt_batches, stats.corrupt_bytes) == (1, 70)  # counted, as by read
+    assert "1 group(s) cut off by the crash or damaged, and 1 batch(es)" in caplog.text
+    with DurableQueue(path, max_bytes=MAX) as q:
+        assert q.stats().corrupt_batches == 1  # persisted
+
+
+def test_a_group_whose_header_rotted_costs_that_group_only(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    done = run_python(_KILLED, str(path), "full", "3", "0")
+    assert done.returncode == 9, done.stderr
+    (segment,) = segments(path)
+    with segment.open("r+b") as f:
+        f.seek(11)  # the high byte of the first group's body length: a huge length
+        f.write(b"\x40")
+    with DurableQueue(path, max_bytes=MAX) as q:
+        assert [e.seq for e in read_all(q)] == list(range(41, 121))
+
+
+def test_a_group_written_after_a_short_write_is_found_by_the_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "b.db")
+    journal = buffer.journal.Journal(path, durable=True)
+
+    def rows(first: int) -> list[buffer.journal.Row]:
+        return [
+            (seq, 1e6, payload_for(seq, 700), zlib.crc32(payload_for(seq, 700)))
+            for seq in range(first, first + 3)
+        ]
+
+    journal.write(rows(1))
+    real = os.pwrite
+
+    def short(fd: int, data: bytes, offset: int) -> int:
+        return real(fd, data[:100], offset)  # the disk filled up after 100 bytes
+
+    monkeypatch.setattr(os, "pwrite", short)
+    with pytest.raises(OSError):
+        journal.write(rows(4))
+    monkeypatch.undo()
+    journal.write(rows(7))  # (room again): must start on a 4 KiB boundary the scan visits
+    journal.close()
+    scanned = buffer.journal.Journal(path, durable=True).scan(buffer.journal.Scanned())
+    assert [row[0] for rows_ in scanned for row in rows_] == [1, 2, 3, 7, 8, 9]
+
+
+def test_a_fold_cut_short_between_its_transactions_leaves_each_entry_in_one_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "b.db"
+    with DurableQueue(path, max_bytes=MAX) as q:
+        for _ in range(3):  # three groups of 600 KB: a fold stores the first two (past
+            # 1 MiB) in one call and the third in another
+            q.append_reserved(q.reserve([lambda seq: payload_for(seq, 150_000)] * 4))
+        real = buffer.transaction.Tx.evict_and_insert
+
+        def failing(tx: buffer.transaction.Tx, *args: object, **kwargs: object) -> None:
+            chunk = kwargs["chunk"]
+            assert isinstance(chunk, list)
+            if chunk[0][0] == 9:  # the third group: the disk fails
+                raise sqlite3.OperationalError("disk I/O error")
+            real(tx, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(buffer.transaction.Tx, "evict_and_insert", failing)
+        with pytest.raises(BufferError):
+            q.append(payload_for)
+        monkeypatch.undo()
+        assert rows_in_database(path) == list(range(1, 9))  # the fold's first call
+        assert [e.seq for e in read_all(q)] == list(range(1, 13))
+        # No other write in between: seq 1 is acked in the database, 12 in the journal.
+        assert q.ack([1, 12]) == 2
+        assert [e.seq for e in read_all(q)] == list(range(2, 12))
+        assert rows_in_database(path) == list(range(2, 9))
+        assert q.stats().batches == 10
+    assert rows_in_database(path) == list(range(2, 12))
+    assert segments(path) == []
+
+
+def test_a_journal_that_outlived_its_fold_is_not_stored_twice_at_the_next_open(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "b.db"
+    done = run_python(_KILLED, str(path), "full", "2", "0")
+    assert done.returncode == 9, done.stderr
+    (segment,) = segments(path)
+    left = segment.read_bytes()
+    with DurableQueue(path, max_bytes=MAX):
+        pass  # the fold at open committed 1-80 and deleted the segment
+    # A cut between that commit and the deletion (or the deletion never made durable):
+    # the segment is back, and the database holds its batches already.
+    segment.write_bytes(left)
+    with DurableQueue(path, max_bytes=MAX) as q:
+        assert [e.seq for e in read_all(q)] == list(range(1, 81))
+    assert segments(path) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -211,3 +212,73 @@ def test_a_buffer_reopened_with_sync_full_after_a_cut_under_normal_hands_out_no_
             assert seq > max(written), f"seq {seq} was handed out before the cut"
             highest = seq
         fs.request({"op": "sync"})
+
+
+ACK_THEN_WAIT = r"""
+import sys, time
+from buffer import DurableQueue
+queue = DurableQueue(sys.argv[1], max_bytes=2_000_000, synchronous=sys.argv[2])
+entries = queue.reserve([lambda seq: f"{seq} x".encode()] * 3)
+queue.append_reserved(entries)  # in the journal
+if sys.argv[3] == "ack":  # acked there: the segment is deleted
+    queue.ack([e.seq for e in entries])
+elif sys.argv[3] == "fold-then-ack":  # folded into the database (and the journal deleted)
+    seq = queue.append(lambda seq: f"{seq} x".encode())
+    queue.ack([*(e.seq for e in entries), seq])
+elif sys.argv[3] == "sync":  # "normal": promised by sync()
+    queue.sync()
+print(" ".join(str(e.seq) for e in entries), flush=True)
+time.sleep(60)  # the power goes now
+"""
+
+
+def cut_after(fs: LazyMount, target: Path, *args: str) -> list[int]:
+    """Run ACK_THEN_WAIT to its end, cut the power, remount; returns the seqs it reserved."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", ACK_THEN_WAIT, str(target), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None
+        ready, _, _ = select.select([child.stdout], [], [], 20)
+        line = child.stdout.readline() if ready else b""
+        assert line, (
+            child.stderr.read().decode() if child.poll() is not None and child.stderr else ""
+        )
+        child.send_signal(signal.SIGSTOP)
+        fs.cut()
+    finally:
+        child.kill()
+        child.wait(10)
+    fs.remount()
+    return [int(s) for s in line.split()]
+
+
+@pytest.mark.parametrize("how", ["ack", "fold-then-ack"])
+def test_batches_acknowledged_before_a_cut_do_not_come_back_from_a_deleted_journal(
+    fs: LazyMount, how: str
+) -> None:
+    from buffer import DurableQueue
+
+    path = fs.mountpoint / "buffer.db"
+    reserved = cut_after(fs, path, "full", how)
+    assert reserved
+    with DurableQueue(path, max_bytes=2_000_000) as queue:
+        back = [e.seq for e in queue.read(0, 1000)]
+        assert not set(back) & set(reserved), f"acked, then published again: {back}"
+
+
+@pytest.mark.parametrize("synchronous", ["full", "normal"])
+def test_journalled_batches_survive_a_cut_once_append_reserved_or_sync_returned(
+    fs: LazyMount, synchronous: str
+) -> None:
+    """With "full" once append_reserved returned, with "normal" once sync() returned."""
+    from buffer import DurableQueue
+
+    path = fs.mountpoint / "buffer.db"
+    reserved = cut_after(fs, path, synchronous, "sync" if synchronous == "normal" else "-")
+    with DurableQueue(path, max_bytes=2_000_000) as queue:
+        stored = {e.seq: e.payload for e in queue.read(0, 1000)}
+    assert sorted(stored) == reserved
+    assert all(p == f"{s} x".encode() for s, p in stored.items())
