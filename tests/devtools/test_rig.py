@@ -11,6 +11,7 @@ own outside this project's conftest.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -150,6 +151,19 @@ async def test_a_slow_link_delays_each_direction_and_carries_at_most_its_rate() 
                 assert 0.5 <= await round_trip(connection, 10_000) < 2.0  # 10 kB at 20 kB/s
                 proxy.restore()
                 assert await round_trip(connection) < 0.1
+
+
+async def test_a_proxy_stopped_with_live_links_logs_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with echo_server() as port:
+        proxy = LinkProxy(port)
+        proxy.start()
+        async with link(proxy) as connection:
+            await round_trip(connection)
+            with caplog.at_level(logging.ERROR):
+                await asyncio.to_thread(proxy.stop)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 async def test_a_blackholed_link_carries_nothing_either_way_until_it_is_restored() -> None:

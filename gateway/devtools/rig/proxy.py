@@ -216,6 +216,11 @@ class LinkProxy:
             )
         except OSError:
             pass  # the server is not there, or a side was reset: the link ends
+        except asyncio.CancelledError:
+            # The proxy stops (`_close` cancels every task). Ending here, not cancelled:
+            # asyncio's stream callback on Python 3.11 asks a cancelled handler for its
+            # exception and logs the CancelledError with a traceback.
+            pass
         finally:
             link.abort()
             with contextlib.suppress(ValueError):
