@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Final
 
 from buffer.files import PRIVATE, fsync_dir
-from buffer.schema import Damaged
+from buffer.schema import Damaged, checksum, damage
 from buffer.stats import Entry
 
 __all__ = ["GROUP_ALIGN", "JOURNAL_MAX", "SEGMENT_BYTES", "Journal", "group_bytes"]
@@ -177,7 +177,7 @@ class Journal:
                 if bad:
                     report.torn_groups += 1
                 for row in records:
-                    if zlib.crc32(row[2]) != row[3]:
+                    if checksum(row[2]) != row[3]:
                         report.damaged += 1
                         report.damaged_bytes += len(row[2])
                     elif row[0] not in seen:
@@ -295,7 +295,7 @@ class Journal:
                 break
             if group.alive and group.seqs[-1] > after_seq:
                 good, bad = self._read_group(group, after_seq, limit - len(sound) - len(damaged))
-                sound += good
+                sound += (Entry(seq, created_at, payload) for seq, created_at, payload, _ in good)
                 damaged += bad
         return sound, damaged
 
@@ -304,18 +304,18 @@ class Journal:
         written with (for a fold), and those that failed their CRC."""
         for group in self._groups:
             if group.alive:
-                good, bad = self._read_group(group, 0, len(group.seqs))
-                yield [(e.seq, e.created_at, e.payload, zlib.crc32(e.payload)) for e in good], bad
+                yield self._read_group(group, 0, len(group.seqs))
 
     def _read_group(
         self, group: _Group, after_seq: int, limit: int
-    ) -> tuple[list[Entry], list[Damaged]]:
+    ) -> tuple[list[Row], list[Damaged]]:
         """The live entries of ``group`` above ``after_seq`` (``limit`` at most, sound and
-        damaged together), read back from the segment now: a payload may have rotted."""
+        damaged together), read back from the segment now: a payload may have rotted.
+        Sound ones as rows with the CRC they were written with."""
         data = os.pread(self._fds[group.segment], group.length, group.offset)
         parsed = _parse_group(data, 0)
         on_disk = {} if parsed is None else {row[0]: row for row in parsed[0]}
-        sound: list[Entry] = []
+        sound: list[Row] = []
         damaged: list[Damaged] = []
         for i, seq in enumerate(group.seqs):
             if seq <= after_seq or not group.live[i]:
@@ -325,13 +325,10 @@ class Journal:
             row = on_disk.get(seq)
             if row is None:
                 why = "its journal group can no longer be framed (damaged on disk)"
-            elif (found := zlib.crc32(row[2])) != row[3]:
-                why = (
-                    "its payload no longer matches its CRC-32"
-                    f" (stored {row[3]:08x}, read {found:08x})"
-                )
+            elif (found := damage(row[2], row[3], unchecked=False)) is not None:
+                why = found
             else:
-                sound.append(Entry(seq, group.created[i], row[2]))
+                sound.append((seq, group.created[i], row[2], row[3]))
                 continue
             damaged.append(Damaged(seq, group.created[i], group.sizes[i], why))
         return sound, damaged

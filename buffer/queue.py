@@ -269,14 +269,7 @@ class DurableQueue:
             conn = self._open_connection()
             if not entries:
                 return
-            with translating(self._path, "read"):
-                stored = {
-                    seq
-                    for (seq,) in conn.execute(
-                        "SELECT seq FROM batches WHERE seq BETWEEN ? AND ?",
-                        (entries[0].seq, entries[-1].seq),
-                    )
-                }
+            stored = self._stored_between(conn, entries[0].seq, entries[-1].seq)
             rows: list[NewRow] = []
             previous = 0
             for entry in entries:
@@ -292,8 +285,7 @@ class DurableQueue:
                 rows.append((seq, float(created_at), payload, checksum(payload)))
             if not rows:
                 return
-            with translating(self._path, "read"):
-                (top,) = conn.execute("SELECT coalesce(max(seq), 0) FROM batches").fetchone()
+            top = self._top_seq(conn)
             now = self._clock()
             cutoff = self._age.cutoff(now)
             if (
@@ -681,24 +673,15 @@ class DurableQueue:
         if self._journal.disk_bytes:
             now = self._clock()
             try:
-                moving: list[NewRow] = []
-                for group, damaged in self._journal.live():
-                    if damaged:
-                        self._journal_damaged(conn, damaged)
-                    moving += group
-                    if sum(len(p) for _, _, p, _ in moving) >= _FOLD_BYTES:
-                        self._store(conn, moving, now, age=False)  # moved, not appended
-                        moving = []
-                if moving:
-                    self._store(conn, moving, now, age=False)
+                for moving in _in_fold_chunks(self._live_rows(conn)):
+                    self._store(conn, moving, now, age=False)  # moved, not appended
                 if self._synchronous == "normal":
                     self._wal.sync_now()  # before the journal goes: a power cut keeps them
             except BaseException:
                 # What was committed is the database's now: a retry must not insert it
                 # again, nor an ack look for it in the journal.
-                with contextlib.suppress(sqlite3.Error):
-                    (top,) = conn.execute("SELECT coalesce(max(seq), 0) FROM batches").fetchone()
-                    self._journal.forget(top)
+                with contextlib.suppress(BufferError):
+                    self._journal.forget(self._top_seq(conn))
                 raise
             try:
                 self._journal.remove_all()
@@ -713,15 +696,10 @@ class DurableQueue:
         are skipped."""
         conn = self._open_connection()
         report = Scanned()
-        moved = 0
-        moving: list[NewRow] = []
         try:
-            for rows in self._journal.scan(report):
-                moving += rows
-                if sum(len(p) for _, _, p, _ in moving) >= _FOLD_BYTES:
-                    moved += self._move_left(conn, moving)
-                    moving = []
-            moved += self._move_left(conn, moving)
+            moved = sum(
+                self._move_left(conn, rows) for rows in _in_fold_chunks(self._journal.scan(report))
+            )
         except OSError as err:
             raise environment_error(self._path, err, "read") from err
         if report.damaged:  # counted as read counts the damage it finds
@@ -749,22 +727,37 @@ class DurableQueue:
         except OSError as err:
             raise environment_error(self._path, err, "write to") from err
 
+    def _live_rows(self, conn: sqlite3.Connection) -> Iterator[list[NewRow]]:
+        """The journal's live entries group by group; the damaged ones are released and
+        counted on the way."""
+        for group, damaged in self._journal.live():
+            if damaged:
+                self._journal_damaged(conn, damaged)
+            yield group
+
     def _move_left(self, conn: sqlite3.Connection, rows: list[NewRow]) -> int:
         """Store these rows of a journal left by the last run, but those stored already."""
-        if not rows:
-            return 0
-        with translating(self._path, "read"):
-            stored = {
-                seq
-                for (seq,) in conn.execute(
-                    "SELECT seq FROM batches WHERE seq BETWEEN ? AND ?",
-                    (min(r[0] for r in rows), max(r[0] for r in rows)),
-                )
-            }
+        stored = self._stored_between(conn, min(r[0] for r in rows), max(r[0] for r in rows))
         rows = sorted(row for row in rows if row[0] not in stored)
         if rows:
             self._store(conn, rows, self._clock(), age=False)  # moved: open applies the bounds
         return len(rows)
+
+    def _stored_between(self, conn: sqlite3.Connection, first: int, last: int) -> set[int]:
+        """The seqs from ``first`` to ``last`` that the database holds."""
+        with translating(self._path, "read"):
+            return {
+                seq
+                for (seq,) in conn.execute(
+                    "SELECT seq FROM batches WHERE seq BETWEEN ? AND ?", (first, last)
+                )
+            }
+
+    def _top_seq(self, conn: sqlite3.Connection) -> int:
+        """The highest seq the database holds (0: none)."""
+        with translating(self._path, "read"):
+            (top,) = conn.execute("SELECT coalesce(max(seq), 0) FROM batches").fetchone()
+        return int(top)
 
     def _journal_damaged(self, conn: sqlite3.Connection, damaged: list[Damaged]) -> None:
         """Journal entries whose payload failed its CRC-32: released, never returned,
@@ -926,3 +919,18 @@ class DurableQueue:
                 " shell?); the WAL cannot start over and may grow past its share of max_bytes",
                 self._path,
             )
+
+
+def _in_fold_chunks(groups: Iterable[list[NewRow]]) -> Iterator[list[NewRow]]:
+    """Groups of rows joined into chunks of about ``_FOLD_BYTES`` payload bytes (the last
+    may be smaller; none is empty): a fold's large transactions."""
+    chunk: list[NewRow] = []
+    size = 0
+    for group in groups:
+        chunk += group
+        size += sum(len(p) for _, _, p, _ in group)
+        if size >= _FOLD_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk

@@ -96,6 +96,14 @@ os._exit(9)  # no close: as a SIGKILL leaves it
 """
 
 
+def killed_with_groups(path: Path, groups: int) -> Path:
+    """A process journals ``groups`` groups of 40 (none acked) and is killed; its segment."""
+    done = run_python(_KILLED, str(path), "full", str(groups), "0")
+    assert done.returncode == 9, done.stderr
+    (segment,) = segments(path)
+    return segment
+
+
 @pytest.mark.parametrize("synchronous", ["full", "normal"])
 def test_a_killed_process_leaves_its_journal_to_the_next_open(
     tmp_path: Path, synchronous: str
@@ -123,9 +131,7 @@ def test_a_group_torn_by_the_crash_keeps_only_the_batches_that_check(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "b.db"
-    done = run_python(_KILLED, str(path), "full", "3", "0")
-    assert done.returncode == 9, done.stderr
-    (segment,) = segments(path)
+    segment = killed_with_groups(path, 3)
     data = bytearray(segment.read_bytes())
     # The last group as a write cut off by a power cut leaves it: its second half never
     # reached the disk (zeros), so 21 records (94 bytes each after a 20-byte header) are whole.
@@ -435,9 +441,7 @@ def test_a_reader_paging_through_a_group_gets_every_entry_of_it(tmp_path: Path) 
 
 def test_a_group_the_last_run_wrote_twice_is_folded_once(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
-    done = run_python(_KILLED, str(path), "full", "2", "0")
-    assert done.returncode == 9, done.stderr
-    (segment,) = segments(path)
+    segment = killed_with_groups(path, 2)
     # A write reported failed (its fdatasync) that reached the disk all the same, then
     # written again into a new segment: the second group is on the disk twice.
     second = segment.read_bytes()[GROUP_ALIGN : 2 * GROUP_ALIGN]
@@ -451,9 +455,7 @@ def test_a_rotted_payload_in_a_journal_left_by_a_crash_never_enters_the_database
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "b.db"
-    done = run_python(_KILLED, str(path), "full", "2", "0")
-    assert done.returncode == 9, done.stderr
-    (segment,) = segments(path)
+    segment = killed_with_groups(path, 2)
     with segment.open("r+b") as f:
         f.seek(GROUP_ALIGN + 20 + 24 + 10)  # the second group: the payload of seq 41
         f.write(b"rot")
@@ -469,9 +471,7 @@ def test_a_rotted_payload_in_a_journal_left_by_a_crash_never_enters_the_database
 
 def test_a_group_whose_header_rotted_costs_that_group_only(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
-    done = run_python(_KILLED, str(path), "full", "3", "0")
-    assert done.returncode == 9, done.stderr
-    (segment,) = segments(path)
+    segment = killed_with_groups(path, 3)
     with segment.open("r+b") as f:
         f.seek(11)  # the high byte of the first group's body length: a huge length
         f.write(b"\x40")
@@ -543,9 +543,7 @@ def test_a_journal_that_outlived_its_fold_is_not_stored_twice_at_the_next_open(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "b.db"
-    done = run_python(_KILLED, str(path), "full", "2", "0")
-    assert done.returncode == 9, done.stderr
-    (segment,) = segments(path)
+    segment = killed_with_groups(path, 2)
     left = segment.read_bytes()
     with DurableQueue(path, max_bytes=MAX):
         pass  # the fold at open committed 1-80 and deleted the segment
