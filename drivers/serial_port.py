@@ -7,6 +7,10 @@ Every driver opens its port exclusively (pyserial's `exclusive=True`, an advisor
 a second program on the same port gets a clear error instead of silently stealing
 bytes from the service. `open_error` turns what the OS said into a sentence that
 names the holder of a busy port and the fix for a permission problem.
+
+A port is a device path. Modbus RTU devices may also name a port on a serial device
+server speaking RFC 2217, ``rfc2217://host:port`` (drivers/modbus/rfc2217.py);
+`rfc2217_problem` checks such a URL as pyserial will read it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import termios
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, field_validator
 
@@ -36,12 +41,19 @@ class SerialPortConfig(StrictModel):
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Annotated[Literal[1, 2], WholeNumber] = 1
 
+    network_ports: ClassVar[bool] = False
+    """Whether the protocol also runs on an `rfc2217://host:port` port (Modbus RTU)."""
+
     @field_validator("port")
     @classmethod
     def _port_names_a_device(cls, port: str) -> str:
         problem = path_text_problem(port)
         if problem is not None:
             raise ValueError(f"{problem}; name the serial device, e.g. /dev/ttyUSB0")
+        if "://" in port:
+            problem = url_port_problem(port, network_ports=cls.network_ports)
+            if problem is not None:
+                raise ValueError(problem)
         return port
 
     @property
@@ -49,12 +61,78 @@ class SerialPortConfig(StrictModel):
         return self.port
 
 
+RFC2217_SCHEME = "rfc2217://"
+_RFC2217_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def is_rfc2217(port: str) -> bool:
+    """Whether a port setting names a port on a serial device server (RFC 2217)."""
+    return port.startswith(RFC2217_SCHEME)
+
+
+def url_port_problem(port: str, *, network_ports: bool) -> str | None:
+    """What is wrong with a port setting that is a URL (None: an RFC 2217 port that
+    pyserial will open, where `network_ports` allows one)."""
+    scheme = port.split("://", 1)[0]
+    if scheme == "rfc2217" and not network_ports:
+        return (
+            f"{port!r} is a port on a serial device server; only Modbus RTU devices can use "
+            "one (rfc2217://): name the serial device this instrument is wired to, e.g. "
+            "/dev/ttyUSB0"
+        )
+    if scheme == "rfc2217":
+        return rfc2217_problem(port)
+    hint = (
+        "; for a serial server that passes raw bytes over TCP use protocol = "
+        '"modbus_rtu_over_tcp" with its host and port'
+        if scheme == "socket" and network_ports
+        else ""
+    )
+    also = ", or a serial device server as rfc2217://HOST:PORT" if network_ports else ""
+    return f"{port!r} is not a serial device: name one, e.g. /dev/ttyUSB0{also}{hint}"
+
+
+def rfc2217_problem(url: str) -> str | None:
+    """What pyserial would refuse in an `rfc2217://host:port[?option&...]` URL (None: nothing)."""
+    form = "rfc2217://HOST:PORT (e.g. rfc2217://10.0.0.9:4001)"
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return f"{url!r}: the TCP port is not a number from 1 to 65535; write {form}"
+    if not parts.hostname:
+        return f"{url!r} names no host; write {form}"
+    if port is None or port == 0:
+        return f"{url!r} names no TCP port; write {form}"
+    if parts.path not in ("", "/") or parts.fragment:
+        return f"{url!r}: nothing may follow the port but options (?timeout=5); write {form}"
+    for option, values in parse_qs(parts.query, keep_blank_values=True).items():
+        value = values[0]
+        if option == "timeout":
+            try:
+                ok = 0 < float(value) < 3600
+            except ValueError:
+                ok = False
+            if not ok:
+                return f"{url!r}: timeout={value!r} is not a number of seconds above 0"
+        elif option == "logging":
+            if value not in _RFC2217_LOG_LEVELS:
+                return f"{url!r}: logging={value!r} is not one of {', '.join(_RFC2217_LOG_LEVELS)}"
+        elif option not in ("ign_set_control", "poll_modem"):
+            return (
+                f"{url!r}: unknown option {option!r} (pyserial knows timeout, logging, "
+                "ign_set_control and poll_modem)"
+            )
+    return None
+
+
 def absent_port_warnings(devices: Sequence[tuple[int, SerialPortConfig]]) -> list[Problem]:
-    """A warning for each serial port that is not there now (once per port)."""
+    """A warning for each serial port that is not there now (once per port; a serial
+    device server's port is on the network, and not looked for)."""
     found: list[Problem] = []
     seen: set[str] = set()
     for i, dev in devices:
-        if dev.port in seen:
+        if dev.port in seen or is_rfc2217(dev.port):
             continue
         seen.add(dev.port)
         try:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import difflib
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -535,7 +535,13 @@ class ModbusRtuOverTcpDeviceConfig(_ModbusDeviceConfig):
 class ModbusRtuDeviceConfig(_ModbusDeviceConfig, SerialPortConfig):
     """A Modbus RTU slave on a serial bus; slaves on the same port share the bus."""
 
+    network_ports: ClassVar[bool] = True
+
     protocol: Literal["modbus_rtu"]
+    port: str = Field(
+        description="serial device, e.g. /dev/ttyUSB0, or a serial device server speaking "
+        "RFC 2217, rfc2217://HOST:PORT"
+    )
     unit: SerialUnit = 1
     inter_frame_delay: DurationOrZero | None = Field(
         None, description="silence between requests; default 3.5 character times (min 1.75ms)"

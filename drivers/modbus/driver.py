@@ -28,8 +28,10 @@ from drivers.modbus.decode import Table, Value
 from drivers.modbus.diagnose import describe_tcp_answer
 from drivers.modbus.exceptions import exception_name
 from drivers.modbus.plan import ReadRequest, decode_response, plan_reads
+from drivers.modbus.rfc2217 import CONNECT_TIMEOUT as RFC2217_CONNECT_TIMEOUT
+from drivers.modbus.rfc2217 import Rfc2217Client, rfc2217_client
 from drivers.modbus.timing import bus_estimate, poll_line_time, rtu_response_bytes
-from drivers.serial_port import line_rate
+from drivers.serial_port import is_rfc2217, line_rate
 
 log = logging.getLogger("drivers.modbus")
 
@@ -71,7 +73,8 @@ registers (or bits) as read, and the latency in milliseconds (`ModbusEndpoint.on
 
 @dataclass(frozen=True, slots=True)
 class Transport:
-    """How to reach a line: 'tcp', 'rtu_over_tcp' (host, port) or 'rtu' (serial port)."""
+    """How to reach a line: 'tcp', 'rtu_over_tcp' (host, port) or 'rtu' (a serial port,
+    or a serial device server's `rfc2217://host:port`)."""
 
     kind: Literal["tcp", "rtu_over_tcp", "rtu"]
     host: str = ""
@@ -95,7 +98,28 @@ class Transport:
         """Seconds one byte takes on a serial line."""
         return 1 / line_rate(self.baudrate, self.bytesize, self.parity, self.stopbits)
 
+    @property
+    def networked(self) -> bool:
+        """Whether the line is reached over the network (a connection that can go half-open)."""
+        return self.kind != "rtu" or is_rfc2217(self.serial_port)
+
+    def connect_timeout(self, answer_timeout: float) -> float:
+        """Seconds opening the line may take: an RFC 2217 port negotiates its settings first."""
+        if self.kind == "rtu" and is_rfc2217(self.serial_port):
+            return max(answer_timeout, RFC2217_CONNECT_TIMEOUT)
+        return answer_timeout
+
     def client(self, timeout: float, trace: Callable[[bool, bytes], bytes]) -> ModbusBaseClient:
+        if self.kind == "rtu" and is_rfc2217(self.serial_port):
+            return rfc2217_client(
+                self.serial_port,
+                baudrate=self.baudrate,
+                bytesize=self.bytesize,
+                parity=self.parity,
+                stopbits=self.stopbits,
+                timeout=timeout,
+                trace=trace,
+            )
         if self.kind == "rtu":
             return AsyncModbusSerialClient(
                 self.serial_port,
@@ -306,7 +330,7 @@ class ModbusEndpoint:
         except TimeoutError as err:
             self._silent_requests += 1
             received = self._received_total
-            if self._silent_requests >= HALF_OPEN_AFTER and self.transport.kind != "rtu":
+            if self._silent_requests >= HALF_OPEN_AFTER and self.transport.networked:
                 # Nothing usable came back on this connection for several requests: it
                 # may be half-open (NAT state lost, a hung device server). Start afresh.
                 self._close()
@@ -387,13 +411,15 @@ class ModbusEndpoint:
         _guard_frames(client)
         reason = ""
         try:
-            async with asyncio.timeout(device.timeout):
+            async with asyncio.timeout(self.transport.connect_timeout(device.timeout)):
                 connected = await client.connect()
         except TimeoutError:
             connected, reason = False, ": no answer"
         except Exception as err:  # serial ports fail with termios/OS errors of every kind
             connected, reason = False, f": {err}"
         if not connected:
+            if not reason and isinstance(client, Rfc2217Client) and client.open_error:
+                reason = f": {client.open_error}"
             client.close()
             device.health.errors += 1
             raise ModbusRequestError("connection", f"cannot open {self.transport}{reason}")

@@ -11,25 +11,19 @@ answer (said in words by diagnose.py), or nothing.
 swallows the reason a port does not open: pyserial and the socket keep it, and
 `drivers.serial_port.open_error` names the holder of a busy port and the dialout fix.
 
-A serial port may also be a pyserial URL: ``rfc2217://host:port`` is a serial device
-server speaking RFC 2217 (Moxa, Lantronix; and drivers/sim/rfc2217_line.py). pymodbus'
-serial transport waits on a port's file descriptor and sets a write timeout, which
-pyserial's RFC 2217 client has neither of; such a port is opened off the event loop
-and polled (`_Rfc2217Transport`).
+A serial port may also be ``rfc2217://host:port``, a serial device server speaking
+RFC 2217 (Moxa, Lantronix; and drivers/sim/rfc2217_line.py), as in the daemon
+(rfc2217.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import partial
-from typing import Any, Literal
+from typing import Literal
 
 import serial
 from pymodbus.client import ModbusBaseClient
-from pymodbus.transport.serialtransport import SerialTransport
 
 from drivers.base import DeviceHealth
 from drivers.modbus.decode import Table
@@ -38,7 +32,7 @@ from drivers.modbus.driver import ModbusDevice, ModbusEndpoint, ModbusRequestErr
 from drivers.modbus.exceptions import GATEWAY_EXCEPTIONS, describe_exception
 from drivers.modbus.plan import ReadRequest
 from drivers.modbus.timing import default_inter_frame_delay
-from drivers.serial_port import LineSettings, open_error
+from drivers.serial_port import LineSettings, is_rfc2217, open_error
 
 __all__ = [
     "Answer",
@@ -66,8 +60,7 @@ negotiates its settings first)."""
 
 def serial_transport(port: str, settings: LineSettings) -> Transport:
     """Modbus RTU on a serial port (or an `rfc2217://` URL) with these settings."""
-    kind = _Rfc2217Transport if port.startswith("rfc2217://") else Transport
-    return kind(
+    return Transport(
         "rtu",
         serial_port=port,
         baudrate=settings.baudrate,
@@ -109,7 +102,7 @@ class LineUnusableError(Exception):
 def check_line_opens(transport: Transport, timeout: float) -> None:
     """Open and close the line once; LineUnusableError says what stops it."""
     if transport.kind == "rtu":
-        if transport.serial_port.startswith("rfc2217://"):
+        if is_rfc2217(transport.serial_port):
             return  # a network port: pyserial says in words why it does not open
         try:
             serial.serial_for_url(transport.serial_port, exclusive=True).close()
@@ -226,66 +219,3 @@ class ModbusLine(ModbusEndpoint):
 
     def close(self) -> None:
         self._close()
-
-
-class _Rfc2217Transport(Transport):
-    """An RTU line on an `rfc2217://` port: opened off the event loop, then polled."""
-
-    __slots__ = ()
-
-    def client(self, timeout: float, trace: Callable[[bool, bytes], bytes]) -> ModbusBaseClient:
-        client = super().client(timeout, trace)
-        ctx = client.ctx
-        ctx.call_create = partial(  # how pymodbus opens its line; see the module docstring
-            _open_polled,
-            ctx.loop,
-            ctx.handle_new_connection,
-            self.serial_port,
-            baudrate=self.baudrate,
-            bytesize=self.bytesize,
-            parity=self.parity,
-            stopbits=self.stopbits,
-        )
-        return client
-
-
-async def _open_polled(
-    loop: asyncio.AbstractEventLoop, protocol_factory: Callable[[], Any], url: str, **settings: Any
-) -> tuple[asyncio.Transport, Any]:
-    opening = loop.run_in_executor(None, partial(serial.serial_for_url, url, timeout=0, **settings))
-    try:
-        port = await asyncio.shield(opening)
-    except asyncio.CancelledError:  # given up on (a timeout, Ctrl-C): close it once it opens
-        opening.add_done_callback(_close_opened)
-        raise
-    protocol = protocol_factory()
-    transport = _PolledSerialTransport(loop, protocol, port)
-    loop.call_soon(transport.setup)
-    return transport, protocol
-
-
-def _close_opened(opening: asyncio.Future[Any]) -> None:
-    if not opening.cancelled() and opening.exception() is None:
-        opening.result().close()
-
-
-class _PolledSerialTransport(SerialTransport):
-    """pymodbus' serial transport on an open port that has no file descriptor."""
-
-    force_poll = True
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, protocol: Any, port: Any) -> None:
-        asyncio.Transport.__init__(self)
-        self.async_loop = loop
-        self.intern_protocol = protocol
-        self.sync_serial = port
-        self.intern_write_buffer: list[bytes] = []
-        self.poll_task: asyncio.Task[None] | None = None
-        self._poll_wait_time = 0.0005
-
-    def close(self, exc: Exception | None = None) -> None:
-        if self.poll_task is None and self.sync_serial is not None:  # closed before setup
-            self.sync_serial.close()
-            self.sync_serial = None
-            return
-        super().close(exc)

@@ -35,7 +35,8 @@ arrive as fast as a pty carries them.
 
 One client has the port at a time, like a serial device server: a new connection
 takes it over from the previous one. `client` holds what the current client
-negotiated; `dropped` counts the characters the bus side discarded.
+negotiated; `dropped` counts the characters the bus side discarded; `drop_client()`
+closes the client's connection from the server's side.
 
 Beside tests, the same server lets a rig exercise a client of a serial device server
 without the hardware (`edge-gateway probe` and `scan` take `--serial rfc2217://...`).
@@ -235,6 +236,15 @@ class Rfc2217Line:
             await self._server.wait_closed()
             self._server = None
         self.bus.close()
+
+    def drop_client(self) -> bool:
+        """Close the current client's connection, as a device server that restarts or
+        times a session out does; False when no client was connected."""
+        session, self._session = self._session, None
+        if session is None:
+            return False
+        session.writer.close()
+        return True
 
     async def __aenter__(self) -> Rfc2217Line:
         await self.start()

@@ -272,13 +272,13 @@ def _unusable_ports(devices: Sequence[Any]) -> dict[str, str]:
 
     import serial
 
-    from drivers.serial_port import SerialPortConfig, open_error
+    from drivers.serial_port import SerialPortConfig, is_rfc2217, open_error
     from gateway.commands.listen import open_exclusive
 
     found: dict[str, str] = {}
     for dev in devices:
-        if not isinstance(dev, SerialPortConfig) or dev.port in found:
-            continue
+        if not isinstance(dev, SerialPortConfig) or dev.port in found or is_rfc2217(dev.port):
+            continue  # a serial device server's port: the first read says why it cannot open
         settings = {
             "port": dev.port,
             "baudrate": dev.baudrate,

@@ -358,6 +358,57 @@ def test_a_serial_port_with_a_nul_character_is_refused() -> None:
     )
 
 
+# --- ports on a serial device server (rfc2217://) ----------------------------------------------
+
+RTU = GATEWAY + (
+    '[[devices]]\nname = "meter"\nprotocol = "modbus_rtu"\nport = "PORT"\n'
+    'points = [{ name = "p", address = 0 }]\n'
+)
+
+
+@pytest.mark.parametrize(
+    "port",
+    [
+        "rfc2217://10.0.0.9:4001",
+        "rfc2217://moxa-3.cabinet:950?timeout=5",
+        "rfc2217://[fe80::1]:4001",
+    ],
+)
+def test_a_modbus_rtu_device_may_sit_behind_a_serial_device_server(port: str) -> None:
+    loaded = parse_config(RTU.replace("PORT", port).encode(), "test.toml")
+    assert loaded.config.devices[0].port == port  # type: ignore[union-attr]
+    assert loaded.warnings == ()  # a network port is not looked for under /dev
+
+
+@pytest.mark.parametrize(
+    ("port", "expected"),
+    [
+        ("rfc2217://10.0.0.9", "names no TCP port; write rfc2217://HOST:PORT"),
+        ("rfc2217://:4001", "names no host"),
+        ("rfc2217://10.0.0.9:70000", "the TCP port is not a number from 1 to 65535"),
+        ("rfc2217://10.0.0.9:4001/tty1", "nothing may follow the port but options"),
+        ("rfc2217://10.0.0.9:4001?timeout=soon", "timeout='soon' is not a number of seconds"),
+        ("rfc2217://10.0.0.9:4001?baud=9600", "unknown option 'baud' (pyserial knows timeout"),
+        ("socket://10.0.0.9:4001", 'protocol = "modbus_rtu_over_tcp" with its host and port'),
+        ("loop://", "is not a serial device: name one, e.g. /dev/ttyUSB0, or a serial device"),
+    ],
+)
+def test_a_port_url_pyserial_would_refuse_or_misread_is_refused_in_words(
+    port: str, expected: str
+) -> None:
+    found = one_problem(RTU.replace("PORT", port))
+    assert found.startswith(f"devices[0].port: {port!r}") and expected in found, found
+
+
+def test_a_line_instrument_cannot_sit_behind_a_serial_device_server() -> None:
+    text = NMEA.replace(", PARSER", "").replace('"/dev/ttyUSB1"', '"rfc2217://10.0.0.9:4001"')
+    assert one_problem(text) == (
+        "devices[0].port: 'rfc2217://10.0.0.9:4001' is a port on a serial device server; only "
+        "Modbus RTU devices can use one (rfc2217://): name the serial device this instrument "
+        "is wired to, e.g. /dev/ttyUSB0"
+    )
+
+
 # --- the buffer ------------------------------------------------------------------------------
 
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Callable
 
 import pytest
+import serial.rfc2217
 from rig import rtu_device
 
-from drivers.core.model import Reading
+from drivers.core.model import Quality, Reading
 from drivers.modbus.decode import DataType, Table
+from drivers.serial_port import LineSettings
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
+from drivers.sim.rfc2217_line import Rfc2217Line
 from drivers.sim.serial_link import NullModem
 from gateway.build import build_drivers
 from gateway.settings import parse_config
@@ -136,3 +141,84 @@ points = [{POINTS}]
     for unit in (5, 6):
         counts = sink.counts(f"s{unit}")
         assert len(counts) >= 5 and counts == list(range(1, len(counts) + 1))
+
+
+async def _until(check: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"no {what} within {seconds:g}s"
+        await asyncio.sleep(0.02)
+
+
+async def test_slaves_behind_an_rfc2217_server_are_polled_and_a_dropped_connection_is_reopened(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    closed_on_loop: list[bool] = []
+    close = serial.rfc2217.Serial.close
+
+    def recording_close(port: serial.rfc2217.Serial) -> None:  # pyserial's close blocks 0.3 s
+        closed_on_loop.append(threading.current_thread() is threading.main_thread())
+        close(port)
+
+    monkeypatch.setattr(serial.rfc2217.Serial, "close", recording_close)
+    sink = Sink()
+    async with (
+        Rfc2217Line(LineSettings(19200, parity="E")) as line,
+        ModbusSimServer(slaves(1, 2), serial_port=line.bus_path),
+    ):
+        text = '[gateway]\nid = "t"\n' + "".join(
+            rtu_device(f"s{u}", line.url, u, POINTS, interval="300ms").replace(
+                "baudrate = 19200", 'baudrate = 19200\nparity = "E"'
+            )
+            for u in (1, 2)
+        )
+        drivers = build_drivers(parse_config(text.encode()).config, sink)
+        assert len(drivers) == 1  # one bus behind one server: one connection
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(drivers[0].run())
+            await _until(lambda: min(len(sink.counts(f"s{u}")) for u in (1, 2)) >= 3, 10, "polls")
+            assert line.client == LineSettings(19200, parity="E")  # negotiated from the config
+            seen = len(sink)
+            await _until(lambda: len(sink) > seen, 5, "a poll")
+            # Between two polls (150 ms apart) the server restarts, or times the session
+            # out: the line is reopened before the next request, which costs no reading.
+            assert line.drop_client()
+            before = {u: len(sink.counts(f"s{u}")) for u in (1, 2)}
+            await _until(
+                lambda: all(len(sink.counts(f"s{u}")) >= before[u] + 5 for u in (1, 2)),
+                10,
+                "polls after the server dropped the connection",
+            )
+            await cancel_and_wait([task])
+        assert line.connections == 2
+        assert line.dropped == 0
+    health = {h.name: h for h in drivers[0].health()}
+    for unit in (1, 2):
+        counts = sink.counts(f"s{unit}")
+        assert counts == list(range(1, len(counts) + 1))  # every poll read, in order
+        assert len(counts) >= before[unit] + 5
+        assert {r.value for r in sink if r.device == f"s{unit}" and r.point == "t"} == {20.0 + unit}
+        assert health[f"s{unit}"].online is True
+    # Both connections were closed, each off the event loop (the polls of other lines and
+    # the uplink never wait for pyserial's close).
+    await _until(lambda: len(closed_on_loop) >= 2, 5, "closes")
+    assert closed_on_loop == [False] * len(closed_on_loop)
+
+
+async def test_a_server_port_in_raw_tcp_mode_is_named_as_such_when_rfc2217_is_configured() -> None:
+    sink = Sink()
+    async with ModbusSimServer(slaves(1), framer="rtu") as raw:  # raw TCP: no telnet at all
+        text = '[gateway]\nid = "t"\n' + rtu_device(
+            "s1", f"rfc2217://127.0.0.1:{raw.port}", 1, POINTS, interval="1s", timeout="500ms"
+        )
+        drivers = build_drivers(parse_config(text.encode()).config, sink)
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(drivers[0].run())
+            (health,) = drivers[0].health()
+            await _until(lambda: health.state == "offline", 15, "the device offline")
+            await cancel_and_wait([task])
+    assert health.last_error is not None
+    assert "does not speak RFC 2217 (is the server's port in RFC 2217 mode?" in health.last_error
+    assert 'protocol = "modbus_rtu_over_tcp"' in health.last_error
+    offline = [(r.point, r.value, r.quality) for r in sink]
+    assert offline == [("n", None, Quality.DEVICE_OFFLINE), ("t", None, Quality.DEVICE_OFFLINE)]

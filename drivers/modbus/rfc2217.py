@@ -1,0 +1,256 @@
+"""Modbus RTU through a serial device server speaking RFC 2217 (``rfc2217://host:port``).
+
+A serial device server (Moxa NPort, Lantronix; drivers/sim/rfc2217_line.py in tests)
+puts an RS-485 bus on the network; RFC 2217 lets the client set the bus's baud rate,
+parity and stop bits over the connection. pyserial is the client (`serial_for_url`),
+but its port has no file descriptor, and its `open` (a TCP connection, then the
+telnet and line-setting negotiation) and `close` (a reader thread joined, then a
+0.3 s pause) block. pymodbus' serial transport waits on a file descriptor, so such a
+port is driven here instead:
+
+- opened and closed off the event loop (a worker thread), so a slow or dead device
+  server never stalls the other lines, the batcher or the uplink;
+- a request is written at once; the answer is looked for every `BUSY_POLL` seconds
+  while one is due (from the request until its answer timeout, or until `TRAILING`
+  after the last bytes came), and every `IDLE_POLL` seconds otherwise (stray bytes,
+  a connection the server dropped): a line polled every second costs about 20
+  wake-ups a second, not 2,000.
+
+A connection the server drops is found at the next look (or by `connected`, which
+the endpoint asks before each request): a request waiting for its answer fails at
+once as a connection error, and the endpoint (driver.py) reopens the line for the
+retry or the next poll, as it does for TCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import serial
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient
+from pymodbus.exceptions import ModbusIOException
+from pymodbus.transport.serialtransport import SerialTransport
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds the opening of a port may take: a TCP connection, then the negotiation of
+the telnet options and of each line setting (pyserial waits up to 3 s for each)."""
+BUSY_POLL = 0.001  # seconds between looks for an answer that is due
+IDLE_POLL = 0.05  # seconds between looks while no answer is due
+TRAILING = 0.02  # after bytes arrived, the rest of a frame is looked for this long
+
+
+def rfc2217_client(
+    url: str,
+    *,
+    baudrate: int,
+    bytesize: int,
+    parity: str,
+    stopbits: int,
+    timeout: float,
+    trace: Callable[[bool, bytes], bytes],
+) -> AsyncModbusSerialClient:
+    """A pymodbus RTU client whose line is the RFC 2217 port `url` (see the module).
+
+    `timeout` is the answer timeout the endpoint applies; pymodbus' own (its opening of
+    the line, and its answer timeout, which must not race the endpoint's) is longer."""
+    client = Rfc2217Client(
+        url,
+        framer=FramerType.RTU,
+        baudrate=baudrate,
+        bytesize=bytesize,
+        parity=parity,
+        stopbits=stopbits,
+        timeout=max(timeout, CONNECT_TIMEOUT),
+        retries=0,
+        reconnect_delay=0,
+        trace_packet=trace,
+    )
+    ctx = client.ctx
+    ctx.call_create = partial(  # how pymodbus opens its line
+        _open,
+        ctx.loop,
+        ctx.handle_new_connection,
+        url,
+        client=client,
+        answer_window=timeout,
+        baudrate=baudrate,
+        bytesize=bytesize,
+        parity=parity,
+        stopbits=stopbits,
+    )
+    return client
+
+
+class Rfc2217Client(AsyncModbusSerialClient):
+    """pymodbus' serial client; `connected` also looks whether the server has closed
+    the connection since the last look, so the endpoint reopens the line before a
+    request instead of sending one into a dead connection. `open_error` says, in
+    words, why the last opening failed (pymodbus keeps only True or False)."""
+
+    open_error = ""
+
+    @property
+    def connected(self) -> bool:
+        transport = self.ctx.transport
+        if isinstance(transport, _Rfc2217Transport):
+            transport.check()
+        return super().connected
+
+
+async def _open(
+    loop: asyncio.AbstractEventLoop,
+    protocol_factory: Callable[[], Any],
+    url: str,
+    *,
+    client: Rfc2217Client,
+    answer_window: float,
+    **settings: Any,
+) -> tuple[asyncio.Transport, Any]:
+    client.open_error = ""
+    opening = loop.run_in_executor(None, partial(serial.serial_for_url, url, timeout=0, **settings))
+    try:
+        port = await asyncio.shield(opening)
+    except asyncio.CancelledError:  # given up on (a timeout, a stop): close it once it opens
+        opening.add_done_callback(partial(_close_opened, loop))
+        raise
+    except Exception as err:  # SerialException, OSError, ValueError: pymodbus says False
+        client.open_error = open_error_words(err)
+        raise
+    protocol = protocol_factory()
+    transport = _Rfc2217Transport(loop, protocol, port, answer_window)
+    loop.call_soon(transport.setup)
+    return transport, protocol
+
+
+def open_error_words(err: BaseException) -> str:
+    """Why pyserial could not open an RFC 2217 port, in words a technician acts on."""
+    text = str(err) or type(err).__name__
+    if text.startswith("Remote does not seem to support RFC2217"):
+        return (
+            "it does not speak RFC 2217 (is the server's port in RFC 2217 mode? a port in raw "
+            'TCP mode is protocol = "modbus_rtu_over_tcp")'
+        )
+    if text.startswith("Remote does not accept parameter change"):
+        return "it refused these line settings (does the server's port support them?)"
+    if text.startswith("Could not open port ") and ": " in text[20:]:
+        text = text[20:].split(": ", 1)[1]  # pyserial repeats the URL
+    return text
+
+
+def _close_opened(loop: asyncio.AbstractEventLoop, opening: asyncio.Future[Any]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        _close_port(loop, opening.result())
+
+
+def _close_port(loop: asyncio.AbstractEventLoop, port: Any) -> None:
+    """Close a pyserial port in a worker thread (its close blocks); inline when the loop
+    can no longer run one (it is shutting down)."""
+    try:
+        loop.run_in_executor(None, port.close)
+    except RuntimeError:
+        with contextlib.suppress(Exception):
+            port.close()
+
+
+class _Rfc2217Transport(SerialTransport):
+    """pymodbus' serial transport on an open RFC 2217 port (no file descriptor)."""
+
+    force_poll = True
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, protocol: Any, port: Any, answer_window: float
+    ) -> None:
+        asyncio.Transport.__init__(self)
+        self.async_loop = loop
+        self.intern_protocol = protocol
+        self.sync_serial = port
+        self.intern_write_buffer: list[bytes] = []
+        self.poll_task: asyncio.Task[None] | None = None
+        self._window = answer_window
+        self._busy_until = 0.0
+        self._sent = asyncio.Event()  # ends an idle wait: an answer is due
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send at once: a Modbus request is a few bytes, which the socket takes; a
+        failed send fails the request at once."""
+        port = self.sync_serial
+        if port is None:
+            return
+        self._busy_until = self.async_loop.time() + self._window
+        self._sent.set()
+        try:
+            port.write(data)
+        except Exception as err:  # SerialException; AttributeError once pyserial's reader ended
+            lost = err if isinstance(err, serial.SerialException) else serial.SerialException(err)
+            self.async_loop.call_soon(self.close, lost)
+
+    def check(self) -> None:
+        """Take what has arrived; a connection found closed closes the transport now."""
+        try:
+            self._drain()
+        except serial.SerialException as err:
+            self.close(err)
+
+    async def polling_task(self) -> None:
+        try:
+            while self.sync_serial is not None:
+                if self.async_loop.time() < self._busy_until:
+                    await asyncio.sleep(BUSY_POLL)
+                else:
+                    self._sent.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(IDLE_POLL):
+                            await self._sent.wait()
+                if self._drain():  # an answer, or part of one: the rest follows at once
+                    self._busy_until = self.async_loop.time() + TRAILING
+        except serial.SerialException as err:  # the server dropped the connection
+            self.close(err)
+
+    def _drain(self) -> bool:
+        """Hand every byte that has arrived to the protocol; False when none had.
+
+        pyserial's RFC 2217 port queues bytes one by one and, without a timeout, reads
+        one queued item per call. When the connection ends its reader thread queues an
+        end mark (read as nothing) and stops; a read after that raises SerialException.
+        """
+        port = self.sync_serial
+        if port is None:
+            return False
+        chunks: list[bytes] = []
+        try:
+            while True:
+                waiting = port.in_waiting
+                chunk = port.read(max(1, waiting))
+                if chunk:
+                    chunks.append(chunk)
+                elif waiting:  # the end mark
+                    raise serial.SerialException("the device server closed the connection")
+                else:
+                    break
+        finally:
+            if chunks and self.sync_serial is not None:
+                self.intern_protocol.data_received(b"".join(chunks))  # type: ignore[attr-defined]
+        return bool(chunks)
+
+    def close(self, exc: Exception | None = None) -> None:
+        port, self.sync_serial = self.sync_serial, None
+        if port is None:
+            return
+        self.intern_write_buffer.clear()
+        task, self.poll_task = self.poll_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        _close_port(self.async_loop, port)
+        if exc is not None:
+            # A request waiting for its answer fails now, not at its timeout: the
+            # endpoint counts a connection error and reopens the line for the retry.
+            waiting = getattr(self.intern_protocol, "response_future", None)
+            if isinstance(waiting, asyncio.Future) and not waiting.done():
+                waiting.set_exception(ModbusIOException(f"connection lost: {exc}"))
+            with contextlib.suppress(Exception):
+                self.intern_protocol.connection_lost(exc)
