@@ -50,7 +50,7 @@ class SerialPortConfig(StrictModel):
         problem = path_text_problem(port)
         if problem is not None:
             raise ValueError(f"{problem}; name the serial device, e.g. /dev/ttyUSB0")
-        if "://" in port:
+        if isinstance(port, str) and "://" in port:
             problem = url_port_problem(port, network_ports=cls.network_ports)
             if problem is not None:
                 raise ValueError(problem)

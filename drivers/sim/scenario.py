@@ -8,8 +8,9 @@ so that a gateway config's device sections, given values, describe their simulat
   devices on the same host and port are units of one server (`port = 0`: a free port
   of the device's own, printed at start);
 - `modbus_rtu`: a slave on a serial bus: a pseudo-terminal (`link` names it with a
-  symlink) or a real serial port (`port`); slaves naming the same `bus` (or the same
-  `link` or `port`) share one line and its settings;
+  symlink), a real serial port (`port`), or a bus behind a simulated serial device
+  server speaking RFC 2217 (`port = "rfc2217://HOST:PORT"`, served there); slaves
+  naming the same `bus` (or the same `link` or `port`) share one line and its settings;
 - `serial_line`: an instrument with its own line protocol, streaming or polled, its
   frames described by `frame` (drivers/sim/line_frames.py).
 
@@ -30,7 +31,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -59,7 +60,7 @@ from drivers.modbus.config import (
 )
 from drivers.modbus.decode import ByteOrder, DataType
 from drivers.serial_line.config import SerialLineDeviceConfig, mode_problems
-from drivers.serial_port import SerialPortConfig
+from drivers.serial_port import SerialPortConfig, is_rfc2217
 from drivers.sim.line_frames import (
     FrameConfig,
     NotInvertible,
@@ -239,6 +240,8 @@ class _SimSerialConfig(SerialPortConfig):
 
 
 class SimModbusRtuDeviceConfig(_SimModbusDeviceConfig, _SimSerialConfig):
+    network_ports: ClassVar[bool] = True  # rfc2217://HOST:PORT: a device server served there
+
     protocol: Literal["modbus_rtu"]
     unit: SerialUnit = 1
     bus: Name | None = Field(
@@ -623,5 +626,9 @@ def _section(device: object) -> dict[str, Any]:
 
 
 def _serial_keys(device: SerialPortConfig) -> dict[str, Any]:
-    """A pseudo-terminal linked where the config names its port (a pty carries 8N1)."""
+    """A pseudo-terminal linked where the config names its port (a pty carries 8N1), or
+    a serial device server where it names one (its bus at the config's settings)."""
+    if is_rfc2217(device.port):
+        settings = ("baudrate", "bytesize", "parity", "stopbits")
+        return {"port": device.port} | {key: getattr(device, key) for key in settings}
     return {"link": device.port, "baudrate": device.baudrate}

@@ -4,9 +4,10 @@ describes, running on the event loop, and what the control interface changes in 
 `Simulation(scenario).start()` starts every endpoint (drivers/sim/scenario.py: a TCP
 port with its units, a bus with its slaves, an instrument's line), each from the
 simulators of this package: `ModbusSimServer` for Modbus TCP, RTU over TCP and RTU
-buses (a `NullModem` pair of pseudo-terminals, or a real port), `LineInstrument` for
-line instruments. Pseudo-terminals get their symlinks (`link`, or `link_dir/<bus or
-instrument name>`), replaced when a stale one is there and removed at stop.
+buses (a `NullModem` pair of pseudo-terminals, a real port, or an `Rfc2217Line`: a
+serial device server on a TCP port), `LineInstrument` for line instruments.
+Pseudo-terminals get their symlinks (`link`, or `link_dir/<bus or instrument name>`),
+replaced when a stale one is there and removed at stop.
 
 Every point's value comes from its `ValueSource`, sampled at each read (each frame)
 with the seconds since start; `hold` pins it, `release` lets it go. Faults are set on
@@ -30,14 +31,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from drivers.modbus.config import ModbusPointConfig
 from drivers.modbus.decode import DataType, Table, register_count
-from drivers.serial_port import open_error
+from drivers.serial_port import LineSettings, is_rfc2217, open_error
 from drivers.sim.control import CommandError
 from drivers.sim.faults import WireFault
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice, free_tcp_port
 from drivers.sim.modbus_profile import plausible_value, raw_value, typical_value
+from drivers.sim.rfc2217_line import Rfc2217Line
 from drivers.sim.scenario import (
     Endpoint,
     ScenarioConfig,
@@ -125,6 +128,7 @@ class Simulation:
         self._servers: list[ModbusSimServer] = []
         self._instruments: list[LineInstrument] = []
         self._modems: list[NullModem] = []
+        self._device_servers: list[Rfc2217Line] = []
         self._links: list[tuple[Path, str]] = []
 
     # --- start and stop ----------------------------------------------------------------
@@ -151,11 +155,15 @@ class Simulation:
                 await server.stop()
         for modem in self._modems:
             modem.stop()
+        for line in self._device_servers:
+            with contextlib.suppress(Exception):
+                await line.stop()
         for link, target in self._links:
             with contextlib.suppress(OSError):
                 if str(link.readlink()) == target:
                     link.unlink()
         self._instruments, self._servers, self._modems, self._links = [], [], [], []
+        self._device_servers = []
 
     async def __aenter__(self) -> Simulation:
         await self.start()
@@ -180,9 +188,16 @@ class Simulation:
     async def _start_bus(self, endpoint: Endpoint) -> None:
         first = endpoint.devices[0][1]
         assert isinstance(first, SimModbusRtuDeviceConfig)
-        if first.port is not None:
-            _check_serial_port(first.port, first)
+        if first.port is not None and is_rfc2217(first.port):
+            line = await self._start_device_server(first.port, first)
             where: dict[str, Any] = {"path": first.port, "link": None, "bus": first.bus_name}
+            # the bus side is a pseudo-terminal: the line itself garbles wrong settings
+            server = ModbusSimServer(
+                [], serial_port=line.bus_path, baudrate=first.baudrate, rng=self.rng
+            )
+        elif first.port is not None:
+            _check_serial_port(first.port, first)
+            where = {"path": first.port, "link": None, "bus": first.bus_name}
             server = ModbusSimServer(
                 [],
                 serial_port=first.port,
@@ -206,6 +221,21 @@ class Simulation:
             unit = self._modbus_unit(device, where)
             server.context.devices[unit.unit] = unit
         await self._start_server(server, where["path"])
+
+    async def _start_device_server(self, url: str, line: SimModbusRtuDeviceConfig) -> Rfc2217Line:
+        """A simulated serial device server listening where `url` says, its bus at the
+        line's settings."""
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port or 0
+        _check_tcp_port(host, port)
+        server = Rfc2217Line(LineSettings(*line.line_settings), host, port)
+        try:
+            await server.start()
+        except OSError as err:
+            server.bus.close()
+            raise SimulationError(f"cannot serve {url}: {err.strerror or err}") from err
+        self._device_servers.append(server)
+        return server
 
     async def _start_server(self, server: ModbusSimServer, where: str) -> None:
         try:

@@ -435,6 +435,49 @@ def test_from_config_serves_what_a_gateway_config_reads_and_check_reads_every_po
     assert not (tmp_path / "tty" / "bus").exists()  # links removed at stop
 
 
+def test_an_rtu_bus_on_a_serial_device_server_is_served_where_the_config_names_it(
+    tmp_path: Path,
+) -> None:
+    port = free_tcp_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[gateway]\nid = "rig"\n[buffer]\npath = "{tmp_path}/buffer.db"\n'
+        f'[[devices]]\nname = "meter"\nprotocol = "modbus_rtu"\nport = "rfc2217://127.0.0.1:{port}"\n'
+        'baudrate = 19200\nparity = "E"\nunit = 4\ntimeout = "300ms"\n'
+        'points = [{ name = "voltage", table = "input", address = 0, type = "float32" }]\n'
+    )
+    process = start("--from-config", str(config), "--json", cwd=tmp_path)
+    try:
+        ready = ready_line(process)
+        (meter,) = ready["devices"]
+        assert meter["path"] == f"rfc2217://127.0.0.1:{port}" and meter["link"] is None
+        check = subprocess.run(
+            [sys.executable, "-m", "gateway", "check", "-c", str(config), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+        # The simulated server's bus is at 19200 8E1: a gateway set to 8N1 reads nothing.
+        wrong = tmp_path / "wrong.toml"
+        wrong.write_text(config.read_text().replace('parity = "E"', 'parity = "N"'))
+        refused = subprocess.run(
+            [sys.executable, "-m", "gateway", "check", "-c", str(wrong), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+    finally:
+        code, err = finish(process)
+    assert check.returncode == 0, check.stdout + check.stderr
+    (cycle,) = json.loads(check.stdout)["cycles"]
+    assert [(p["point"], p["quality"]) for p in cycle["points"]] == [("voltage", "good")]
+    assert refused.returncode != 0, refused.stdout
+    assert code == 0, err
+    assert not (tmp_path / "rfc2217:").exists()  # no link made at a path named by the URL
+
+
 def test_a_bad_simulator_file_exits_2_naming_each_problem_at_its_key_path(tmp_path: Path) -> None:
     (tmp_path / "rig.toml").write_text(
         '[[devices]]\nname = "pump"\nprotocol = "modbus_tcp"\nport = 0\n'

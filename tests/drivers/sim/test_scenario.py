@@ -10,6 +10,7 @@ import pytest
 
 from drivers.sim.scenario import (
     ScenarioError,
+    SimModbusRtuDeviceConfig,
     SimSerialLineDeviceConfig,
     from_gateway_devices,
     load_scenario,
@@ -260,3 +261,28 @@ def test_a_gateway_instrument_whose_frames_cannot_be_written_is_named() -> None:
     (problem,) = refused.value.problems
     assert problem.startswith("devices[2].parser: the simulator cannot write the frames of 'gas'")
     assert problem.endswith("describe it in a simulator file")
+
+
+def test_a_bus_on_a_serial_device_server_is_served_as_one_at_the_configs_settings() -> None:
+    text = (
+        '[gateway]\nid = "rig"\n[[devices]]\nname = "meter"\nprotocol = "modbus_rtu"\n'
+        'port = "rfc2217://127.0.0.1:4001"\nbaudrate = 19200\nparity = "E"\nunit = 4\n'
+        'points = [{ name = "voltage", address = 0 }]\n'
+    )
+    (meter,) = from_gateway_devices(parse_config(text.encode()).config.devices).devices
+    assert isinstance(meter, SimModbusRtuDeviceConfig)
+    assert (meter.port, meter.link) == ("rfc2217://127.0.0.1:4001", None)
+    assert meter.line_settings == (19200, 8, "E", 1)
+
+
+def test_only_a_modbus_rtu_bus_may_be_served_behind_a_serial_device_server() -> None:
+    line = (
+        '[[devices]]\nname = "gas"\nprotocol = "serial_line"\nport = "rfc2217://127.0.0.1:4001"\n'
+        'frame = "CH4={ch4}\\r\\n"\npoints = [{ name = "ch4" }]\n'
+    )
+    with pytest.raises(ScenarioError) as refused:
+        parse_scenario(line.encode())
+    assert any(
+        p.startswith("devices[0].port: 'rfc2217://127.0.0.1:4001' is a port on a serial device")
+        for p in refused.value.problems
+    ), refused.value.problems
