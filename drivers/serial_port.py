@@ -58,11 +58,13 @@ class SerialPortConfig(StrictModel):
 
     @property
     def line(self) -> str:
-        return self.port
+        """The line the port is: a device path, or a server's `rfc2217://host:port`
+        (options left out: one server port is one bus, however it is written)."""
+        return rfc2217_line(self.port) if is_rfc2217(self.port) else self.port
 
 
 RFC2217_SCHEME = "rfc2217://"
-_RFC2217_LOG_LEVELS = ("debug", "info", "warning", "error")
+RFC2217_TIMEOUT = (0.1, 10.0)  # seconds: the bounds of a URL's ?timeout=
 
 
 def is_rfc2217(port: str) -> bool:
@@ -70,10 +72,19 @@ def is_rfc2217(port: str) -> bool:
     return port.startswith(RFC2217_SCHEME)
 
 
+def rfc2217_line(url: str) -> str:
+    """`rfc2217://host:port` of an RFC 2217 URL, without its options."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{RFC2217_SCHEME}{f'[{host}]' if ':' in host else host}:{parts.port}"
+
+
 def url_port_problem(port: str, *, network_ports: bool) -> str | None:
     """What is wrong with a port setting that is a URL (None: an RFC 2217 port that
     pyserial will open, where `network_ports` allows one)."""
     scheme = port.split("://", 1)[0]
+    if scheme.lower() == "rfc2217" and scheme != "rfc2217":
+        return f"{port!r}: write the scheme in lower case, rfc2217://"
     if scheme == "rfc2217" and not network_ports:
         return (
             f"{port!r} is a port on a serial device server; only Modbus RTU devices can use "
@@ -110,17 +121,23 @@ def rfc2217_problem(url: str) -> str | None:
         value = values[0]
         if option == "timeout":
             try:
-                ok = 0 < float(value) < 3600
+                ok = RFC2217_TIMEOUT[0] <= float(value) <= RFC2217_TIMEOUT[1]
             except ValueError:
                 ok = False
             if not ok:
-                return f"{url!r}: timeout={value!r} is not a number of seconds above 0"
+                low, high = RFC2217_TIMEOUT
+                return (
+                    f"{url!r}: timeout={value!r}: the wait for each step of the server's "
+                    f"negotiation is a number of seconds from {low:g} to {high:g}"
+                )
+        elif option in ("ign_set_control", "poll_modem"):
+            if value:
+                return f"{url!r}: {option} takes no value (write ?{option} to turn it on)"
         elif option == "logging":
-            if value not in _RFC2217_LOG_LEVELS:
-                return f"{url!r}: logging={value!r} is not one of {', '.join(_RFC2217_LOG_LEVELS)}"
-        elif option not in ("ign_set_control", "poll_modem"):
+            return f"{url!r}: logging is not for the gateway: [gateway] log_level says what it logs"
+        else:
             return (
-                f"{url!r}: unknown option {option!r} (pyserial knows timeout, logging, "
+                f"{url!r}: unknown option {option!r} (pyserial knows timeout, "
                 "ign_set_control and poll_modem)"
             )
     return None

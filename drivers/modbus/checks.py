@@ -23,7 +23,9 @@ from drivers.modbus.timing import default_inter_frame_delay
 from drivers.serial_port import absent_port_warnings
 
 # The master keeps one silence between frames on a bus: it is a setting of the bus too.
-_LINE_SETTINGS = ("baudrate", "bytesize", "parity", "stopbits", "inter_frame_delay")
+# `port` differs on one line only where a serial device server's port is written two
+# ways (rfc2217://h:4001 and rfc2217://h:4001?timeout=2): one connection, one URL.
+_LINE_SETTINGS = ("port", "baudrate", "bytesize", "parity", "stopbits", "inter_frame_delay")
 
 
 def check(devices: Indexed[ModbusConfig]) -> list[Problem]:

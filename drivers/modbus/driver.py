@@ -28,8 +28,7 @@ from drivers.modbus.decode import Table, Value
 from drivers.modbus.diagnose import describe_tcp_answer
 from drivers.modbus.exceptions import exception_name
 from drivers.modbus.plan import ReadRequest, decode_response, plan_reads
-from drivers.modbus.rfc2217 import CONNECT_TIMEOUT as RFC2217_CONNECT_TIMEOUT
-from drivers.modbus.rfc2217 import Rfc2217Client, rfc2217_client
+from drivers.modbus.rfc2217 import Rfc2217Client, opening_budget, rfc2217_client
 from drivers.modbus.timing import bus_estimate, poll_line_time, rtu_response_bytes
 from drivers.serial_port import is_rfc2217, line_rate
 
@@ -106,7 +105,7 @@ class Transport:
     def connect_timeout(self, answer_timeout: float) -> float:
         """Seconds opening the line may take: an RFC 2217 port negotiates its settings first."""
         if self.kind == "rtu" and is_rfc2217(self.serial_port):
-            return max(answer_timeout, RFC2217_CONNECT_TIMEOUT)
+            return max(answer_timeout, opening_budget(self.serial_port))
         return answer_timeout
 
     def client(self, timeout: float, trace: Callable[[bool, bytes], bytes]) -> ModbusBaseClient:
@@ -173,6 +172,10 @@ class ModbusEndpoint:
         self._received = bytearray()  # bytes received since the current request was sent
         self._received_total = 0
         self._silent_requests = 0  # consecutive requests on this connection without an answer
+        self._silent_units: set[int] = set()  # the units those requests were for
+        # A dead slave on a bus behind a server is not a dead connection: silence counts
+        # as one only when it spans two units (or the line's only unit).
+        self._half_open_units = min(2, len({d.unit for d in self.devices}))
         # Sees every answer's raw values before decoding (`edge-gateway check`); None in
         # the daemon, where it costs one attribute test per request.
         self.on_answer: AnswerHook | None = None
@@ -329,10 +332,16 @@ class ModbusEndpoint:
                 )
         except TimeoutError as err:
             self._silent_requests += 1
+            self._silent_units.add(device.unit)
             received = self._received_total
-            if self._silent_requests >= HALF_OPEN_AFTER and self.transport.networked:
-                # Nothing usable came back on this connection for several requests: it
-                # may be half-open (NAT state lost, a hung device server). Start afresh.
+            if (
+                self._silent_requests >= HALF_OPEN_AFTER
+                and len(self._silent_units) >= self._half_open_units
+                and self.transport.networked
+            ):
+                # Nothing usable came back on this connection for several requests, to
+                # more than one unit: it may be half-open (NAT state lost, a hung device
+                # server). Start afresh.
                 self._close()
             if received:  # bytes came back, but no answer to this request
                 raise self._garbled(device, request, client) from err
@@ -348,6 +357,7 @@ class ModbusEndpoint:
         finally:
             self._last_io = time.monotonic()
         self._silent_requests = 0
+        self._silent_units.clear()
         if self.transport.kind != "tcp" and len(self._received) > _rtu_response_size(
             request, response
         ):
@@ -428,6 +438,7 @@ class ModbusEndpoint:
 
     def _close(self) -> None:
         self._silent_requests = 0
+        self._silent_units.clear()
         if self._client is not None:
             self._client.close()
             self._client = None

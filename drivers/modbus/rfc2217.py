@@ -8,8 +8,13 @@ telnet and line-setting negotiation) and `close` (a reader thread joined, then a
 0.3 s pause) block. pymodbus' serial transport waits on a file descriptor, so such a
 port is driven here instead:
 
-- opened and closed off the event loop (a worker thread), so a slow or dead device
-  server never stalls the other lines, the batcher or the uplink;
+- opened and closed off the event loop, each in a daemon thread of its own, so a
+  slow or dead device server never stalls the other lines, the batcher or the
+  uplink, never holds a worker of the loop's executor, and never delays the exit;
+  an opening waits for the close of the same URL's previous session (a server may
+  take one session at a time), and may take what pyserial needs to say why it
+  failed (`opening_budget`: the TCP connection, then two negotiation steps of the
+  URL's `?timeout=`, 3 s by default);
 - a request is written at once; the answer is looked for every `BUSY_POLL` seconds
   while one is due (from the request until its answer timeout, or until `TRAILING`
   after the last bytes came), and every `IDLE_POLL` seconds otherwise (stray bytes,
@@ -17,18 +22,22 @@ port is driven here instead:
   wake-ups a second, not 2,000.
 
 A connection the server drops is found at the next look (or by `connected`, which
-the endpoint asks before each request): a request waiting for its answer fails at
-once as a connection error, and the endpoint (driver.py) reopens the line for the
-retry or the next poll, as it does for TCP.
+the endpoint asks before each request): bytes that came with the goodbye are still
+delivered, a request waiting for its answer fails at once as a connection error, and
+the endpoint (driver.py) reopens the line for the retry or the next poll, as it does
+for TCP. A slave that does not answer is not a dead connection: the endpoint reopens
+a line only when requests to two units (or to its only unit) go unanswered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import serial
 from pymodbus import FramerType
@@ -36,9 +45,8 @@ from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ModbusIOException
 from pymodbus.transport.serialtransport import SerialTransport
 
-CONNECT_TIMEOUT = 5.0
-"""Seconds the opening of a port may take: a TCP connection, then the negotiation of
-the telnet options and of each line setting (pyserial waits up to 3 s for each)."""
+TCP_CONNECT = 5.0  # pyserial's own limit on the TCP connection to the server
+NEGOTIATION = 3.0  # pyserial's wait for each step of the negotiation, unless ?timeout=
 BUSY_POLL = 0.001  # seconds between looks for an answer that is due
 IDLE_POLL = 0.05  # seconds between looks while no answer is due
 TRAILING = 0.02  # after bytes arrived, the rest of a frame is looked for this long
@@ -57,7 +65,8 @@ def rfc2217_client(
     """A pymodbus RTU client whose line is the RFC 2217 port `url` (see the module).
 
     `timeout` is the answer timeout the endpoint applies; pymodbus' own (its opening of
-    the line, and its answer timeout, which must not race the endpoint's) is longer."""
+    the line, and its answer timeout, which must not race the endpoint's) is longer
+    than both that and the opening's budget."""
     client = Rfc2217Client(
         url,
         framer=FramerType.RTU,
@@ -65,7 +74,7 @@ def rfc2217_client(
         bytesize=bytesize,
         parity=parity,
         stopbits=stopbits,
-        timeout=max(timeout, CONNECT_TIMEOUT),
+        timeout=max(timeout, opening_budget(url)) + 1.0,
         retries=0,
         reconnect_delay=0,
         trace_packet=trace,
@@ -84,6 +93,17 @@ def rfc2217_client(
         stopbits=stopbits,
     )
     return client
+
+
+def opening_budget(url: str) -> float:
+    """Seconds the opening of `url` may take before pyserial itself gives up and says
+    why: the TCP connection, then two negotiation steps (telnet options, line settings)."""
+    values = parse_qs(urlsplit(url).query).get("timeout")
+    try:
+        step = float(values[0]) if values else NEGOTIATION
+    except ValueError:
+        step = NEGOTIATION
+    return TCP_CONNECT + 2 * step + 1.0
 
 
 class Rfc2217Client(AsyncModbusSerialClient):
@@ -112,17 +132,22 @@ async def _open(
     **settings: Any,
 ) -> tuple[asyncio.Transport, Any]:
     client.open_error = ""
-    opening = loop.run_in_executor(None, partial(serial.serial_for_url, url, timeout=0, **settings))
+    previous = _closing.get(url)
+    if previous is not None:  # the server may take one session at a time: let it end
+        await asyncio.wait([previous])
+    opening = _in_thread(
+        loop,
+        partial(serial.serial_for_url, url, timeout=0, **settings),
+        f"open {url}",
+        abandoned=partial(_close_port, loop, url),  # given up on (a timeout, a stop)
+    )
     try:
-        port = await asyncio.shield(opening)
-    except asyncio.CancelledError:  # given up on (a timeout, a stop): close it once it opens
-        opening.add_done_callback(partial(_close_opened, loop))
-        raise
+        port = await opening
     except Exception as err:  # SerialException, OSError, ValueError: pymodbus says False
         client.open_error = open_error_words(err)
         raise
     protocol = protocol_factory()
-    transport = _Rfc2217Transport(loop, protocol, port, answer_window)
+    transport = _Rfc2217Transport(loop, protocol, port, url, answer_window)
     loop.call_soon(transport.setup)
     return transport, protocol
 
@@ -142,19 +167,67 @@ def open_error_words(err: BaseException) -> str:
     return text
 
 
-def _close_opened(loop: asyncio.AbstractEventLoop, opening: asyncio.Future[Any]) -> None:
-    if not opening.cancelled() and opening.exception() is None:
-        _close_port(loop, opening.result())
+_closing: dict[str, asyncio.Future[Any]] = {}  # per URL: a session's close under way
 
 
-def _close_port(loop: asyncio.AbstractEventLoop, port: Any) -> None:
-    """Close a pyserial port in a worker thread (its close blocks); inline when the loop
-    can no longer run one (it is shutting down)."""
-    try:
-        loop.run_in_executor(None, port.close)
-    except RuntimeError:
-        with contextlib.suppress(Exception):
-            port.close()
+def _in_thread(
+    loop: asyncio.AbstractEventLoop,
+    work: Callable[[], Any],
+    name: str,
+    abandoned: Callable[[Any], None] | None = None,
+) -> asyncio.Future[Any]:
+    """`work()` (a pyserial call that blocks) in a thread of its own; its future on the
+    loop. The thread is a daemon: a server that never answers holds neither the loop,
+    nor a worker of the loop's executor, nor the process at exit. A result nobody waits
+    for any more (the future was cancelled) goes to `abandoned`."""
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def run() -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = work()
+        except BaseException as err:  # handed to the loop, raised where awaited
+            error = err
+        try:
+            loop.call_soon_threadsafe(_settle, future, result, error, abandoned)
+        except RuntimeError:  # the loop has closed: nobody will take an opened port
+            if error is None and abandoned is not None:
+                with contextlib.suppress(Exception):
+                    result.close()
+
+    threading.Thread(target=run, name=f"rfc2217 {name}", daemon=True).start()
+    return future
+
+
+def _settle(
+    future: asyncio.Future[Any],
+    result: Any,
+    error: BaseException | None,
+    abandoned: Callable[[Any], None] | None,
+) -> None:
+    if future.cancelled():
+        if error is None and abandoned is not None:
+            abandoned(result)
+    elif error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _close_port(loop: asyncio.AbstractEventLoop, url: str, port: Any) -> None:
+    """Close a pyserial port in a thread (its close joins a thread, then sleeps 0.3 s);
+    the next opening of the same URL waits for it."""
+    closing = _in_thread(loop, port.close, f"close {url}")
+    _closing[url] = closing
+
+    def done(future: asyncio.Future[Any]) -> None:
+        if _closing.get(url) is future:
+            del _closing[url]
+        if not future.cancelled():
+            future.exception()  # a close that failed: nothing left to do about it
+
+    closing.add_done_callback(done)
 
 
 class _Rfc2217Transport(SerialTransport):
@@ -163,12 +236,19 @@ class _Rfc2217Transport(SerialTransport):
     force_poll = True
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, protocol: Any, port: Any, answer_window: float
+        self,
+        loop: asyncio.AbstractEventLoop,
+        protocol: Any,
+        port: Any,
+        url: str,
+        answer_window: float,
     ) -> None:
         asyncio.Transport.__init__(self)
         self.async_loop = loop
         self.intern_protocol = protocol
         self.sync_serial = port
+        self.url = url
+        self._request: object = None  # the answer the last request awaits (pymodbus')
         self.intern_write_buffer: list[bytes] = []
         self.poll_task: asyncio.Task[None] | None = None
         self._window = answer_window
@@ -183,6 +263,7 @@ class _Rfc2217Transport(SerialTransport):
             return
         self._busy_until = self.async_loop.time() + self._window
         self._sent.set()
+        self._request = getattr(self.intern_protocol, "response_future", None)
         try:
             port.write(data)
         except Exception as err:  # SerialException; AttributeError once pyserial's reader ended
@@ -232,6 +313,9 @@ class _Rfc2217Transport(SerialTransport):
                     raise serial.SerialException("the device server closed the connection")
                 else:
                     break
+        except serial.SerialException:
+            chunks.extend(_left_behind(port))  # an answer that came with the goodbye
+            raise
         finally:
             if chunks and self.sync_serial is not None:
                 self.intern_protocol.data_received(b"".join(chunks))  # type: ignore[attr-defined]
@@ -245,12 +329,27 @@ class _Rfc2217Transport(SerialTransport):
         task, self.poll_task = self.poll_task, None
         if task is not None and task is not asyncio.current_task():
             task.cancel()
-        _close_port(self.async_loop, port)
+        _close_port(self.async_loop, self.url, port)
         if exc is not None:
             # A request waiting for its answer fails now, not at its timeout: the
             # endpoint counts a connection error and reopens the line for the retry.
-            waiting = getattr(self.intern_protocol, "response_future", None)
+            waiting, self._request = self._request, None
             if isinstance(waiting, asyncio.Future) and not waiting.done():
                 waiting.set_exception(ModbusIOException(f"connection lost: {exc}"))
             with contextlib.suppress(Exception):
                 self.intern_protocol.connection_lost(exc)
+
+
+def _left_behind(port: Any) -> list[bytes]:
+    """Bytes pyserial had queued when its reader ended: its read() refuses them then."""
+    queue = getattr(port, "_read_buffer", None)
+    found: list[bytes] = []
+    while queue is not None:
+        try:
+            item = queue.get_nowait()
+        except Exception:  # queue.Empty
+            break
+        if item is None:  # the end mark
+            break
+        found.append(item)
+    return found

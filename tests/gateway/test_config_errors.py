@@ -387,7 +387,12 @@ def test_a_modbus_rtu_device_may_sit_behind_a_serial_device_server(port: str) ->
         ("rfc2217://:4001", "names no host"),
         ("rfc2217://10.0.0.9:70000", "the TCP port is not a number from 1 to 65535"),
         ("rfc2217://10.0.0.9:4001/tty1", "nothing may follow the port but options"),
-        ("rfc2217://10.0.0.9:4001?timeout=soon", "timeout='soon' is not a number of seconds"),
+        ("rfc2217://10.0.0.9:4001?timeout=soon", "is a number of seconds from 0.1 to 10"),
+        ("rfc2217://10.0.0.9:4001?timeout=60", "timeout='60': the wait for each step"),
+        ("rfc2217://10.0.0.9:4001?timeout=0.01", "is a number of seconds from 0.1 to 10"),
+        ("rfc2217://10.0.0.9:4001?poll_modem=false", "poll_modem takes no value"),
+        ("rfc2217://10.0.0.9:4001?logging=debug", "[gateway] log_level says what it logs"),
+        ("RFC2217://10.0.0.9:4001", "write the scheme in lower case, rfc2217://"),
         ("rfc2217://10.0.0.9:4001?baud=9600", "unknown option 'baud' (pyserial knows timeout"),
         ("socket://10.0.0.9:4001", 'protocol = "modbus_rtu_over_tcp" with its host and port'),
         ("loop://", "is not a serial device: name one, e.g. /dev/ttyUSB0, or a serial device"),
@@ -561,3 +566,20 @@ def test_unit_0_on_a_serial_bus_is_refused_as_the_broadcast_address(protocol: st
 def test_unit_0_is_fine_for_modbus_tcp() -> None:
     text = MINIMAL.replace('host = "127.0.0.1"', 'host = "127.0.0.1"\nunit = 0')
     assert parse_config(text.encode()).config.devices[0].unit == 0
+
+
+def test_one_server_port_written_two_ways_is_one_bus_and_must_be_written_alike() -> None:
+    two = RTU.replace("PORT", "rfc2217://Moxa-3:4001") + RTU.replace(
+        "PORT", "rfc2217://moxa-3:4001?timeout=2"
+    ).replace('name = "meter"', 'name = "meter2"').replace(GATEWAY, "")
+    found = problems(two)
+    assert any(
+        p.startswith(
+            "devices[1].port: devices[1] and devices[0] share the bus on "
+            "rfc2217://moxa-3:4001 but their port differs"
+        )
+        for p in found
+    ), found
+    assert any(
+        "devices[1] and devices[0] are both unit 1 on rfc2217://moxa-3:4001" in p for p in found
+    ), found

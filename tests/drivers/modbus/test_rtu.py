@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -222,3 +224,80 @@ async def test_a_server_port_in_raw_tcp_mode_is_named_as_such_when_rfc2217_is_co
     assert 'protocol = "modbus_rtu_over_tcp"' in health.last_error
     offline = [(r.point, r.value, r.quality) for r in sink]
     assert offline == [("n", None, Quality.DEVICE_OFFLINE), ("t", None, Quality.DEVICE_OFFLINE)]
+
+
+async def test_a_dead_slave_behind_a_serial_device_server_does_not_reopen_the_session() -> None:
+    sink = Sink()
+    devices = slaves(1, 3)
+    devices[1].silent = True  # unit 3 is powered off; the default retry makes 2 silences a poll
+    async with (
+        Rfc2217Line(LineSettings(19200)) as line,
+        ModbusSimServer(devices, serial_port=line.bus_path),
+    ):
+        text = '[gateway]\nid = "t"\n' + "".join(
+            rtu_device(f"s{u}", line.url, u, POINTS, interval="200ms").replace(
+                "retries = 0", "retries = 1"
+            )
+            for u in (1, 3)
+        )
+        drivers = build_drivers(parse_config(text.encode()).config, sink)
+        await run_for(drivers, 3.0)
+        assert line.connections == 1  # the live slave answers: the connection is fine
+    health = {h.name: h for h in drivers[0].health()}
+    assert health["s3"].online is False and health["s1"].online is True
+    assert health["s3"].timeouts >= 4
+    counts = sink.counts("s1")
+    assert len(counts) >= 8 and counts == list(range(1, len(counts) + 1))
+
+
+async def test_a_session_dropped_before_any_request_leaves_no_unretrieved_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from drivers.modbus.rfc2217 import rfc2217_client
+
+    async with Rfc2217Line(LineSettings(19200)) as line:
+        client = rfc2217_client(
+            line.url,
+            baudrate=19200,
+            bytesize=8,
+            parity="N",
+            stopbits=1,
+            timeout=0.5,
+            trace=lambda sending, data: data,
+        )
+        assert await client.connect()
+        held = [client]
+        del client
+        assert line.drop_client()
+        await _until(lambda: not held[0].connected, 5, "the drop seen")
+        held.pop().close()
+        await asyncio.sleep(0.2)  # the poll task ends, the close thread reports
+        gc.collect()  # an exception set on a future nobody awaits is logged here
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_server_that_never_negotiates_is_given_up_on_within_its_url_timeout() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accepts the connection, says nothing
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sink = Sink()
+    try:
+        text = '[gateway]\nid = "t"\n' + rtu_device(
+            "s1", f"rfc2217://127.0.0.1:{port}?timeout=0.2", 1, POINTS, interval="1s"
+        )
+        drivers = build_drivers(parse_config(text.encode()).config, sink)
+        started = time.monotonic()
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(drivers[0].run())
+            (health,) = drivers[0].health()
+            await _until(lambda: health.state == "offline", 10, "the device offline")
+            elapsed = time.monotonic() - started
+            await cancel_and_wait([task])
+    finally:
+        server.close()
+    # pyserial waits 0.2 s for the telnet options, then says why: in words, not "no answer".
+    assert health.last_error is not None and "does not speak RFC 2217" in health.last_error
+    assert elapsed < 5.0, elapsed
