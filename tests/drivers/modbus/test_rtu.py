@@ -246,8 +246,8 @@ async def test_a_dead_slave_behind_a_serial_device_server_does_not_reopen_the_se
     health = {h.name: h for h in drivers[0].health()}
     assert health["s3"].online is False and health["s1"].online is True
     assert health["s3"].timeouts >= 4
-    counts = sink.counts("s1")
-    assert len(counts) >= 8 and counts == list(range(1, len(counts) + 1))
+    counts = sink.counts("s1")  # its polls go on (each dead-slave timeout delays them)
+    assert len(counts) >= 4 and counts == list(range(1, len(counts) + 1))
 
 
 async def test_a_session_dropped_before_any_request_leaves_no_unretrieved_error(
