@@ -15,17 +15,21 @@ server speaking RFC 2217, ``rfc2217://host:port`` (drivers/modbus/rfc2217.py);
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
 import os
 import termios
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import parse_qs, urlsplit
 
+import serial
 from pydantic import Field, field_validator
 
 from drivers.base import Problem
@@ -284,3 +288,99 @@ def _group_of(port: str) -> str | None:
         return Path(port).group()
     except (OSError, KeyError):
         return None
+
+
+# --- ports on a serial device server: pyserial's RFC 2217 client blocks -------------------
+
+_closing: dict[str, asyncio.Future[Any]] = {}  # per URL: a session's close under way
+
+
+def _in_thread(
+    loop: asyncio.AbstractEventLoop,
+    work: Callable[[], Any],
+    name: str,
+    abandoned: Callable[[Any], None] | None = None,
+) -> asyncio.Future[Any]:
+    """`work()` (a pyserial call that blocks) in a thread of its own; its future on the
+    loop. The thread is a daemon: a server that never answers holds neither the loop,
+    nor a worker of the loop's executor, nor the process at exit. A result nobody waits
+    for any more (the future was cancelled) goes to `abandoned`."""
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def run() -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = work()
+        except BaseException as err:  # handed to the loop, raised where awaited
+            error = err
+        try:
+            loop.call_soon_threadsafe(_settle, future, result, error, abandoned)
+        except RuntimeError:  # the loop has closed: nobody will take an opened port
+            if error is None and abandoned is not None:
+                with contextlib.suppress(Exception):
+                    result.close()
+
+    threading.Thread(target=run, name=f"rfc2217 {name}", daemon=True).start()
+    return future
+
+
+def _settle(
+    future: asyncio.Future[Any],
+    result: Any,
+    error: BaseException | None,
+    abandoned: Callable[[Any], None] | None,
+) -> None:
+    if future.cancelled():
+        if error is None and abandoned is not None:
+            abandoned(result)
+    elif error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def close_network_port(loop: asyncio.AbstractEventLoop, url: str, port: Any) -> None:
+    """Close a pyserial port in a thread (its close joins a thread, then sleeps 0.3 s);
+    the next opening of the same URL waits for it."""
+    closing = _in_thread(loop, port.close, f"close {url}")
+    _closing[url] = closing
+
+    def done(future: asyncio.Future[Any]) -> None:
+        if _closing.get(url) is future:
+            del _closing[url]
+        if not future.cancelled():
+            future.exception()  # a close that failed: nothing left to do about it
+
+    closing.add_done_callback(done)
+
+
+async def open_network_port(url: str, **settings: Any) -> Any:
+    """pyserial's port for `url` (`serial_for_url`, no timeout), opened in a thread of its
+    own once the same URL's previous session has closed (a server may take one session
+    at a time). Cancelled, it closes the port when the opening ends."""
+    loop = asyncio.get_running_loop()
+    previous = _closing.get(url)
+    if previous is not None:
+        await asyncio.wait([previous])
+    return await _in_thread(
+        loop,
+        partial(serial.serial_for_url, url, timeout=0, **settings),
+        f"open {url}",
+        abandoned=partial(close_network_port, loop, url),
+    )
+
+
+def left_behind(port: Any) -> list[bytes]:
+    """Bytes pyserial had queued when its reader ended: its read() refuses them then."""
+    queue = getattr(port, "_read_buffer", None)
+    found: list[bytes] = []
+    while queue is not None:
+        try:
+            item = queue.get_nowait()
+        except Exception:  # queue.Empty
+            break
+        if item is None:  # the end mark
+            break
+        found.append(item)
+    return found

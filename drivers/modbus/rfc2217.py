@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -44,6 +43,8 @@ from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ModbusIOException
 from pymodbus.transport.serialtransport import SerialTransport
+
+from drivers.serial_port import close_network_port, left_behind, open_network_port
 
 TCP_CONNECT = 5.0  # pyserial's own limit on the TCP connection to the server
 NEGOTIATION = 3.0  # pyserial's wait for each step of the negotiation, unless ?timeout=
@@ -132,17 +133,8 @@ async def _open(
     **settings: Any,
 ) -> tuple[asyncio.Transport, Any]:
     client.open_error = ""
-    previous = _closing.get(url)
-    if previous is not None:  # the server may take one session at a time: let it end
-        await asyncio.wait([previous])
-    opening = _in_thread(
-        loop,
-        partial(serial.serial_for_url, url, timeout=0, **settings),
-        f"open {url}",
-        abandoned=partial(_close_port, loop, url),  # given up on (a timeout, a stop)
-    )
     try:
-        port = await opening
+        port = await open_network_port(url, **settings)
     except Exception as err:  # SerialException, OSError, ValueError: pymodbus says False
         client.open_error = open_error_words(err)
         raise
@@ -165,69 +157,6 @@ def open_error_words(err: BaseException) -> str:
     if text.startswith("Could not open port ") and ": " in text[20:]:
         text = text[20:].split(": ", 1)[1]  # pyserial repeats the URL
     return text
-
-
-_closing: dict[str, asyncio.Future[Any]] = {}  # per URL: a session's close under way
-
-
-def _in_thread(
-    loop: asyncio.AbstractEventLoop,
-    work: Callable[[], Any],
-    name: str,
-    abandoned: Callable[[Any], None] | None = None,
-) -> asyncio.Future[Any]:
-    """`work()` (a pyserial call that blocks) in a thread of its own; its future on the
-    loop. The thread is a daemon: a server that never answers holds neither the loop,
-    nor a worker of the loop's executor, nor the process at exit. A result nobody waits
-    for any more (the future was cancelled) goes to `abandoned`."""
-    future: asyncio.Future[Any] = loop.create_future()
-
-    def run() -> None:
-        result: Any = None
-        error: BaseException | None = None
-        try:
-            result = work()
-        except BaseException as err:  # handed to the loop, raised where awaited
-            error = err
-        try:
-            loop.call_soon_threadsafe(_settle, future, result, error, abandoned)
-        except RuntimeError:  # the loop has closed: nobody will take an opened port
-            if error is None and abandoned is not None:
-                with contextlib.suppress(Exception):
-                    result.close()
-
-    threading.Thread(target=run, name=f"rfc2217 {name}", daemon=True).start()
-    return future
-
-
-def _settle(
-    future: asyncio.Future[Any],
-    result: Any,
-    error: BaseException | None,
-    abandoned: Callable[[Any], None] | None,
-) -> None:
-    if future.cancelled():
-        if error is None and abandoned is not None:
-            abandoned(result)
-    elif error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
-def _close_port(loop: asyncio.AbstractEventLoop, url: str, port: Any) -> None:
-    """Close a pyserial port in a thread (its close joins a thread, then sleeps 0.3 s);
-    the next opening of the same URL waits for it."""
-    closing = _in_thread(loop, port.close, f"close {url}")
-    _closing[url] = closing
-
-    def done(future: asyncio.Future[Any]) -> None:
-        if _closing.get(url) is future:
-            del _closing[url]
-        if not future.cancelled():
-            future.exception()  # a close that failed: nothing left to do about it
-
-    closing.add_done_callback(done)
 
 
 class _Rfc2217Transport(SerialTransport):
@@ -314,7 +243,7 @@ class _Rfc2217Transport(SerialTransport):
                 else:
                     break
         except serial.SerialException:
-            chunks.extend(_left_behind(port))  # an answer that came with the goodbye
+            chunks.extend(left_behind(port))  # an answer that came with the goodbye
             raise
         finally:
             if chunks and self.sync_serial is not None:
@@ -329,7 +258,7 @@ class _Rfc2217Transport(SerialTransport):
         task, self.poll_task = self.poll_task, None
         if task is not None and task is not asyncio.current_task():
             task.cancel()
-        _close_port(self.async_loop, self.url, port)
+        close_network_port(self.async_loop, self.url, port)
         if exc is not None:
             # A request waiting for its answer fails now, not at its timeout: the
             # endpoint counts a connection error and reopens the line for the retry.
@@ -338,18 +267,3 @@ class _Rfc2217Transport(SerialTransport):
                 waiting.set_exception(ModbusIOException(f"connection lost: {exc}"))
             with contextlib.suppress(Exception):
                 self.intern_protocol.connection_lost(exc)
-
-
-def _left_behind(port: Any) -> list[bytes]:
-    """Bytes pyserial had queued when its reader ended: its read() refuses them then."""
-    queue = getattr(port, "_read_buffer", None)
-    found: list[bytes] = []
-    while queue is not None:
-        try:
-            item = queue.get_nowait()
-        except Exception:  # queue.Empty
-            break
-        if item is None:  # the end mark
-            break
-        found.append(item)
-    return found
