@@ -8,9 +8,11 @@ a second program on the same port gets a clear error instead of silently stealin
 bytes from the service. `open_error` turns what the OS said into a sentence that
 names the holder of a busy port and the fix for a permission problem.
 
-A port is a device path. Modbus RTU devices may also name a port on a serial device
-server speaking RFC 2217, ``rfc2217://host:port`` (drivers/modbus/rfc2217.py);
-`rfc2217_problem` checks such a URL as pyserial will read it.
+A port is a device path, or a port on a serial device server speaking RFC 2217,
+``rfc2217://host:port`` (where the protocol's config allows it: `network_ports`);
+`rfc2217_problem` checks such a URL as pyserial will read it. pyserial's client for
+one blocks when it opens and closes: `open_network_port` and `close_network_port` do
+that in threads of their own.
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ from drivers.core.config_types import Int, StrictModel, WholeNumber, path_text_p
 class SerialPortConfig(StrictModel):
     """Line settings of a serial port (RS-485 / RS-232)."""
 
-    port: str = Field(description="serial device, e.g. /dev/ttyUSB0 or /dev/ttyAMA0")
+    port: str = Field(
+        description="serial device, e.g. /dev/ttyUSB0, or a serial device server speaking "
+        "RFC 2217, rfc2217://HOST:PORT"
+    )
     baudrate: Int = Field(9600, ge=50, le=4_000_000)
     bytesize: Annotated[Literal[7, 8], WholeNumber] = 8
     parity: Literal["N", "E", "O"] = "N"
@@ -205,6 +210,8 @@ def forbid_other_openers(fd: int) -> None:
 
 def open_error(port: str, err: BaseException) -> str:
     """Why `port` could not be opened, and what to do about it."""
+    if is_rfc2217(port):
+        return f"cannot open {port}: {network_open_error(err)}"
     if isinstance(err, termios.error):  # the driver refused a line setting
         detail = err.args[1] if len(err.args) > 1 else str(err)
         return (
@@ -384,3 +391,17 @@ def left_behind(port: Any) -> list[bytes]:
             break
         found.append(item)
     return found
+
+
+def network_open_error(err: BaseException, *, raw_tcp: str = "") -> str:
+    """Why pyserial could not open an RFC 2217 port, in words a technician acts on
+    (`raw_tcp`: what the protocol offers for a server port in raw TCP mode)."""
+    text = str(err) or type(err).__name__
+    if text.startswith("Remote does not seem to support RFC2217"):
+        also = f"; {raw_tcp}" if raw_tcp else ""
+        return f"it does not speak RFC 2217 (is the server's port in RFC 2217 mode?{also})"
+    if text.startswith("Remote does not accept parameter change"):
+        return "it refused these line settings (does the server's port support them?)"
+    if text.startswith("Could not open port ") and ": " in text[20:]:
+        text = text[20:].split(": ", 1)[1]  # pyserial repeats the URL
+    return text

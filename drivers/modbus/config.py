@@ -538,10 +538,6 @@ class ModbusRtuDeviceConfig(_ModbusDeviceConfig, SerialPortConfig):
     network_ports: ClassVar[bool] = True
 
     protocol: Literal["modbus_rtu"]
-    port: str = Field(
-        description="serial device, e.g. /dev/ttyUSB0, or a serial device server speaking "
-        "RFC 2217, rfc2217://HOST:PORT"
-    )
     unit: SerialUnit = 1
     inter_frame_delay: DurationOrZero | None = Field(
         None, description="silence between requests; default 3.5 character times (min 1.75ms)"

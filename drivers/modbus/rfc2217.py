@@ -44,8 +44,14 @@ from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ModbusIOException
 from pymodbus.transport.serialtransport import SerialTransport
 
-from drivers.serial_port import close_network_port, left_behind, open_network_port
+from drivers.serial_port import (
+    close_network_port,
+    left_behind,
+    network_open_error,
+    open_network_port,
+)
 
+RAW_TCP = 'a port in raw TCP mode is protocol = "modbus_rtu_over_tcp"'
 TCP_CONNECT = 5.0  # pyserial's own limit on the TCP connection to the server
 NEGOTIATION = 3.0  # pyserial's wait for each step of the negotiation, unless ?timeout=
 BUSY_POLL = 0.001  # seconds between looks for an answer that is due
@@ -136,27 +142,12 @@ async def _open(
     try:
         port = await open_network_port(url, **settings)
     except Exception as err:  # SerialException, OSError, ValueError: pymodbus says False
-        client.open_error = open_error_words(err)
+        client.open_error = network_open_error(err, raw_tcp=RAW_TCP)
         raise
     protocol = protocol_factory()
     transport = _Rfc2217Transport(loop, protocol, port, url, answer_window)
     loop.call_soon(transport.setup)
     return transport, protocol
-
-
-def open_error_words(err: BaseException) -> str:
-    """Why pyserial could not open an RFC 2217 port, in words a technician acts on."""
-    text = str(err) or type(err).__name__
-    if text.startswith("Remote does not seem to support RFC2217"):
-        return (
-            "it does not speak RFC 2217 (is the server's port in RFC 2217 mode? a port in raw "
-            'TCP mode is protocol = "modbus_rtu_over_tcp")'
-        )
-    if text.startswith("Remote does not accept parameter change"):
-        return "it refused these line settings (does the server's port support them?)"
-    if text.startswith("Could not open port ") and ": " in text[20:]:
-        text = text[20:].split(": ", 1)[1]  # pyserial repeats the URL
-    return text
 
 
 class _Rfc2217Transport(SerialTransport):

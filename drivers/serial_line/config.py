@@ -11,7 +11,7 @@ sentence type (field 7 means something else in each).
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -247,6 +247,8 @@ def mode_problems(
 
 class SerialLineDeviceConfig(SerialPortConfig):
     """An instrument with its own line protocol (not Modbus)."""
+
+    network_ports: ClassVar[bool] = True  # rfc2217://HOST:PORT: on a serial device server
 
     name: Name
     protocol: Literal["serial_line"]

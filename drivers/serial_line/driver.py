@@ -7,7 +7,11 @@ and waits `timeout` for the reply frame; a poll without a valid reply marks it
 offline, and polls back off exponentially up to `backoff_max`.
 
 Bytes arrive through the event loop (`add_reader` on the port's file descriptor),
-go through the framer, and each frame through the parser. Nothing a device sends
+go through the framer, and each frame through the parser. A port on a serial device
+server (`rfc2217://host:port`: pyserial's client, which has no file descriptor) is
+opened and closed in a thread (drivers/serial_port.py) and looked at on a timer
+instead: every `_BUSY_POLL` seconds while a reply is due or bytes are flowing, every
+`_IDLE_POLL` seconds otherwise. Nothing a device sends
 can raise out of here: discarded bytes count as framing errors, frames that fail
 their checksum count as CRC errors (their values, when they can still be read,
 are published flagged `BAD_CHECKSUM`, never as good), unparsable frames count
@@ -32,7 +36,15 @@ from drivers.core.backoff import backoff_delay
 from drivers.core.model import Quality, Reading, Value
 from drivers.serial_line.framing import Discard, Frame, Framer
 from drivers.serial_line.parsers import Field, ParseError, Parser
-from drivers.serial_port import forbid_other_openers, line_rate, open_error
+from drivers.serial_port import (
+    close_network_port,
+    forbid_other_openers,
+    is_rfc2217,
+    left_behind,
+    line_rate,
+    open_error,
+    open_network_port,
+)
 
 log = logging.getLogger("drivers.serial_line")
 
@@ -157,6 +169,11 @@ class SerialLineDriver:
         self._shed_in_episode = 0
         self._resync = False  # the framer restarted after shedding: its next discard is shed
         self._paused = False
+        # A port on a serial device server: looked at by a task, not by the event loop.
+        self._network = is_rfc2217(port)
+        self._reader: asyncio.Task[None] | None = None
+        self._busy_until = 0.0  # monotonic: look often until then (a reply is due)
+        self._sent = asyncio.Event()  # ends the reader's idle wait
 
     def plan(self) -> DriverPlan:
         polled = self.command is not None
@@ -174,7 +191,7 @@ class SerialLineDriver:
         try:
             while True:
                 try:
-                    self._open()
+                    await self._open()
                 except (serial.SerialException, OSError, ValueError, termios.error) as err:
                     self._failed(open_error(self.port_settings["port"], err))
                     await asyncio.sleep(self._backoff())
@@ -236,10 +253,18 @@ class SerialLineDriver:
         while not self._frames.empty():
             self._frames.get_nowait()
         try:
-            self._serial.reset_input_buffer()
+            if self._network:  # what is queued here (a purge at the server waits for it)
+                _, lost = self._take_network()
+                if lost is not None:
+                    raise lost
+            else:
+                self._serial.reset_input_buffer()
             self._serial.write(self.command)
-        except (serial.SerialException, OSError) as err:
+        except Exception as err:  # SerialException, OSError; pyserial's RFC 2217 port: any
             raise _PortLost(f"write to {self.port_settings['port']} failed: {err}") from err
+        if self._network:
+            self._busy_until = time.monotonic() + self.timeout
+            self._sent.set()
         self.device_health.requests += 1
         started = time.perf_counter()
         deadline = time.monotonic() + self.timeout
@@ -267,21 +292,36 @@ class SerialLineDriver:
 
     # --- bytes in ---------------------------------------------------------------------
 
-    def _open(self) -> None:
-        # exclusive: a second program on this port gets an error instead of our bytes.
-        self._serial = serial.Serial(
-            timeout=0, write_timeout=1.0, exclusive=True, **self.port_settings
-        )
-        forbid_other_openers(self._serial.fileno())
+    async def _open(self) -> None:
+        if self._network:
+            url = self.port_settings["port"]
+            settings = {k: v for k, v in self.port_settings.items() if k != "port"}
+            self._serial = await open_network_port(url, **settings)
+        else:
+            # exclusive: a second program on this port gets an error instead of our bytes.
+            self._serial = serial.Serial(
+                timeout=0, write_timeout=1.0, exclusive=True, **self.port_settings
+            )
+            forbid_other_openers(self._serial.fileno())
         self.framer.reset()
         # A streaming instrument is caught mid-frame when the port opens (pyserial
         # flushes what had arrived): the first thing framed is a fragment, not noise.
         self._resync = self.command is None
         self._paused = False
-        asyncio.get_running_loop().add_reader(self._serial.fileno(), self._on_readable)
+        if self._network:
+            self._reader = asyncio.create_task(self._read_network(), name=f"{self.name} reader")
+        else:
+            asyncio.get_running_loop().add_reader(self._serial.fileno(), self._on_readable)
 
     def _close(self) -> None:
         if self._serial is None:
+            return
+        if self._network:
+            reader, self._reader = self._reader, None
+            if reader is not None and reader is not asyncio.current_task():
+                reader.cancel()
+            close_network_port(asyncio.get_running_loop(), self.port_settings["port"], self._serial)
+            self._serial = None
             return
         with contextlib.suppress(Exception):
             asyncio.get_running_loop().remove_reader(self._serial.fileno())
@@ -294,12 +334,58 @@ class SerialLineDriver:
         try:
             data = self._serial.read(max(1, min(self._serial.in_waiting, _READ_CHUNK)))
         except (serial.SerialException, OSError) as err:
-            # The port went away (USB adapter unplugged); the run loop reopens it.
-            self._close()
-            self._frames.put_nowait(_LOST)
-            self.device_health.last_error = f"port lost: {err}"
+            self._lost(err)  # the USB adapter unplugged
             return
         self.consume(self._within_rate(data))
+
+    def _lost(self, err: BaseException) -> None:
+        """The port went away; the run loop reopens it."""
+        self._close()
+        self._frames.put_nowait(_LOST)
+        self.device_health.last_error = f"port lost: {err}"
+
+    async def _read_network(self) -> None:
+        """The bytes of a port on a serial device server, looked for on a timer."""
+        while self._serial is not None:
+            now = time.monotonic()
+            if now < self._busy_until and self._shedding_since is None:
+                await asyncio.sleep(_BUSY_POLL)
+            else:
+                self._sent.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_IDLE_POLL):
+                        await self._sent.wait()
+            data, lost = self._take_network()
+            if data:
+                self._busy_until = max(self._busy_until, time.monotonic() + _TRAILING)
+                self.consume(self._within_rate(data))
+            if lost is not None:  # the server closed the connection
+                self._lost(lost)
+                return
+
+    def _take_network(self) -> tuple[bytes, serial.SerialException | None]:
+        """Everything pyserial has queued (it reads one queued item per call without a
+        timeout), and why the connection ended, if it has (with what came before)."""
+        port = self._serial
+        chunks: list[bytes] = []
+        if port is None:
+            return b"", None
+        size = 0
+        try:
+            while size < _READ_CHUNK:
+                waiting = port.in_waiting
+                chunk = port.read(max(1, waiting))
+                if chunk:
+                    chunks.append(chunk)
+                    size += len(chunk)
+                elif waiting:  # pyserial's end mark
+                    raise serial.SerialException("the device server closed the connection")
+                else:
+                    break
+        except serial.SerialException as err:
+            chunks.extend(left_behind(port))
+            return b"".join(chunks), err
+        return b"".join(chunks), None
 
     def _within_rate(self, data: bytes) -> bytes:
         """Keep at most what the line may carry (a token bucket); shed and count the rest.
@@ -357,8 +443,8 @@ class SerialLineDriver:
         self._shed_in_episode = 0
 
     def _pause(self, seconds: float) -> None:
-        if self._paused or self._serial is None:
-            return
+        if self._paused or self._serial is None or self._network:
+            return  # a network port is looked at every _IDLE_POLL while shedding
         loop = asyncio.get_running_loop()
         fd = self._serial.fileno()
         loop.remove_reader(fd)
@@ -484,6 +570,9 @@ class _PortLost(Exception):
 _LOST = Frame(b"")  # sentinel queued by the reader when the port disappears
 _RATE_MARGIN = 2.0  # default input bound: this many times the line rate
 _READ_CHUNK = 65536  # bytes read per wake-up at most
+_BUSY_POLL = 0.002  # seconds between looks at a server's port while a reply is due
+_IDLE_POLL = 0.05  # ... and otherwise
+_TRAILING = 0.02  # after bytes came, the rest of a frame is looked for this long
 _BURST_SECONDS = 0.5  # the input bound allows bursts of this many seconds' worth
 _MIN_BURST = 4096  # ... and at least this many bytes (a long frame at a low baud rate)
 _PAUSE_SECONDS = 0.1  # reading pauses this long after shedding

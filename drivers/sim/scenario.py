@@ -12,7 +12,8 @@ so that a gateway config's device sections, given values, describe their simulat
   server speaking RFC 2217 (`port = "rfc2217://HOST:PORT"`, served there); slaves
   naming the same `bus` (or the same `link` or `port`) share one line and its settings;
 - `serial_line`: an instrument with its own line protocol, streaming or polled, its
-  frames described by `frame` (drivers/sim/line_frames.py).
+  frames described by `frame` (drivers/sim/line_frames.py); on a pseudo-terminal, a
+  real port, or behind a simulated serial device server (`port = "rfc2217://..."`).
 
 A Modbus device's points are the gateway's point tables (table and address, or
 `register`; type, byte order, scale, offset) plus `value` (drivers/sim/values.py),
@@ -258,6 +259,8 @@ class SimModbusRtuDeviceConfig(_SimModbusDeviceConfig, _SimSerialConfig):
 
 class SimSerialLineDeviceConfig(_SimSerialConfig):
     """An instrument with its own line protocol."""
+
+    network_ports: ClassVar[bool] = True  # rfc2217://HOST:PORT: a device server served there
 
     name: Name
     protocol: Literal["serial_line"]

@@ -222,7 +222,9 @@ class Simulation:
             server.context.devices[unit.unit] = unit
         await self._start_server(server, where["path"])
 
-    async def _start_device_server(self, url: str, line: SimModbusRtuDeviceConfig) -> Rfc2217Line:
+    async def _start_device_server(
+        self, url: str, line: SimModbusRtuDeviceConfig | SimSerialLineDeviceConfig
+    ) -> Rfc2217Line:
         """A simulated serial device server listening where `url` says, its bus at the
         line's settings."""
         parts = urlsplit(url)
@@ -248,12 +250,17 @@ class Simulation:
         device = endpoint.devices[0][1]
         assert isinstance(device, SimSerialLineDeviceConfig)
         port: PtyPort | SerialDevicePort
-        if device.port is not None:
+        if device.port is not None and is_rfc2217(device.port):
+            line = await self._start_device_server(device.port, device)
+            # the server's bus side is a pseudo-terminal (parity is the line's to judge)
+            port = SerialDevicePort(line.bus_path, device.baudrate)
+            where: dict[str, Any] = {"path": device.port, "link": None}
+        elif device.port is not None:
             try:
                 port = SerialDevicePort(device.port, *device.line_settings)
             except (OSError, ValueError) as err:
                 raise SimulationError(open_error(device.port, err)) from err
-            where: dict[str, Any] = {"path": device.port, "link": None}
+            where = {"path": device.port, "link": None}
         else:
             port = PtyPort()
             where = {"path": port.path, "link": self._link(device.link, device.name, port.path)}

@@ -80,7 +80,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     where = parser.add_argument_group("where to listen (a port, or a device of a config)")
-    where.add_argument("--port", help="the serial device, e.g. /dev/ttyUSB1")
+    where.add_argument(
+        "--port",
+        help="the serial device, e.g. /dev/ttyUSB1, or a serial device server's port, "
+        "rfc2217://HOST:PORT",
+    )
     where.add_argument(
         "-c",
         "--config",
@@ -370,7 +374,6 @@ class Totals:
 
 
 def _listen(setup: Setup, args: argparse.Namespace) -> int:
-    import select
     import termios
     import time
 
@@ -419,7 +422,7 @@ def _listen(setup: Setup, args: argparse.Namespace) -> int:
                     waits.append(next_send - now)
                 if hint_at is not None:
                     waits.append(hint_at - now)
-                ready, _, _ = select.select([port.fileno()], [], [], max(0.0, min(waits)))
+                ready = wait_readable(port, max(0.0, min(waits)))
                 if live is not None:
                     live.advance(0, f"{now - started:.0f}s, {totals.bytes} bytes")
                 if hint_at is not None and now >= hint_at:
@@ -429,7 +432,7 @@ def _listen(setup: Setup, args: argparse.Namespace) -> int:
                     hint_at = None
                 if not ready:
                     continue
-                data = port.read(max(1, port.in_waiting))
+                data = read_available(port)
                 if not data:
                     continue
                 arrived = time.monotonic()
@@ -659,14 +662,49 @@ def _stdout_is_terminal() -> bool:
 def open_exclusive(settings: dict[str, Any]) -> serial.Serial:
     """The port opened as the drivers open it: exclusively (flock and TIOCEXCL), so a port
     the running service holds fails here with EBUSY or a lock error (`open_error` names
-    the holder) instead of both readers losing bytes."""
+    the holder) instead of both readers losing bytes. A port on a serial device server
+    (rfc2217://) is pyserial's client for it: the server decides who may connect."""
     import serial
 
-    from drivers.serial_port import forbid_other_openers
+    from drivers.serial_port import forbid_other_openers, is_rfc2217
 
+    if is_rfc2217(settings["port"]):
+        line = {key: value for key, value in settings.items() if key != "port"}
+        return serial.serial_for_url(settings["port"], timeout=0, **line)
     port = serial.Serial(timeout=0, write_timeout=1.0, exclusive=True, **settings)
     forbid_other_openers(port.fileno())
     return port
+
+
+def read_available(port: serial.SerialBase) -> bytes:
+    """What has arrived (pyserial's RFC 2217 port hands out one queued item a read)."""
+    data: bytes = port.read(max(1, port.in_waiting))
+    while data and len(data) < 65536 and port.in_waiting:
+        more = port.read(port.in_waiting)
+        if not more:
+            break
+        data += more
+    return data
+
+
+def wait_readable(port: serial.SerialBase, seconds: float) -> bool:
+    """Whether bytes arrived within `seconds`: select() on a port's file descriptor; a
+    port on a serial device server, which has none, is looked at every 10 ms."""
+    import select
+    import time
+
+    try:
+        fd = port.fileno()
+    except (AttributeError, OSError):  # pyserial's RFC 2217 port
+        deadline = time.monotonic() + seconds
+        while not port.in_waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(0.01, left))
+        return True
+    ready, _, _ = select.select([fd], [], [], seconds)
+    return bool(ready)
 
 
 class RecordingParser:

@@ -405,13 +405,11 @@ def test_a_port_url_pyserial_would_refuse_or_misread_is_refused_in_words(
     assert found.startswith(f"devices[0].port: {port!r}") and expected in found, found
 
 
-def test_a_line_instrument_cannot_sit_behind_a_serial_device_server() -> None:
+def test_a_line_instrument_may_sit_behind_a_serial_device_server_too() -> None:
     text = NMEA.replace(", PARSER", "").replace('"/dev/ttyUSB1"', '"rfc2217://10.0.0.9:4001"')
-    assert one_problem(text) == (
-        "devices[0].port: 'rfc2217://10.0.0.9:4001' is a port on a serial device server; only "
-        "Modbus RTU devices can use one (rfc2217://): name the serial device this instrument "
-        "is wired to, e.g. /dev/ttyUSB0"
-    )
+    loaded = parse_config(text.encode(), "test.toml")
+    assert loaded.config.devices[0].port == "rfc2217://10.0.0.9:4001"  # type: ignore[union-attr]
+    assert loaded.warnings == ()
 
 
 # --- the buffer ------------------------------------------------------------------------------

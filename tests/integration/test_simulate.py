@@ -435,45 +435,75 @@ def test_from_config_serves_what_a_gateway_config_reads_and_check_reads_every_po
     assert not (tmp_path / "tty" / "bus").exists()  # links removed at stop
 
 
-def test_an_rtu_bus_on_a_serial_device_server_is_served_where_the_config_names_it(
+SERVED = """
+[gateway]
+id = "rig"
+[buffer]
+path = "{work}/buffer.db"
+[[devices]]
+name = "meter"
+protocol = "modbus_rtu"
+port = "rfc2217://127.0.0.1:{bus}"
+baudrate = 19200
+parity = "E"
+unit = 4
+timeout = "300ms"
+points = [{{ name = "voltage", table = "input", address = 0, type = "float32" }}]
+[[devices]]
+name = "gas"
+protocol = "serial_line"
+port = "rfc2217://127.0.0.1:{line}"
+stale_after = "1s"
+framing = {{ kind = "delimiter", delimiter = "\\r\\n" }}
+parser = {{ kind = "regex", pattern = 'CH4=(?P<ch4>[-\\d.]+)' }}
+points = [{{ name = "ch4", unit = "%LEL" }}]
+"""
+
+
+def test_a_bus_and_an_instrument_on_serial_device_servers_are_served_where_the_config_says(
     tmp_path: Path,
 ) -> None:
-    port = free_tcp_port()
+    bus, line = free_tcp_port(), free_tcp_port()
     config = tmp_path / "gateway.toml"
-    config.write_text(
-        f'[gateway]\nid = "rig"\n[buffer]\npath = "{tmp_path}/buffer.db"\n'
-        f'[[devices]]\nname = "meter"\nprotocol = "modbus_rtu"\nport = "rfc2217://127.0.0.1:{port}"\n'
-        'baudrate = 19200\nparity = "E"\nunit = 4\ntimeout = "300ms"\n'
-        'points = [{ name = "voltage", table = "input", address = 0, type = "float32" }]\n'
-    )
-    process = start("--from-config", str(config), "--json", cwd=tmp_path)
-    try:
-        ready = ready_line(process)
-        (meter,) = ready["devices"]
-        assert meter["path"] == f"rfc2217://127.0.0.1:{port}" and meter["link"] is None
-        check = subprocess.run(
-            [sys.executable, "-m", "gateway", "check", "-c", str(config), "--json"],
+    config.write_text(SERVED.format(work=tmp_path, bus=bus, line=line))
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text(config.read_text().replace('parity = "E"', 'parity = "N"'))
+
+    def gateway(*words: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", *words],
             capture_output=True,
             text=True,
             timeout=60,
             cwd=REPO,
         )
+
+    process = start("--from-config", str(config), "--json", cwd=tmp_path)
+    try:
+        ready = ready_line(process)
+        served = {d["name"]: (d["path"], d["link"]) for d in ready["devices"]}
+        assert served == {
+            "meter": (f"rfc2217://127.0.0.1:{bus}", None),
+            "gas": (f"rfc2217://127.0.0.1:{line}", None),
+        }
+        check = gateway("check", "-c", str(config), "--json")
         # The simulated server's bus is at 19200 8E1: a gateway set to 8N1 reads nothing.
-        wrong = tmp_path / "wrong.toml"
-        wrong.write_text(config.read_text().replace('parity = "E"', 'parity = "N"'))
-        refused = subprocess.run(
-            [sys.executable, "-m", "gateway", "check", "-c", str(wrong), "--json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=REPO,
+        refused = gateway("check", "-c", str(wrong), "--json", "--device", "meter")
+        listened = gateway(
+            "listen", "-c", str(config), "--device", "gas", "--seconds", "1.5", "--json"
         )
     finally:
         code, err = finish(process)
     assert check.returncode == 0, check.stdout + check.stderr
     (cycle,) = json.loads(check.stdout)["cycles"]
-    assert [(p["point"], p["quality"]) for p in cycle["points"]] == [("voltage", "good")]
+    assert {(p["point"], p["quality"]) for p in cycle["points"]} == {
+        ("voltage", "good"),
+        ("ch4", "good"),
+    }
     assert refused.returncode != 0, refused.stdout
+    assert listened.returncode == 0, listened.stdout + listened.stderr
+    end = json.loads(listened.stdout.splitlines()[-1])
+    assert end["event"] == "end" and end["frames"] >= 3 and end["chunks"] <= end["frames"] * 2
     assert code == 0, err
     assert not (tmp_path / "rfc2217:").exists()  # no link made at a path named by the URL
 

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
+from collections.abc import Callable
 
 import pytest
+import serial.rfc2217
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivers.core.model import Quality, Reading
 from drivers.serial_line.build import build_driver
 from drivers.serial_line.driver import SerialLineDriver
+from drivers.serial_port import LineSettings
+from drivers.sim.rfc2217_line import Rfc2217Line
 from drivers.sim.serial_line import (
     LineInstrument,
     binary_level_frame,
@@ -19,6 +25,7 @@ from drivers.sim.serial_line import (
     gas_detector_line,
     nmea_gga,
 )
+from drivers.sim.serial_link import SerialDevicePort
 from gateway.settings import parse_config
 from gateway.tasks import cancel_and_wait
 
@@ -234,3 +241,63 @@ def test_random_bytes_never_raise_out_of_any_driver_configuration(chunks: list[b
         while not driver._frames.empty():
             driver.handle(driver._frames.get_nowait())
         assert all(isinstance(r, Reading) for r in sink)
+
+
+# --- on a serial device server (rfc2217://) ------------------------------------------------
+
+
+async def test_a_streaming_instrument_behind_a_serial_device_server_survives_a_dropped_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    closed_on_loop: list[bool] = []
+    close = serial.rfc2217.Serial.close
+
+    def recording_close(port: serial.rfc2217.Serial) -> None:  # pyserial's close blocks 0.3 s
+        closed_on_loop.append(threading.current_thread() is threading.main_thread())
+        close(port)
+
+    monkeypatch.setattr(serial.rfc2217.Serial, "close", recording_close)
+    sink = Sink()
+    async with Rfc2217Line(LineSettings(115200, parity="E")) as line:
+        port = SerialDevicePort(line.bus_path, 115200)
+        async with LineInstrument(gas_detector_line, period=0.02, port=port):
+            text = GAS.format(path=line.url, stale="1s").replace(
+                "baudrate = 115200", 'baudrate = 115200\nparity = "E"'
+            )
+            driver = driver_for(text, sink)
+            async with asyncio.TaskGroup() as tg:
+                task = tg.create_task(driver.run())
+                await _until(lambda: len(sink.values("n")) >= 20, "frames through the server")
+                assert line.client == LineSettings(115200, parity="E")  # set from the config
+                before = len(sink.values("n"))
+                assert line.drop_client()  # the server restarts, or times the session out
+                await _until(lambda: len(sink.values("n")) >= before + 20, "frames after the drop")
+                await cancel_and_wait([task])
+            assert line.connections == 2
+    n = sink.values("n")
+    assert n == sorted(set(n))  # in order, none twice (frames sent during the drop are lost)
+    assert n[:before] == list(range(n[0], n[0] + before))
+    assert driver.device_health.online is True
+    await _until(lambda: len(closed_on_loop) >= 2, "both sessions closed")
+    assert closed_on_loop == [False] * len(closed_on_loop)  # never on the event loop
+
+
+async def test_a_polled_instrument_behind_a_serial_device_server_answers_each_poll() -> None:
+    sink = Sink()
+    async with Rfc2217Line(LineSettings(9600)) as line:
+        port = SerialDevicePort(line.bus_path, 9600)
+        async with LineInstrument(flow_meter_csv, command=b"READ\r\n", port=port):
+            driver = driver_for(POLLED.format(path=line.url), sink)
+            await run_until(driver, lambda: len(sink.values("n")) >= 10)
+    health = driver.device_health
+    assert health.online is True and health.requests >= health.responses >= 10
+    assert health.last_latency_ms is not None and health.last_latency_ms < 150
+    n = sink.values("n")
+    assert n == sorted(n) and len(set(n)) == len(n)
+
+
+async def _until(check: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"no {what} within {seconds:g}s"
+        await asyncio.sleep(0.02)

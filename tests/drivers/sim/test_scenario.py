@@ -275,14 +275,11 @@ def test_a_bus_on_a_serial_device_server_is_served_as_one_at_the_configs_setting
     assert meter.line_settings == (19200, 8, "E", 1)
 
 
-def test_only_a_modbus_rtu_bus_may_be_served_behind_a_serial_device_server() -> None:
+def test_a_line_instrument_may_be_served_behind_a_serial_device_server() -> None:
     line = (
         '[[devices]]\nname = "gas"\nprotocol = "serial_line"\nport = "rfc2217://127.0.0.1:4001"\n'
-        'frame = "CH4={ch4}\\r\\n"\npoints = [{ name = "ch4" }]\n'
+        'frame = { kind = "text", template = "CH4={ch4}\\r\\n" }\npoints = [{ name = "ch4" }]\n'
     )
-    with pytest.raises(ScenarioError) as refused:
-        parse_scenario(line.encode())
-    assert any(
-        p.startswith("devices[0].port: 'rfc2217://127.0.0.1:4001' is a port on a serial device")
-        for p in refused.value.problems
-    ), refused.value.problems
+    (gas,) = parse_scenario(line.encode()).devices
+    assert isinstance(gas, SimSerialLineDeviceConfig)
+    assert (gas.port, gas.link) == ("rfc2217://127.0.0.1:4001", None)
