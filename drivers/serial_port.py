@@ -22,6 +22,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import socket
 import termios
 import threading
 from collections.abc import Callable, Sequence
@@ -372,25 +373,56 @@ async def open_network_port(url: str, **settings: Any) -> Any:
         await asyncio.wait([previous])
     return await _in_thread(
         loop,
-        partial(serial.serial_for_url, url, timeout=0, **settings),
+        partial(_open_with_keepalive, url, settings),
         f"open {url}",
         abandoned=partial(close_network_port, loop, url),
     )
 
 
-def left_behind(port: Any) -> list[bytes]:
-    """Bytes pyserial had queued when its reader ended: its read() refuses them then."""
-    queue = getattr(port, "_read_buffer", None)
-    found: list[bytes] = []
-    while queue is not None:
-        try:
-            item = queue.get_nowait()
-        except Exception:  # queue.Empty
-            break
-        if item is None:  # the end mark
-            break
-        found.append(item)
-    return found
+KEEPALIVE = (10, 5, 3)  # seconds idle, seconds between probes, probes: a dead path in ~25 s
+UNACKNOWLEDGED = 20_000  # ms a sent request may go unacknowledged before the kernel gives up
+
+
+def _open_with_keepalive(url: str, settings: dict[str, Any]) -> Any:
+    """pyserial's port, its TCP connection with keepalive: a server that lost power or
+    its network path sends no FIN, and a streaming instrument's session writes nothing,
+    so without it the session would wait for bytes forever."""
+    port = serial.serial_for_url(url, timeout=0, **settings)
+    sock = getattr(port, "_socket", None)
+    if sock is not None:
+        idle, interval, count = KEEPALIVE
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, UNACKNOWLEDGED)
+    return port
+
+
+def take_queued(port: Any, limit: int | None = None) -> tuple[bytes, int, bool]:
+    """What pyserial's RFC 2217 port has received: (the bytes, oldest first; how many
+    older ones were dropped to keep the newest `limit`; whether the connection has ended).
+
+    Its reader thread queues every byte as an item of its own, and its read() without a
+    timeout hands out one item per call (4 us each: a flooding server would hold the
+    event loop for a quarter second per 64 KiB); once the thread has ended, read()
+    refuses what is still queued. The queue is taken whole under its lock instead."""
+    queue = port._read_buffer
+    with queue.mutex:
+        items = list(queue.queue)
+        queue.queue.clear()
+    ended = None in items
+    if ended:
+        items = items[: items.index(None)]
+    thread = port._thread
+    ended = ended or thread is None or not thread.is_alive()
+    data = b"".join(items)
+    dropped = 0
+    if limit is not None and len(data) > limit:
+        dropped = len(data) - limit
+        data = data[dropped:]
+    return data, dropped, ended
 
 
 def network_open_error(err: BaseException, *, raw_tcp: str = "") -> str:

@@ -46,9 +46,9 @@ from pymodbus.transport.serialtransport import SerialTransport
 
 from drivers.serial_port import (
     close_network_port,
-    left_behind,
     network_open_error,
     open_network_port,
+    take_queued,
 )
 
 RAW_TCP = 'a port in raw TCP mode is protocol = "modbus_rtu_over_tcp"'
@@ -214,32 +214,16 @@ class _Rfc2217Transport(SerialTransport):
 
     def _drain(self) -> bool:
         """Hand every byte that has arrived to the protocol; False when none had.
-
-        pyserial's RFC 2217 port queues bytes one by one and, without a timeout, reads
-        one queued item per call. When the connection ends its reader thread queues an
-        end mark (read as nothing) and stops; a read after that raises SerialException.
-        """
+        SerialException (after those bytes) once the server has closed the connection."""
         port = self.sync_serial
         if port is None:
             return False
-        chunks: list[bytes] = []
-        try:
-            while True:
-                waiting = port.in_waiting
-                chunk = port.read(max(1, waiting))
-                if chunk:
-                    chunks.append(chunk)
-                elif waiting:  # the end mark
-                    raise serial.SerialException("the device server closed the connection")
-                else:
-                    break
-        except serial.SerialException:
-            chunks.extend(left_behind(port))  # an answer that came with the goodbye
-            raise
-        finally:
-            if chunks and self.sync_serial is not None:
-                self.intern_protocol.data_received(b"".join(chunks))  # type: ignore[attr-defined]
-        return bool(chunks)
+        data, _, ended = take_queued(port)
+        if data:
+            self.intern_protocol.data_received(data)  # type: ignore[attr-defined]
+        if ended:
+            raise serial.SerialException("the device server closed the connection")
+        return bool(data)
 
     def close(self, exc: Exception | None = None) -> None:
         port, self.sync_serial = self.sync_serial, None

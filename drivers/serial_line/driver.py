@@ -40,10 +40,10 @@ from drivers.serial_port import (
     close_network_port,
     forbid_other_openers,
     is_rfc2217,
-    left_behind,
     line_rate,
     open_error,
     open_network_port,
+    take_queued,
 )
 
 log = logging.getLogger("drivers.serial_line")
@@ -169,6 +169,7 @@ class SerialLineDriver:
         self._shed_in_episode = 0
         self._resync = False  # the framer restarted after shedding: its next discard is shed
         self._paused = False
+        self._heard = 0.0  # monotonic time a byte last came from a server's port
         # A port on a serial device server: looked at by a task, not by the event loop.
         self._network = is_rfc2217(port)
         self._reader: asyncio.Task[None] | None = None
@@ -213,7 +214,18 @@ class SerialLineDriver:
         (silent) or offline with comm_error (talking, but nothing usable)."""
         last_good = time.monotonic()
         garbage = False  # frames arrived since the last good one, none usable
+        self._heard = time.monotonic()
         while True:
+            if (
+                self._network
+                and time.monotonic() - self._heard > _SILENT_SESSION * self.stale_after
+            ):
+                # Not one byte for so long: a session the server (or the path to it) has
+                # dropped without a word looks exactly like this. A new one costs little.
+                raise _PortLost(
+                    f"nothing from {self.port_settings['port']} for "
+                    f"{_SILENT_SESSION * self.stale_after:g}s; reopening the session"
+                )
             remaining = last_good + self.stale_after - time.monotonic()
             try:
                 if remaining <= 0:
@@ -248,7 +260,9 @@ class SerialLineDriver:
             next_due = max(next_due + self.poll_interval, now) if ok else now + self._backoff()
 
     async def _poll_once(self) -> bool:
-        assert self.command is not None and self._serial is not None
+        assert self.command is not None
+        if self._serial is None:  # the reader found the port gone since the last poll
+            raise _PortLost(self.device_health.last_error or "port lost")
         self.framer.reset()
         while not self._frames.empty():
             self._frames.get_nowait()
@@ -285,6 +299,7 @@ class SerialLineDriver:
                     self._failed(f"no valid reply within {self.timeout:g}s")
                 return False
             if self.handle(frame):
+                self._busy_until = 0.0  # answered: the reader looks at its idle pace again
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 self.device_health.last_latency_ms = round(elapsed_ms, 2)
                 return True
@@ -309,7 +324,9 @@ class SerialLineDriver:
         self._resync = self.command is None
         self._paused = False
         if self._network:
+            self._heard = time.monotonic()
             self._reader = asyncio.create_task(self._read_network(), name=f"{self.name} reader")
+            self._reader.add_done_callback(self._reader_ended)
         else:
             asyncio.get_running_loop().add_reader(self._serial.fileno(), self._on_readable)
 
@@ -348,7 +365,8 @@ class SerialLineDriver:
         """The bytes of a port on a serial device server, looked for on a timer."""
         while self._serial is not None:
             now = time.monotonic()
-            if now < self._busy_until and self._shedding_since is None:
+            shedding = now - self._last_shed < _BUSY_SHEDDING  # a flood: look at the idle pace
+            if now < self._busy_until and not shedding:
                 await asyncio.sleep(_BUSY_POLL)
             else:
                 self._sent.clear()
@@ -357,35 +375,41 @@ class SerialLineDriver:
                         await self._sent.wait()
             data, lost = self._take_network()
             if data:
-                self._busy_until = max(self._busy_until, time.monotonic() + _TRAILING)
+                self._heard = time.monotonic()
+                self._busy_until = max(self._busy_until, self._heard + _TRAILING)
                 self.consume(self._within_rate(data))
             if lost is not None:  # the server closed the connection
                 self._lost(lost)
                 return
 
+    def _reader_ended(self, task: asyncio.Task[None]) -> None:
+        """A reader that failed (a bug) must not leave the port unread: log it, reopen."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error(
+            "device %r (%s): reading the port failed unexpectedly; reopening it",
+            self.device,
+            self.device_health.address,
+            exc_info=task.exception(),
+        )
+        if self._serial is not None:
+            self._lost(task.exception() or RuntimeError("reader ended"))
+
     def _take_network(self) -> tuple[bytes, serial.SerialException | None]:
-        """Everything pyserial has queued (it reads one queued item per call without a
-        timeout), and why the connection ended, if it has (with what came before)."""
+        """What the server's port has received (at most the flood guard's burst: older
+        bytes are shed and counted), and why the connection ended, if it has."""
         port = self._serial
-        chunks: list[bytes] = []
         if port is None:
             return b"", None
-        size = 0
-        try:
-            while size < _READ_CHUNK:
-                waiting = port.in_waiting
-                chunk = port.read(max(1, waiting))
-                if chunk:
-                    chunks.append(chunk)
-                    size += len(chunk)
-                elif waiting:  # pyserial's end mark
-                    raise serial.SerialException("the device server closed the connection")
-                else:
-                    break
-        except serial.SerialException as err:
-            chunks.extend(left_behind(port))
-            return b"".join(chunks), err
-        return b"".join(chunks), None
+        data, dropped, ended = take_queued(port, limit=int(self._burst))
+        if dropped:
+            self.device_health.shed_bytes += dropped
+            self._shed_in_episode += dropped
+            self._last_shed = time.monotonic()
+            self.framer.reset()  # the bytes kept start somewhere inside a frame
+            self._resync = True
+        lost = serial.SerialException("the device server closed the connection") if ended else None
+        return data, lost
 
     def _within_rate(self, data: bytes) -> bytes:
         """Keep at most what the line may carry (a token bucket); shed and count the rest.
@@ -573,6 +597,8 @@ _READ_CHUNK = 65536  # bytes read per wake-up at most
 _BUSY_POLL = 0.002  # seconds between looks at a server's port while a reply is due
 _IDLE_POLL = 0.05  # ... and otherwise
 _TRAILING = 0.02  # after bytes came, the rest of a frame is looked for this long
+_BUSY_SHEDDING = 1.0  # seconds after the last shed byte the reader keeps its idle pace
+_SILENT_SESSION = 3  # streaming: stale periods without a byte before a session is reopened
 _BURST_SECONDS = 0.5  # the input bound allows bursts of this many seconds' worth
 _MIN_BURST = 4096  # ... and at least this many bytes (a long frame at a low baud rate)
 _PAUSE_SECONDS = 0.1  # reading pauses this long after shedding

@@ -61,7 +61,7 @@ from drivers.modbus.config import (
 )
 from drivers.modbus.decode import ByteOrder, DataType
 from drivers.serial_line.config import SerialLineDeviceConfig, mode_problems
-from drivers.serial_port import SerialPortConfig, is_rfc2217
+from drivers.serial_port import SerialPortConfig, is_rfc2217, rfc2217_line
 from drivers.sim.line_frames import (
     FrameConfig,
     NotInvertible,
@@ -434,6 +434,8 @@ def _shared_line_problems(devices: Sequence[SimDevice]) -> list[tuple[Loc, str]]
             path = getattr(device, key)
             if path is None:
                 continue
+            if is_rfc2217(path):  # one server port, however the URL is written
+                path = rfc2217_line(path)
             holder = owner.setdefault((key, path), (line, device.name))
             if holder[0] != line:
                 reason = f"{path} is the {key} of {holder[1]!r} already; each line has its own"

@@ -451,6 +451,10 @@ def _listen(setup: Setup, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         show.end(totals, time.monotonic() - started, reason)
         raise
+    except (serial.SerialException, OSError) as err:  # a server ended the session, a USB unplug
+        show.end(totals, time.monotonic() - started, "port lost")
+        _say(f"edge-gateway listen: {ps['port']}: the port went away: {err}")
+        return EXIT_ENVIRONMENT
     if hint_at is not None and reason == "seconds":  # a listen shorter than HINT_AFTER
         hint = silence_hint(setup, totals, time.monotonic() - started, args.raw)
         if hint is not None:
@@ -677,14 +681,24 @@ def open_exclusive(settings: dict[str, Any]) -> serial.Serial:
 
 
 def read_available(port: serial.SerialBase) -> bytes:
-    """What has arrived (pyserial's RFC 2217 port hands out one queued item a read)."""
-    data: bytes = port.read(max(1, port.in_waiting))
-    while data and len(data) < 65536 and port.in_waiting:
-        more = port.read(port.in_waiting)
-        if not more:
-            break
-        data += more
-    return data
+    """What has arrived; SerialException once a serial device server has ended the
+    session (pyserial's RFC 2217 port: its queue taken whole, drivers/serial_port.py)."""
+    import serial
+
+    from drivers.serial_port import is_rfc2217, take_queued
+
+    if is_rfc2217(str(port.port)):
+        data, _, ended = take_queued(port)
+        if ended and not data:
+            raise serial.SerialException("the device server closed the connection")
+        return data
+    read: bytes = port.read(max(1, port.in_waiting))
+    return read
+
+
+def _reader_alive(port: serial.SerialBase) -> bool:
+    thread = getattr(port, "_thread", None)
+    return thread is not None and bool(thread.is_alive())
 
 
 def wait_readable(port: serial.SerialBase, seconds: float) -> bool:
@@ -695,9 +709,9 @@ def wait_readable(port: serial.SerialBase, seconds: float) -> bool:
 
     try:
         fd = port.fileno()
-    except (AttributeError, OSError):  # pyserial's RFC 2217 port
+    except (AttributeError, OSError):  # pyserial's RFC 2217 port (its reader ended: readable)
         deadline = time.monotonic() + seconds
-        while not port.in_waiting:
+        while not port.in_waiting and _reader_alive(port):
             left = deadline - time.monotonic()
             if left <= 0:
                 return False

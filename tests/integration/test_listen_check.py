@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 
 from drivers.modbus.decode import ByteOrder, DataType, Table
-from drivers.serial_port import port_holders
+from drivers.serial_port import LineSettings, port_holders
 from drivers.sim.modbus import ModbusSimServer, SimulatedDevice
+from drivers.sim.rfc2217_line import Rfc2217Line
 from drivers.sim.serial_line import LineInstrument, flow_meter_csv, gas_detector_line
-from drivers.sim.serial_link import NullModem, PtyPort
+from drivers.sim.serial_link import NullModem, PtyPort, SerialDevicePort
 
 pytestmark = pytest.mark.rig
 
@@ -646,3 +647,40 @@ async def test_ctrl_c_stops_check_with_130_no_traceback_and_the_port_closed(
         port.close()
     assert done.code == 130
     assert "Traceback" not in done.err and "KeyboardInterrupt" not in done.err
+
+
+async def test_listen_through_a_serial_device_server_ends_in_words_when_the_server_drops_it() -> (
+    None
+):
+    async with Rfc2217Line(LineSettings(115200)) as line:
+        port = SerialDevicePort(line.bus_path, 115200)
+        async with LineInstrument(gas_detector_line, period=0.05, port=port):
+            listen = asyncio.create_task(
+                edge_gateway(
+                    "listen",
+                    "--port",
+                    line.url,
+                    "--baud",
+                    "115200",
+                    "--seconds",
+                    "20",
+                    "--json",
+                    timeout=30,
+                )
+            )
+            deadline = time.monotonic() + 15
+            while line.client is None or line.connections < 1:
+                assert time.monotonic() < deadline, "listen never connected"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)
+            dropped_at = time.monotonic()
+            assert line.drop_client()
+            done = await listen
+    assert time.monotonic() - dropped_at < 10  # not the whole --seconds
+    assert done.code == 3, (done.out, done.err)  # the environment: the port went away
+    assert "the port went away: the device server closed the connection" in done.err
+    events = done.json_lines()
+    assert events[-1]["event"] == "end" and events[-1]["reason"] == "port lost"
+    assert events[-1]["bytes"] > 0 and "CH4=" in "".join(
+        e["text"] for e in events if e["event"] == "bytes"
+    )

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from drivers.core.model import Quality, Reading
 from drivers.serial_line.build import build_driver
 from drivers.serial_line.driver import SerialLineDriver
-from drivers.serial_port import LineSettings
+from drivers.serial_port import LineSettings, take_queued
 from drivers.sim.rfc2217_line import Rfc2217Line
 from drivers.sim.serial_line import (
     LineInstrument,
@@ -301,3 +301,63 @@ async def _until(check: Callable[[], bool], what: str, seconds: float = 10.0) ->
     while not check():
         assert time.monotonic() < deadline, f"no {what} within {seconds:g}s"
         await asyncio.sleep(0.02)
+
+
+async def test_a_polled_instrument_whose_session_is_dropped_between_polls_is_reopened() -> None:
+    sink = Sink()
+    async with Rfc2217Line(LineSettings(9600)) as line:
+        port = SerialDevicePort(line.bus_path, 9600)
+        async with LineInstrument(flow_meter_csv, command=b"READ\r\n", port=port):
+            text = POLLED.format(path=line.url).replace(
+                'poll_interval = "50ms"', 'poll_interval = "300ms"'
+            )
+            driver = driver_for(text, sink)
+            async with asyncio.TaskGroup() as tg:
+                task = tg.create_task(driver.run())
+                await _until(lambda: len(sink.values("n")) >= 3, "replies")
+                seen = len(sink.values("n"))
+                await _until(lambda: len(sink.values("n")) > seen, "a reply")
+                assert line.drop_client()  # between two polls
+                await _until(lambda: len(sink.values("n")) >= seen + 4, "replies after the drop")
+                assert not task.done()  # run() goes on (an assert ended it before)
+                await cancel_and_wait([task])
+            assert line.connections == 2
+
+
+async def test_a_streaming_session_that_goes_silent_is_reopened_after_three_stale_periods() -> None:
+    sink = Sink()
+    async with Rfc2217Line(LineSettings(115200)) as line:
+        port = SerialDevicePort(line.bus_path, 115200)
+        async with LineInstrument(gas_detector_line, period=0.02, port=port) as inst:
+            driver = driver_for(GAS.format(path=line.url, stale="300ms"), sink)
+            async with asyncio.TaskGroup() as tg:
+                task = tg.create_task(driver.run())
+                await _until(lambda: len(sink.values("n")) >= 5, "frames")
+                inst.silent = True  # as a session whose path died sounds: nothing at all
+                await _until(lambda: line.connections >= 2, "a new session", 5.0)
+                assert driver.device_health.online is False
+                inst.silent = False
+                await _until(lambda: driver.device_health.online is True, "frames again")
+                await cancel_and_wait([task])
+
+
+def test_a_flood_queued_by_pyserial_is_taken_whole_and_only_its_newest_bytes_kept() -> None:
+    import queue
+
+    class Port:  # what take_queued reads of pyserial's RFC 2217 port
+        def __init__(self) -> None:
+            self._read_buffer: queue.Queue[bytes | None] = queue.Queue()
+            self._thread = threading.current_thread()
+
+    port = Port()
+    for i in range(200_000):  # pyserial queues every byte as an item of its own
+        port._read_buffer.put(bytes([i % 251]))
+    started = time.perf_counter()
+    data, dropped, ended = take_queued(port, limit=1000)
+    assert time.perf_counter() - started < 0.5  # one join, not 200,000 read() calls
+    assert (len(data), dropped, ended) == (1000, 199_000, False)
+    assert data == bytes(i % 251 for i in range(199_000, 200_000))
+    assert port._read_buffer.qsize() == 0
+    port._read_buffer.put(b"x")
+    port._read_buffer.put(None)  # the reader thread's end mark
+    assert take_queued(port) == (b"x", 0, True)

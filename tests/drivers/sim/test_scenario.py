@@ -283,3 +283,19 @@ def test_a_line_instrument_may_be_served_behind_a_serial_device_server() -> None
     (gas,) = parse_scenario(line.encode()).devices
     assert isinstance(gas, SimSerialLineDeviceConfig)
     assert (gas.port, gas.link) == ("rfc2217://127.0.0.1:4001", None)
+
+
+def test_one_server_port_written_two_ways_is_still_one_line_of_the_simulator() -> None:
+    device = (
+        '[[devices]]\nname = "{name}"\nprotocol = "serial_line"\nport = "{port}"\n'
+        'frame = {{ kind = "text", template = "CH4={{ch4}}\\r\\n" }}\npoints = [{{ name = "ch4" }}]\n'
+    )
+    text = device.format(name="a", port="rfc2217://127.0.0.1:4001") + device.format(
+        name="b", port="rfc2217://127.0.0.1:4001?timeout=5"
+    )
+    with pytest.raises(ScenarioError) as refused:
+        parse_scenario(text.encode())
+    assert refused.value.problems == [
+        "devices[1].port: rfc2217://127.0.0.1:4001 is the port of 'a' already; each line has "
+        "its own"
+    ]
