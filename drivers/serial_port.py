@@ -25,6 +25,7 @@ import os
 import socket
 import termios
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -400,6 +401,48 @@ def _open_with_keepalive(url: str, settings: dict[str, Any]) -> Any:
     return port
 
 
+SERVER_CLOSED = "the device server closed the connection"
+
+
+def reader_ended(port: Any) -> bool:
+    """Whether pyserial's RFC 2217 port has lost its connection: its reader thread,
+    which queues what arrives, has ended."""
+    thread = port._thread
+    return thread is None or not thread.is_alive()
+
+
+class LookPace:
+    """When to look at a port that has no file descriptor (pyserial's RFC 2217 port):
+    every `busy` seconds while bytes are due (`due`, which also ends an idle wait) or
+    flowing (`heard`: until `trailing` seconds after the last), every `idle` seconds
+    otherwise; `quiet` ends a due time early (the answer is in)."""
+
+    def __init__(self, busy: float, idle: float = 0.05, trailing: float = 0.02) -> None:
+        self.busy, self.idle, self.trailing = busy, idle, trailing
+        self._until = 0.0  # monotonic: look every `busy` seconds until then
+        self._due = asyncio.Event()
+
+    def due(self, seconds: float) -> None:
+        self._until = time.monotonic() + seconds
+        self._due.set()
+
+    def heard(self) -> None:
+        self._until = max(self._until, time.monotonic() + self.trailing)
+
+    def quiet(self) -> None:
+        self._until = 0.0
+
+    async def wait(self, *, slow: bool = False) -> None:
+        """Until the next look (`slow`: at the idle pace, whatever is due)."""
+        if time.monotonic() < self._until and not slow:
+            await asyncio.sleep(self.busy)
+            return
+        self._due.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.idle):
+                await self._due.wait()
+
+
 def take_queued(port: Any, limit: int | None = None) -> tuple[bytes, int, bool]:
     """What pyserial's RFC 2217 port has received: (the bytes, oldest first; how many
     older ones were dropped to keep the newest `limit`; whether the connection has ended).
@@ -415,8 +458,7 @@ def take_queued(port: Any, limit: int | None = None) -> tuple[bytes, int, bool]:
     ended = None in items
     if ended:
         items = items[: items.index(None)]
-    thread = port._thread
-    ended = ended or thread is None or not thread.is_alive()
+    ended = ended or reader_ended(port)
     data = b"".join(items)
     dropped = 0
     if limit is not None and len(data) > limit:

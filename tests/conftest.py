@@ -51,6 +51,27 @@ def gateway_process(tmp_path: Path) -> Iterator[Callable[[str], GatewayProcess]]
         gateway.cleanup()
 
 
+@pytest.fixture
+def rfc2217_closes(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """For each close of an open pyserial RFC 2217 port (its close joins a thread and
+    sleeps 0.3 s), whether it ran on the main thread: the event loop's. A close of a
+    closed port (io's finalizer, when the port is collected) is not counted."""
+    import threading
+
+    import serial.rfc2217
+
+    closed_on_loop: list[bool] = []
+    close = serial.rfc2217.Serial.close
+
+    def recording_close(port: serial.rfc2217.Serial) -> None:
+        if port.is_open:
+            closed_on_loop.append(threading.current_thread() is threading.main_thread())
+        close(port)
+
+    monkeypatch.setattr(serial.rfc2217.Serial, "close", recording_close)
+    return closed_on_loop
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """The Ctrl-C tests send SIGINT to a command they started, as a terminal would. A
     child keeps a SIGINT its parent ignores (execve keeps ignored signals), and Python

@@ -98,18 +98,23 @@ class Transport:
         return 1 / line_rate(self.baudrate, self.bytesize, self.parity, self.stopbits)
 
     @property
+    def on_device_server(self) -> bool:
+        """Whether the line is an RTU bus on a serial device server (`rfc2217://`)."""
+        return self.kind == "rtu" and is_rfc2217(self.serial_port)
+
+    @property
     def networked(self) -> bool:
         """Whether the line is reached over the network (a connection that can go half-open)."""
-        return self.kind != "rtu" or is_rfc2217(self.serial_port)
+        return self.kind != "rtu" or self.on_device_server
 
     def connect_timeout(self, answer_timeout: float) -> float:
         """Seconds opening the line may take: an RFC 2217 port negotiates its settings first."""
-        if self.kind == "rtu" and is_rfc2217(self.serial_port):
+        if self.on_device_server:
             return max(answer_timeout, opening_budget(self.serial_port))
         return answer_timeout
 
     def client(self, timeout: float, trace: Callable[[bool, bytes], bytes]) -> ModbusBaseClient:
-        if self.kind == "rtu" and is_rfc2217(self.serial_port):
+        if self.on_device_server:
             return rfc2217_client(
                 self.serial_port,
                 baudrate=self.baudrate,

@@ -45,6 +45,8 @@ from pymodbus.exceptions import ModbusIOException
 from pymodbus.transport.serialtransport import SerialTransport
 
 from drivers.serial_port import (
+    SERVER_CLOSED,
+    LookPace,
     close_network_port,
     network_open_error,
     open_network_port,
@@ -54,9 +56,7 @@ from drivers.serial_port import (
 RAW_TCP = 'a port in raw TCP mode is protocol = "modbus_rtu_over_tcp"'
 TCP_CONNECT = 5.0  # pyserial's own limit on the TCP connection to the server
 NEGOTIATION = 3.0  # pyserial's wait for each step of the negotiation, unless ?timeout=
-BUSY_POLL = 0.001  # seconds between looks for an answer that is due
-IDLE_POLL = 0.05  # seconds between looks while no answer is due
-TRAILING = 0.02  # after bytes arrived, the rest of a frame is looked for this long
+BUSY_POLL = 0.001  # seconds between looks for an answer that is due (LookPace)
 
 
 def rfc2217_client(
@@ -172,8 +172,7 @@ class _Rfc2217Transport(SerialTransport):
         self.intern_write_buffer: list[bytes] = []
         self.poll_task: asyncio.Task[None] | None = None
         self._window = answer_window
-        self._busy_until = 0.0
-        self._sent = asyncio.Event()  # ends an idle wait: an answer is due
+        self._pace = LookPace(BUSY_POLL)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send at once: a Modbus request is a few bytes, which the socket takes; a
@@ -181,8 +180,7 @@ class _Rfc2217Transport(SerialTransport):
         port = self.sync_serial
         if port is None:
             return
-        self._busy_until = self.async_loop.time() + self._window
-        self._sent.set()
+        self._pace.due(self._window)
         self._request = getattr(self.intern_protocol, "response_future", None)
         try:
             port.write(data)
@@ -200,15 +198,10 @@ class _Rfc2217Transport(SerialTransport):
     async def polling_task(self) -> None:
         try:
             while self.sync_serial is not None:
-                if self.async_loop.time() < self._busy_until:
-                    await asyncio.sleep(BUSY_POLL)
-                else:
-                    self._sent.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(IDLE_POLL):
-                            await self._sent.wait()
+                await self._pace.wait()
                 if self._drain():  # an answer, or part of one: the rest follows at once
-                    self._busy_until = self.async_loop.time() + TRAILING
+                    self._pace.quiet()
+                    self._pace.heard()
         except serial.SerialException as err:  # the server dropped the connection
             self.close(err)
 
@@ -222,7 +215,7 @@ class _Rfc2217Transport(SerialTransport):
         if data:
             self.intern_protocol.data_received(data)  # type: ignore[attr-defined]
         if ended:
-            raise serial.SerialException("the device server closed the connection")
+            raise serial.SerialException(SERVER_CLOSED)
         return bool(data)
 
     def close(self, exc: Exception | None = None) -> None:

@@ -10,8 +10,8 @@ Bytes arrive through the event loop (`add_reader` on the port's file descriptor)
 go through the framer, and each frame through the parser. A port on a serial device
 server (`rfc2217://host:port`: pyserial's client, which has no file descriptor) is
 opened and closed in a thread (drivers/serial_port.py) and looked at on a timer
-instead: every `_BUSY_POLL` seconds while a reply is due or bytes are flowing, every
-`_IDLE_POLL` seconds otherwise. Nothing a device sends
+instead (`LookPace`): every `_BUSY_POLL` seconds while a reply is due or bytes are
+flowing, every 50 ms otherwise. Nothing a device sends
 can raise out of here: discarded bytes count as framing errors, frames that fail
 their checksum count as CRC errors (their values, when they can still be read,
 are published flagged `BAD_CHECKSUM`, never as good), unparsable frames count
@@ -37,6 +37,8 @@ from drivers.core.model import Quality, Reading, Value
 from drivers.serial_line.framing import Discard, Frame, Framer
 from drivers.serial_line.parsers import Field, ParseError, Parser
 from drivers.serial_port import (
+    SERVER_CLOSED,
+    LookPace,
     close_network_port,
     forbid_other_openers,
     is_rfc2217,
@@ -173,8 +175,7 @@ class SerialLineDriver:
         # A port on a serial device server: looked at by a task, not by the event loop.
         self._network = is_rfc2217(port)
         self._reader: asyncio.Task[None] | None = None
-        self._busy_until = 0.0  # monotonic: look often until then (a reply is due)
-        self._sent = asyncio.Event()  # ends the reader's idle wait
+        self._pace = LookPace(_BUSY_POLL)
 
     def plan(self) -> DriverPlan:
         polled = self.command is not None
@@ -277,8 +278,7 @@ class SerialLineDriver:
         except Exception as err:  # SerialException, OSError; pyserial's RFC 2217 port: any
             raise _PortLost(f"write to {self.port_settings['port']} failed: {err}") from err
         if self._network:
-            self._busy_until = time.monotonic() + self.timeout
-            self._sent.set()
+            self._pace.due(self.timeout)
         self.device_health.requests += 1
         started = time.perf_counter()
         deadline = time.monotonic() + self.timeout
@@ -299,7 +299,7 @@ class SerialLineDriver:
                     self._failed(f"no valid reply within {self.timeout:g}s")
                 return False
             if self.handle(frame):
-                self._busy_until = 0.0  # answered: the reader looks at its idle pace again
+                self._pace.quiet()  # answered: the reader looks at its idle pace again
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 self.device_health.last_latency_ms = round(elapsed_ms, 2)
                 return True
@@ -364,19 +364,12 @@ class SerialLineDriver:
     async def _read_network(self) -> None:
         """The bytes of a port on a serial device server, looked for on a timer."""
         while self._serial is not None:
-            now = time.monotonic()
-            shedding = now - self._last_shed < _BUSY_SHEDDING  # a flood: look at the idle pace
-            if now < self._busy_until and not shedding:
-                await asyncio.sleep(_BUSY_POLL)
-            else:
-                self._sent.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_IDLE_POLL):
-                        await self._sent.wait()
+            # a flood: look at the idle pace
+            await self._pace.wait(slow=time.monotonic() - self._last_shed < _BUSY_SHEDDING)
             data, lost = self._take_network()
             if data:
                 self._heard = time.monotonic()
-                self._busy_until = max(self._busy_until, self._heard + _TRAILING)
+                self._pace.heard()
                 self.consume(self._within_rate(data))
             if lost is not None:  # the server closed the connection
                 self._lost(lost)
@@ -408,7 +401,7 @@ class SerialLineDriver:
             self._last_shed = time.monotonic()
             self.framer.reset()  # the bytes kept start somewhere inside a frame
             self._resync = True
-        lost = serial.SerialException("the device server closed the connection") if ended else None
+        lost = serial.SerialException(SERVER_CLOSED) if ended else None
         return data, lost
 
     def _within_rate(self, data: bytes) -> bytes:
@@ -595,8 +588,6 @@ _LOST = Frame(b"")  # sentinel queued by the reader when the port disappears
 _RATE_MARGIN = 2.0  # default input bound: this many times the line rate
 _READ_CHUNK = 65536  # bytes read per wake-up at most
 _BUSY_POLL = 0.002  # seconds between looks at a server's port while a reply is due
-_IDLE_POLL = 0.05  # ... and otherwise
-_TRAILING = 0.02  # after bytes came, the rest of a frame is looked for this long
 _BUSY_SHEDDING = 1.0  # seconds after the last shed byte the reader keeps its idle pace
 _SILENT_SESSION = 3  # streaming: stale periods without a byte before a session is reopened
 _BURST_SECONDS = 0.5  # the input bound allows bursts of this many seconds' worth

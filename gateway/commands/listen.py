@@ -685,20 +685,15 @@ def read_available(port: serial.SerialBase) -> bytes:
     session (pyserial's RFC 2217 port: its queue taken whole, drivers/serial_port.py)."""
     import serial
 
-    from drivers.serial_port import is_rfc2217, take_queued
+    from drivers.serial_port import SERVER_CLOSED, is_rfc2217, take_queued
 
     if is_rfc2217(str(port.port)):
         data, _, ended = take_queued(port)
         if ended and not data:
-            raise serial.SerialException("the device server closed the connection")
+            raise serial.SerialException(SERVER_CLOSED)
         return data
     read: bytes = port.read(max(1, port.in_waiting))
     return read
-
-
-def _reader_alive(port: serial.SerialBase) -> bool:
-    thread = getattr(port, "_thread", None)
-    return thread is not None and bool(thread.is_alive())
 
 
 def wait_readable(port: serial.SerialBase, seconds: float) -> bool:
@@ -707,11 +702,13 @@ def wait_readable(port: serial.SerialBase, seconds: float) -> bool:
     import select
     import time
 
+    from drivers.serial_port import reader_ended
+
     try:
         fd = port.fileno()
     except (AttributeError, OSError):  # pyserial's RFC 2217 port (its reader ended: readable)
         deadline = time.monotonic() + seconds
-        while not port.in_waiting and _reader_alive(port):
+        while not port.in_waiting and not reader_ended(port):
             left = deadline - time.monotonic()
             if left <= 0:
                 return False

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import threading
 import time
 from collections.abc import Callable
 
 import pytest
-import serial.rfc2217
 from rig import rtu_device
 
 from drivers.core.model import Quality, Reading
@@ -153,17 +151,9 @@ async def _until(check: Callable[[], bool], seconds: float, what: str) -> None:
 
 
 async def test_slaves_behind_an_rfc2217_server_are_polled_and_a_dropped_connection_is_reopened(
-    monkeypatch: pytest.MonkeyPatch,
+    rfc2217_closes: list[bool],
 ) -> None:
-    closed_on_loop: list[bool] = []
-    close = serial.rfc2217.Serial.close
-
-    def recording_close(port: serial.rfc2217.Serial) -> None:  # pyserial's close blocks 0.3 s
-        if port.is_open:  # not io's finalizer closing a closed port again, at collection
-            closed_on_loop.append(threading.current_thread() is threading.main_thread())
-        close(port)
-
-    monkeypatch.setattr(serial.rfc2217.Serial, "close", recording_close)
+    closed_on_loop = rfc2217_closes  # pyserial's close blocks 0.3 s
     sink = Sink()
     async with (
         Rfc2217Line(LineSettings(19200, parity="E")) as line,

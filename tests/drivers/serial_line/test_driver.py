@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 
 import pytest
-import serial.rfc2217
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -247,17 +246,9 @@ def test_random_bytes_never_raise_out_of_any_driver_configuration(chunks: list[b
 
 
 async def test_a_streaming_instrument_behind_a_serial_device_server_survives_a_dropped_session(
-    monkeypatch: pytest.MonkeyPatch,
+    rfc2217_closes: list[bool],
 ) -> None:
-    closed_on_loop: list[bool] = []
-    close = serial.rfc2217.Serial.close
-
-    def recording_close(port: serial.rfc2217.Serial) -> None:  # pyserial's close blocks 0.3 s
-        if port.is_open:  # not io's finalizer closing a closed port again, at collection
-            closed_on_loop.append(threading.current_thread() is threading.main_thread())
-        close(port)
-
-    monkeypatch.setattr(serial.rfc2217.Serial, "close", recording_close)
+    closed_on_loop = rfc2217_closes  # pyserial's close blocks 0.3 s
     sink = Sink()
     async with Rfc2217Line(LineSettings(115200, parity="E")) as line:
         port = SerialDevicePort(line.bus_path, 115200)
