@@ -17,13 +17,14 @@ import argparse
 import importlib
 import os
 import pkgutil
+import signal
 import sys
 from collections.abc import Sequence
 from types import ModuleType
 
 import gateway.commands
 from gateway import __version__
-from gateway.commands.common import EXIT_CLOSED_PIPE, EXIT_INTERRUPTED
+from gateway.commands.common import EXIT_CLOSED_PIPE, EXIT_INTERRUPTED, EXIT_TERMINATED
 
 
 def commands(only: str | None = None) -> list[ModuleType]:
@@ -56,22 +57,47 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     named = next((word for word in words if not word.startswith("-")), None)
+    terminated = _sigterm_as_ctrl_c(named)
     try:  # importing the command's modules (build_parser, and inside run) takes a while
         args = build_parser(named).parse_args(words)
         result: int = args.func(args)
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        result = EXIT_INTERRUPTED
     except BrokenPipeError:
         return _closed_pipe()
     except Exception as err:
-        if _interrupted(err):
-            return EXIT_INTERRUPTED
-        raise
+        if not _interrupted(err):
+            raise
+        result = EXIT_INTERRUPTED
+    if result == EXIT_INTERRUPTED and terminated:
+        result = EXIT_TERMINATED
     try:
         sys.stdout.flush()  # a reader that left after our last line is a closed pipe too
     except BrokenPipeError:
         return _closed_pipe()
     return result
+
+
+def _sigterm_as_ctrl_c(command: str | None) -> list[int]:
+    """SIGTERM (`kill`, a rig's `terminate()`, a service manager) stops a command the way
+    Ctrl-C does: `listen` and `scan` print what they have, ports close; it exits 143, not
+    130. Commands that run until stopped (`tail`, `watch`, `simulate`, `exporter`) take
+    SIGTERM as their normal end while they run (exit 0) with handlers of their own. The
+    daemon keeps SIGTERM's default until its loop handles it (a stop during start-up is
+    a death by SIGTERM, which systemd counts as clean). Returns a list that holds the
+    signal once SIGTERM came."""
+    came: list[int] = []
+    if command == "run":
+        return came
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        came.append(signum)
+        if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+            raise KeyboardInterrupt  # started with SIGINT ignored (a script's `&` job)
+        signal.raise_signal(signal.SIGINT)  # asyncio.run cancels its task on SIGINT alone
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return came
 
 
 def _interrupted(err: BaseException) -> bool:

@@ -62,6 +62,7 @@ exit codes:
   2    bad input: a config with problems, a --device the config does not have
   3    a serial port is missing, held by another program (named), or not permitted
   130  interrupted (Ctrl-C): drivers stopped, ports closed
+  143  stopped by SIGTERM, as by Ctrl-C
 """
 
 

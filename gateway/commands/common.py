@@ -10,7 +10,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1  # a check failed (a payload that does not decode, a point that read bad)
 EXIT_CONFIG = 2  # bad input: a config with problems, a missing file, a bad argument
 EXIT_ENVIRONMENT = 3  # the machine is not usable as asked (a port held, a read-only dir)
-EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM cut a command short (128 + SIGTERM); it stopped as on Ctrl-C
 EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, what a Unix tool killed by a closed pipe reports
 
 

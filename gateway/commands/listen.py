@@ -73,6 +73,7 @@ exit codes:
   2    bad input: a framing or parser that does not build, no such device, ...
   3    the port is missing, held by another program (named), or not permitted
   130  interrupted (Ctrl-C): the port is closed, a summary is printed on stderr
+  143  stopped by SIGTERM (kill, a rig): as by Ctrl-C, summary and 'end' event included
 """
 
 

@@ -32,6 +32,7 @@ EXIT_CODES_EPILOG = """exit codes:
   3    the machine is in the way: the serial port does not exist, another program holds
        it (named), or this user may not open it (the fix is named: the dialout group)
   130  interrupted (Ctrl-C); the port or connection is closed
+  143  stopped by SIGTERM, as by Ctrl-C (a scan still says what it found)
 """
 
 

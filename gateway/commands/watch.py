@@ -117,9 +117,9 @@ def run(args: argparse.Namespace) -> int:
     fleet = Fleet(args.prefix)
     try:
         if once:
-            seconds = args.seconds or DEFAULT_ONCE_FOR
-            asyncio.run(_collect(args, to_broker, fleet, seconds))
-            _print_once(args, fleet, seconds)
+            started = time.monotonic()
+            asyncio.run(_collect(args, to_broker, fleet, args.seconds or DEFAULT_ONCE_FOR))
+            _print_once(args, fleet, time.monotonic() - started)  # SIGTERM may end it sooner
         else:
             asyncio.run(_Live(args, fleet).run(to_broker))
     except CentreError as err:
@@ -164,7 +164,7 @@ def _print_once(args: argparse.Namespace, fleet: Fleet, seconds: float) -> None:
             "ts": round(now, 3),
             "broker": args.broker,
             "prefix": args.prefix,
-            "collected_s": seconds,
+            "collected_s": round(seconds, 3),
             "sort": args.sort,
             "gateways": rows,
             "events": fleet.recent_events(20),

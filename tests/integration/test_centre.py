@@ -397,6 +397,21 @@ async def test_watch_once_json_shows_a_device_that_stopped_answering_within_one_
     assert "online" in row and "1off" in row
 
 
+async def test_watch_once_stopped_by_sigterm_prints_what_it_collected_and_for_how_long(
+    broker: Mosquitto, commands: Callable[..., CentreCommand]
+) -> None:
+    """A rig that stops `watch --once --for 60s` early gets the fleet so far, exit 0, and
+    `collected_s` says how long it listened (it said 60 before)."""
+    where = f"127.0.0.1:{broker.port}"
+    watch = commands("watch", "--broker", where, "--once", "--json", "--for", "60s")
+    await asyncio.sleep(2.0)
+    assert watch.proc.poll() is None, watch.errors
+    assert await asyncio.to_thread(watch.finish) == 0, watch.errors
+    view = json.loads("\n".join(watch.lines))
+    assert 1.0 < view["collected_s"] < 30.0
+    assert view["gateways"] == []
+
+
 async def test_tails_sharing_a_subscription_split_the_fleet_and_each_batch_goes_to_one(
     broker: Mosquitto, commands: Callable[..., CentreCommand]
 ) -> None:

@@ -574,26 +574,51 @@ async def test_listen_bad_framing_is_bad_input_with_the_key(gas_detector: LineIn
 # --- Ctrl-C ----------------------------------------------------------------------------------
 
 
-async def _interrupt(proc: asyncio.subprocess.Process) -> Done:
-    proc.send_signal(signal.SIGINT)
+async def _interrupt(proc: asyncio.subprocess.Process, sig: int = signal.SIGINT) -> Done:
+    proc.send_signal(sig)
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
     return Done(proc.returncode, out.decode(), err.decode())
 
 
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 async def test_ctrl_c_stops_listen_with_130_no_traceback_and_the_port_closed(
-    gas_detector: LineInstrument,
+    gas_detector: LineInstrument, sig: int, code: int
 ) -> None:
+    """SIGTERM (a rig's `terminate()`) stops it as Ctrl-C does, with 143: the totals
+    are not lost (`--json`'s 'end' event, the summary on stderr)."""
     proc = await spawn("listen", "--port", gas_detector.path, "--framing", "delimiter")
     assert proc.stderr is not None
     said = await asyncio.wait_for(proc.stderr.readline(), 30)  # said once the port is open
     assert said.startswith(b"listening on "), said
     assert proc.pid in dict(port_holders(gas_detector.path))
-    done = await _interrupt(proc)
-    assert done.code == 130
+    done = await _interrupt(proc, sig)
+    assert done.code == code
     assert "Traceback" not in done.err and "KeyboardInterrupt" not in done.err
     assert "frame(s)" in done.err  # the totals so far
     assert proc.pid not in dict(port_holders(gas_detector.path))
+
+
+async def test_sigterm_stops_listen_json_with_its_end_event_even_with_sigint_ignored(
+    gas_detector: LineInstrument,
+) -> None:
+    """A command started from a script's `&` job ignores SIGINT: SIGTERM must still end
+    it with its totals (it cannot go through Ctrl-C's path)."""
+    proc = await asyncio.create_subprocess_exec(
+        *("sh", "-c", 'trap "" INT; exec "$0" -m gateway "$@"', sys.executable),
+        *("listen", "--port", gas_detector.path, "--framing", "delimiter", "--json"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
+    assert proc.stdout is not None
+    first = await asyncio.wait_for(proc.stdout.readline(), 30)  # a frame: it is listening
+    assert json.loads(first)["event"] in ("frame", "bytes"), first
+    done = await _interrupt(proc, signal.SIGTERM)
+    assert done.code == 143, done.err
+    assert "Traceback" not in done.err
+    end = json.loads(done.out.splitlines()[-1])
+    assert end["event"] == "end" and end["frames"] >= 1
 
 
 async def test_ctrl_c_reaches_the_command_when_the_test_run_was_started_ignoring_sigint(

@@ -417,7 +417,11 @@ async def test_a_user_not_in_dialout_is_told_to_join_it() -> None:
 # -- Ctrl-C ---------------------------------------------------------------------------------
 
 
-async def test_ctrl_c_mid_scan_exits_130_without_a_traceback_and_shows_what_it_found() -> None:
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+async def test_ctrl_c_mid_scan_exits_130_without_a_traceback_and_shows_what_it_found(
+    sig: int, code: int
+) -> None:
+    """SIGTERM stops a scan as Ctrl-C does (what it found, what it did not try), with 143."""
     async with NullModem() as line, ModbusSimServer([slave(2)], serial_port=line.b.path):
         port = line.a.path
         proc = await asyncio.create_subprocess_exec(
@@ -439,9 +443,9 @@ async def test_ctrl_c_mid_scan_exits_130_without_a_traceback_and_shows_what_it_f
         while line.bytes_a_to_b < 3 * 8:
             assert asyncio.get_running_loop().time() < deadline, "the scan never reached unit 3"
             await asyncio.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = await asyncio.wait_for(proc.communicate(), 20)
-        assert proc.returncode == 130
+        assert proc.returncode == code
         # The port was closed: it opens again at once, exclusively.
         again = await cli("probe", "--serial", port, "--unit", "2", "40001")
     assert b"Traceback" not in err and b"KeyboardInterrupt" not in err
