@@ -18,13 +18,15 @@ import time
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel
-
-from drivers.core.config_types import Loc
 from drivers.core.model import Reading
-from drivers.core.processing import ProcessingConfig
+from drivers.core.words import Loc
+
+if TYPE_CHECKING:  # the daemon runs without the config's validation (gateway/loaded.py)
+    from pydantic import BaseModel
+
+    from drivers.core.processing import ProcessingConfig
 
 ReadingSink = Callable[[Sequence[Reading]], None]
 
@@ -257,16 +259,18 @@ class DriverPlugin(Generic[D]):
 
     `configs` are the device config models, one per `protocol = "..."` value (a
     `Literal` field named `protocol`); the gateway's [[devices]] list is the union of
-    every plugin's models. `build` turns the valid configs of its devices into
-    drivers, once, at start-up. `check` and `warn` look across its devices (each with
-    its index in [[devices]]) for problems and for what is valid but probably not
-    meant; what concerns one device alone belongs in its model's validators.
+    every plugin's models. `check` and `warn` look across its devices (each with its
+    index in [[devices]]) for problems and for what is valid but probably not meant;
+    what concerns one device alone belongs in its model's validators.
+
+    Its drivers come from `build(devices, sink)` in the folder's `build.py`, found by
+    the folder's name (gateway/build.py): the daemon builds from the config's records
+    without importing the plugin, its models or pydantic (gateway/loaded.py).
     """
 
     name: str  # the folder: 'modbus'
     title: str  # in sentences: 'Modbus'
     configs: tuple[type[BaseModel], ...]
-    build: Callable[[Sequence[D], ReadingSink], Sequence[Driver]]
     check: Callable[[Indexed[D]], list[Problem]] = no_problems
     warn: Callable[[Indexed[D]], list[Problem]] = no_problems
     shares_lines: bool = False  # devices of one protocol may share a port or host:port

@@ -21,6 +21,12 @@ _BY_PROTOCOL: Final = {protocol: plugin for plugin in PLUGINS for protocol in pl
 D = TypeVar("D", bound=DeviceSettings)
 
 
+def protocol_plugins() -> dict[str, str]:
+    """Each protocol's plugin name (its folder), in the order of `PLUGINS`: what the
+    daemon needs to build drivers without the plugins (gateway/build.py)."""
+    return {protocol: plugin.name for plugin in PLUGINS for protocol in plugin.protocols}
+
+
 def plugin_of(protocol: str) -> DriverPlugin[Any]:
     """The plugin of a device's `protocol`."""
     return _BY_PROTOCOL[protocol]

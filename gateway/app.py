@@ -34,9 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel
+from typing import TYPE_CHECKING, Any
 
 from buffer import (
     BufferError,
@@ -70,11 +68,11 @@ from gateway.flashing import (
     write_atomically,
 )
 from gateway.health import HealthModel, HealthSources
+from gateway.loaded import ConfigRecord, LoadedConfig, ValidatorFailed, load_apart
 from gateway.pipeline.alarms import AlarmEvent
 from gateway.pipeline.batcher import Batcher, SealedBatch
 from gateway.pipeline.processing import Processing, compile_processing
 from gateway.remote import MAX_READ_WAIT, VERBS, Remote
-from gateway.settings import CommandsConfig, LoadedConfig, parse_config
 from gateway.state import FILE_MODE
 from gateway.store import DISK_TROUBLE, Store
 from gateway.tasks import cancel_and_wait
@@ -99,6 +97,9 @@ from gateway.wire.messages import (
     encode,
     to_json,
 )
+
+if TYPE_CHECKING:  # the daemon runs on the config's records (gateway/loaded.py)
+    from gateway.settings import CommandsConfig
 
 log = logging.getLogger("gateway")
 
@@ -223,7 +224,7 @@ class Gateway:
         )
         self._alarm_events: asyncio.Queue[AlarmEvent] = asyncio.Queue()
         self.processing = self._build_processing(loaded, None)
-        self.drivers = build_drivers(cfg, self._tapped(self.processing.add))
+        self.drivers = build_drivers(cfg, self._tapped(self.processing.add), loaded.plugins)
         self.store, self.alarm_store = self._stores()
         self._write_mode = cfg.buffer.write  # like every [buffer] setting: until a restart
         self.health_model = HealthModel(
@@ -412,6 +413,15 @@ class Gateway:
             await self.apply_config(raw, source)
             systemd.notify("READY=1", f"STATUS={self._status_line()}")
 
+    async def _parse(self, raw: bytes, source: str) -> LoadedConfig:
+        """Validate a new config as the running one was: in a child process when the
+        daemon runs on records (gateway/loaded.py), else here (tests, tools)."""
+        if isinstance(self.loaded.config, ConfigRecord):
+            return await asyncio.to_thread(load_apart, self.config_file, raw, source)
+        from gateway.settings import parse_config
+
+        return parse_config(raw, source)
+
     def _take_incoming(self) -> tuple[bytes | None, str]:
         incoming = self.state_dir / INCOMING_FILE
         try:
@@ -475,8 +485,8 @@ class Gateway:
                 )
         config_hash = sha256_hash(raw)
         try:
-            loaded = parse_config(raw, str(self.config_file) if source == "sighup" else where)
-        except ConfigError as err:
+            loaded = await self._parse(raw, str(self.config_file) if source == "sighup" else where)
+        except (ConfigError, ValidatorFailed) as err:
             return self._refused(source, config_hash, str(err))
         if loaded.config.buffer.path != self.config.buffer.path:
             return self._refused(
@@ -490,7 +500,7 @@ class Gateway:
             return Applied("committed", config_hash, old.config_hash, "already running", 0.0)
         processing = self._build_processing(loaded, self.processing)
         try:
-            drivers = build_drivers(loaded.config, self._tapped(processing.add))
+            drivers = build_drivers(loaded.config, self._tapped(processing.add), loaded.plugins)
         except ValueError as err:  # the planner refuses what the models let through
             return self._refused(source, config_hash, f"{where}: {err}")
         await asyncio.to_thread(self._keep, raw)
@@ -554,7 +564,7 @@ class Gateway:
 
     async def _roll_back(self, good: LoadedConfig, why: str) -> None:
         processing = self._build_processing(good, self.processing)
-        drivers = build_drivers(good.config, self._tapped(processing.add))
+        drivers = build_drivers(good.config, self._tapped(processing.add), good.plugins)
         await self._switch(good, processing, drivers, "rollback", rolled_back=True)
         raw = self.kept.read(good.config_hash) if self.kept is not None else None
         if raw is not None:
@@ -928,11 +938,7 @@ class Gateway:
         return encode_json(ActiveAlarms(self.gateway_id, self.clock.time(), alarms))
 
     def _metadata(self) -> bytes:
-        devices = [
-            d.model_dump(mode="json", exclude_none=True)
-            for d in self.config.devices
-            if isinstance(d, BaseModel)  # every device config is one (the plugins' models)
-        ]
+        devices = list(self.loaded.devices_meta)
         meta = Metadata(self.gateway_id, self.loaded.config_hash, self.clock.time(), devices)
         return encode_json(meta)
 

@@ -7,12 +7,15 @@ own drivers (drivers/registry.py); the summary is what those drivers say they wi
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drivers.base import BusEstimate, DevicePlan, Driver, ReadingSink, discard
-from drivers.registry import by_plugin
-from gateway.settings import GatewayConfig
+
+if TYPE_CHECKING:  # the daemon builds from the config's records (gateway/loaded.py)
+    from gateway.settings import GatewayConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,13 +40,22 @@ class PlanSummary:
         return data
 
 
-def build_drivers(config: GatewayConfig, sink: ReadingSink) -> list[Driver]:
-    """Each protocol's drivers for its devices, in the order of the registry."""
-    return [
-        driver
-        for plugin, own in by_plugin(enumerate(config.devices))
-        for driver in plugin.build([dev for _, dev in own], sink)
-    ]
+def build_drivers(
+    config: GatewayConfig, sink: ReadingSink, plugins: Mapping[str, str] | None = None
+) -> list[Driver]:
+    """Each protocol's drivers for its devices, in the order of the registry: each
+    plugin's `build(devices, sink)`, from drivers/<plugin>/build.py. `plugins` names each
+    protocol's plugin (`LoadedConfig.plugins`; by default the registry's)."""
+    if not plugins:
+        from drivers.registry import protocol_plugins
+
+        plugins = protocol_plugins()
+    drivers: list[Driver] = []
+    for name in dict.fromkeys(plugins.values()):
+        own = [dev for dev in config.devices if plugins[dev.protocol] == name]
+        if own:
+            drivers.extend(importlib.import_module(f"drivers.{name}.build").build(own, sink))
+    return drivers
 
 
 def summarize(config: GatewayConfig) -> PlanSummary:

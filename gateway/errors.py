@@ -16,6 +16,9 @@ class ConfigError(GatewayError):
         listing = "\n".join(f"  {p}" for p in problems)
         super().__init__(f"{source}: {len(problems)} problem(s) in the configuration:\n{listing}")
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, list[str]]]:
+        return ConfigError, (self.source, self.problems)  # from the child that validates
+
 
 class StartupError(GatewayError):
     """The gateway cannot start here, for a reason a restart will not fix (a buffer path

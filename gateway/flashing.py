@@ -39,13 +39,15 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tinydb import TinyDB
 
 from drivers.base import DeviceHealth
-from gateway.settings import GatewayConfig
 from gateway.state import FILE_MODE, fsync_directory, make_directory, open_state
+
+if TYPE_CHECKING:  # the daemon runs on the config's records (gateway/loaded.py)
+    from gateway.settings import GatewayConfig
 
 log = logging.getLogger("gateway.flashing")
 

@@ -31,9 +31,12 @@ The JSON Schema in `config/edge-gateway.schema.json` is generated from these mod
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import functools
 import hashlib
 import operator
+import pickle
 import re
 import stat
 import sys
@@ -45,7 +48,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     TypeAdapter,
     ValidationError,
@@ -69,8 +71,9 @@ from drivers.core.config_types import (
     path_text_problem,
     shown,
 )
-from drivers.registry import PLUGINS, by_plugin, plugin_of
+from drivers.registry import PLUGINS, by_plugin, plugin_of, protocol_plugins
 from gateway.errors import ConfigError
+from gateway.loaded import ConfigRecord, LoadedConfig
 from gateway.uplink.config import MqttConfig
 
 # --- sections ----------------------------------------------------------------------------
@@ -498,22 +501,6 @@ def file_warnings(config: GatewayConfig, path: Path, mode: int) -> list[str]:
 # --- loading -----------------------------------------------------------------------------
 
 
-class LoadedConfig(BaseModel):
-    """A validated configuration, where it came from, and what looks wrong in it."""
-
-    model_config = ConfigDict(frozen=True)
-
-    config: GatewayConfig
-    source: str
-    sha256: str
-    warnings: tuple[str, ...] = ()
-    """'key.path: message' for what is valid but probably not meant (`run` logs them)."""
-
-    @property
-    def config_hash(self) -> str:
-        return self.sha256[:12]
-
-
 def load_config(path: str | Path) -> LoadedConfig:
     """Read and validate a TOML config file; raise ConfigError naming every problem."""
     source = str(path)
@@ -526,7 +513,7 @@ def load_config(path: str | Path) -> LoadedConfig:
     extra = file_warnings(loaded.config, Path(path), mode)
     if not extra:
         return loaded
-    return loaded.model_copy(update={"warnings": (*loaded.warnings, *extra)})
+    return dataclasses.replace(loaded, warnings=(*loaded.warnings, *extra))
 
 
 MAX_DEPTH = 16
@@ -556,7 +543,48 @@ def parse_config(raw: bytes, source: str = "<config>") -> LoadedConfig:
         source=source,
         sha256=hashlib.sha256(raw).hexdigest(),
         warnings=tuple(config_warnings(config)),
+        plugins=protocol_plugins(),
+        devices_meta=tuple(_as_json(d) for d in config.devices),
     )
+
+
+def _as_json(device: DeviceSettings) -> dict[str, Any]:
+    assert isinstance(device, BaseModel)  # every device config is one (the plugins' models)
+    return device.model_dump(mode="json", exclude_none=True)
+
+
+def as_records(loaded: LoadedConfig) -> LoadedConfig:
+    """`loaded` with its config as `ConfigRecord`s, for the daemon (gateway/loaded.py)."""
+    return dataclasses.replace(loaded, config=_record(loaded.config))
+
+
+def load_for_daemon(path: str, source: str, raw: bool) -> None:
+    """The child's side of `load_apart` (gateway/loaded.py): validate, and write the
+    pickled records (or the ConfigError) to stdout, which carries nothing else."""
+    out, sys.stdout = sys.stdout.buffer, sys.stderr  # a library's print cannot garble it
+    try:
+        read = parse_config(sys.stdin.buffer.read(), source or path) if raw else load_config(path)
+        answer: object = as_records(read)
+    except ConfigError as err:
+        answer = err
+    out.write(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
+    out.flush()
+
+
+_PLAIN = (str, int, float, bool, bytes, type(None), Path, enum.Enum)
+
+
+def _record(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        fields = {name: _record(getattr(value, name)) for name in type(value).model_fields}
+        return ConfigRecord(type(value).__name__, fields)
+    if isinstance(value, list | tuple):
+        return type(value)(_record(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _record(v) for k, v in value.items()}
+    if isinstance(value, _PLAIN):
+        return value
+    raise TypeError(f"a config holds a {type(value).__name__}, which a record cannot carry")
 
 
 def _read_toml(raw: bytes, source: str) -> dict[str, Any]:

@@ -41,6 +41,9 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from drivers.core.words import Loc as Loc
+from drivers.core.words import shown as shown
+
 # --- durations and sizes ---------------------------------------------------------------
 
 _DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)\s*$")
@@ -65,18 +68,6 @@ _SIZE_UNITS = {
 }
 MAX_SIZE: Final = 1000**4
 """The largest size a config may give: 1TB."""
-
-
-def shown(value: object, limit: int = 40) -> str:
-    """repr of a value the user wrote, cut short: error messages must stay readable."""
-    if isinstance(value, int) and value.bit_length() > 100:
-        # a number of many digits: its repr is long, and above 4300 digits it fails
-        digits = len(str(abs(value))) if value.bit_length() < 14000 else "thousands of"
-        return f"a number of {digits} digits"
-    text = repr(value)
-    if len(text) <= limit:
-        return text
-    return text[: limit - 4] + ("...'" if isinstance(value, str) else "...")
 
 
 def parse_duration(text: object) -> float:
@@ -348,8 +339,6 @@ def name_problem(error: dict[str, Any]) -> str | None:
 PROBLEM = "config_problem"
 CROSS_CHECK = "config_cross_check"  # a problem between sections (gateway/settings.py)
 """The error type of problems found by a model's own checks (`Problems`)."""
-
-Loc = tuple[str | int, ...]
 
 
 class Problems:

@@ -8,18 +8,21 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from drivers.base import DeviceHealth, DriverPlan, ReadingSink
-from drivers.modbus.config import ModbusConfig, ModbusRtuDeviceConfig, ModbusRtuOverTcpDeviceConfig
 from drivers.modbus.driver import ModbusDevice, ModbusEndpoint, Transport
 from drivers.modbus.plan import PointSpec, plan_reads
 from drivers.modbus.report import line_time_text, read_data, read_lines
 from drivers.modbus.timing import default_inter_frame_delay
 
+if TYPE_CHECKING:  # the daemon builds from the config's records (gateway/loaded.py)
+    from drivers.modbus.config import ModbusConfig
+
 
 def transport_of(dev: ModbusConfig) -> Transport:
     """How the device's line is reached."""
-    if isinstance(dev, ModbusRtuDeviceConfig):
+    if dev.protocol == "modbus_rtu":
         return Transport(
             "rtu",
             serial_port=dev.port,
@@ -33,7 +36,7 @@ def transport_of(dev: ModbusConfig) -> Transport:
                 else default_inter_frame_delay(dev.baudrate)
             ),
         )
-    if isinstance(dev, ModbusRtuOverTcpDeviceConfig):
+    if dev.protocol == "modbus_rtu_over_tcp":
         return Transport("rtu_over_tcp", host=dev.host, port=dev.port)
     return Transport("tcp", host=dev.host, port=dev.port)
 

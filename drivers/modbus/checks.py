@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 from drivers.base import Indexed, Problem, discard, late_poll_warnings, seconds_text
 from drivers.modbus.build import build
-from drivers.modbus.config import ModbusConfig, ModbusRtuDeviceConfig, datasheet_address
+from drivers.modbus.config import ModbusConfig, ModbusRtuDeviceConfig
+from drivers.modbus.notation import datasheet_address
 from drivers.modbus.timing import default_inter_frame_delay
 from drivers.serial_port import absent_port_warnings
 

@@ -36,8 +36,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from drivers.modbus.config import coil_address, datasheet_address, datasheet_number
 from drivers.modbus.decode import ByteOrder, DataType, Table, Value, decode_registers
+from drivers.modbus.notation import coil_address, datasheet_address, datasheet_number
 
 __all__ = [
     "ORDERS",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from drivers.base import DriverPlugin
-from drivers.modbus.build import build
 from drivers.modbus.checks import check, warn
 from drivers.modbus.config import (
     ModbusConfig,
@@ -16,7 +15,6 @@ PLUGIN: DriverPlugin[ModbusConfig] = DriverPlugin(
     name="modbus",
     title="Modbus",
     configs=(ModbusTcpDeviceConfig, ModbusRtuOverTcpDeviceConfig, ModbusRtuDeviceConfig),
-    build=build,
     check=check,
     warn=warn,
     shares_lines=True,

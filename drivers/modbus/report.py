@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from drivers.base import seconds_text
-from drivers.modbus.config import datasheet_number
 from drivers.modbus.decode import DataType, Table
+from drivers.modbus.notation import datasheet_number
 from drivers.modbus.plan import PointSpec, ReadRequest
 
 __all__ = ["line_time_text", "read_data", "read_lines"]

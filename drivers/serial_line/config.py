@@ -28,29 +28,16 @@ from drivers.core.config_types import (
     shown,
 )
 from drivers.core.processing import ProcessingConfig
-from drivers.serial_line.framing import DelimiterFramer, FixedLengthFramer, LengthFieldFramer
-from drivers.serial_line.parsers import BinaryParser, DelimitedParser, NmeaParser, RegexParser
-from drivers.serial_port import SerialPortConfig
-
-
-def _hex_bytes(value: str | None, key: str) -> bytes | None:
-    if value is None:
-        return None
-    try:
-        data = bytes.fromhex(value)
-    except ValueError:
-        raise ValueError(f"{key} {shown(value)} is not hex bytes, e.g. 'AA55'") from None
-    if not data:
-        raise ValueError(f"{key} must not be empty")
-    return data
-
-
-def _text_bytes(value: str, key: str) -> bytes:
-    try:
-        return value.encode("latin-1")
-    except UnicodeEncodeError:
-        raise ValueError(f"{key} must be bytes 0-255 (use \\xNN escapes or a *_hex key)") from None
-
+from drivers.serial_line.build import (
+    build_framer,
+    build_parser,
+    command_bytes,
+    hex_bytes,
+    text_bytes,
+)
+from drivers.serial_line.framing import Framer
+from drivers.serial_line.parsers import Parser
+from drivers.serial_port_config import SerialPortConfig
 
 # --- framing ------------------------------------------------------------------------------------
 
@@ -63,11 +50,8 @@ class DelimiterFramingConfig(StrictModel):
     start: str | None = Field(None, min_length=1, description="a frame begins with this")
     max_length: Int = Field(1024, ge=2, le=65536)
 
-    def build(self) -> DelimiterFramer:
-        start = _text_bytes(self.start, "start") if self.start is not None else None
-        return DelimiterFramer(
-            _text_bytes(self.delimiter, "delimiter"), max_length=self.max_length, start=start
-        )
+    def build(self) -> Framer:
+        return build_framer(self)
 
 
 class FixedFramingConfig(StrictModel):
@@ -77,8 +61,8 @@ class FixedFramingConfig(StrictModel):
     length: Int = Field(ge=1, le=65536)
     sync_hex: str | None = Field(None, description="e.g. 'AA55'")
 
-    def build(self) -> FixedLengthFramer:
-        return FixedLengthFramer(self.length, sync=_hex_bytes(self.sync_hex, "sync_hex"))
+    def build(self) -> Framer:
+        return build_framer(self)
 
 
 class LengthFieldFramingConfig(StrictModel):
@@ -95,18 +79,8 @@ class LengthFieldFramingConfig(StrictModel):
     end_hex: str | None = None
     max_length: Int = Field(1024, ge=2, le=65536)
 
-    def build(self) -> LengthFieldFramer:
-        start = _hex_bytes(self.start_hex, "start_hex")
-        assert start is not None
-        return LengthFieldFramer(
-            start=start,
-            length_offset=self.length_offset,
-            length_size=self.length_size,
-            byteorder=self.byteorder,
-            length_adjust=self.length_adjust,
-            end=_hex_bytes(self.end_hex, "end_hex"),
-            max_length=self.max_length,
-        )
+    def build(self) -> Framer:
+        return build_framer(self)
 
 
 # --- parsers ------------------------------------------------------------------------------------
@@ -119,8 +93,8 @@ class RegexParserConfig(StrictModel):
     pattern: str = Field(description="named groups become fields, e.g. 'CH4=(?P<ch4>[-\\d.]+)'")
     encoding: str = "ascii"
 
-    def build(self) -> RegexParser:
-        return RegexParser(self.pattern, encoding=self.encoding)
+    def build(self) -> Parser:
+        return build_parser(self)
 
     def produces(self) -> tuple[str, ...]:
         return tuple(re.compile(self.pattern).groupindex)
@@ -132,10 +106,8 @@ class DelimitedParserConfig(StrictModel):
     separator: str = Field(",", min_length=1)
     encoding: str = "ascii"
 
-    def build(self) -> DelimitedParser:
-        return DelimitedParser(
-            [f or None for f in self.fields], separator=self.separator, encoding=self.encoding
-        )
+    def build(self) -> Parser:
+        return build_parser(self)
 
     def produces(self) -> tuple[str, ...]:
         return tuple(name for name in self.fields if name)
@@ -172,13 +144,8 @@ class NmeaParserConfig(StrictModel):
             problems.raise_any(self)
         return self
 
-    def build(self) -> NmeaParser:
-        return NmeaParser(
-            self.fields,
-            sentence=self.sentence,
-            require_checksum=self.require_checksum,
-            coordinates=self.coordinates,
-        )
+    def build(self) -> Parser:
+        return build_parser(self)
 
     def produces(self) -> tuple[str, ...]:
         return (*self.fields, *self.coordinates)
@@ -192,14 +159,8 @@ class BinaryParserConfig(StrictModel):
     checksum: Literal["crc16_modbus", "crc16_ccitt", "xor8"] | None = None
     checksum_start: Int = Field(0, ge=0, le=65535, description="first byte the checksum covers")
 
-    def build(self) -> BinaryParser:
-        return BinaryParser(
-            self.layout,
-            [f or None for f in self.fields],
-            offset=self.offset,
-            checksum=self.checksum,
-            checksum_start=self.checksum_start,
-        )
+    def build(self) -> Parser:
+        return build_parser(self)
 
     def produces(self) -> tuple[str, ...]:
         return tuple(name for name in self.fields if name)
@@ -280,11 +241,11 @@ class SerialLineDeviceConfig(SerialPortConfig):
         problems = Problems()
         problems.extend(mode_problems(self.mode, self.poll_command, self.poll_command_hex))
         try:
-            _hex_bytes(self.poll_command_hex, "poll_command_hex")
+            hex_bytes(self.poll_command_hex, "poll_command_hex")
         except ValueError as err:
             problems.add(("poll_command_hex",), str(err))
         try:
-            _text_bytes(self.poll_command or "", "poll_command")
+            text_bytes(self.poll_command or "", "poll_command")
         except ValueError as err:
             problems.add(("poll_command",), str(err))
         try:
@@ -304,11 +265,7 @@ class SerialLineDeviceConfig(SerialPortConfig):
         return self
 
     def command_bytes(self) -> bytes | None:
-        if self.poll_command_hex is not None:
-            return _hex_bytes(self.poll_command_hex, "poll_command_hex")
-        if self.poll_command is not None:
-            return _text_bytes(self.poll_command, "poll_command")
-        return None
+        return command_bytes(self)
 
 
 def _unproduced_field(

@@ -4,7 +4,6 @@ them: one object."""
 from __future__ import annotations
 
 from drivers.base import DriverPlugin
-from drivers.serial_line.build import build
 from drivers.serial_line.checks import warn
 from drivers.serial_line.config import SerialLineDeviceConfig
 
@@ -12,6 +11,5 @@ PLUGIN: DriverPlugin[SerialLineDeviceConfig] = DriverPlugin(
     name="serial_line",
     title="serial line",
     configs=(SerialLineDeviceConfig,),
-    build=build,
     warn=warn,
 )

@@ -61,7 +61,8 @@ from drivers.modbus.config import (
 )
 from drivers.modbus.decode import ByteOrder, DataType
 from drivers.serial_line.config import SerialLineDeviceConfig, mode_problems
-from drivers.serial_port import SerialPortConfig, is_rfc2217, rfc2217_line
+from drivers.serial_port import is_rfc2217, rfc2217_line
+from drivers.serial_port_config import SerialPortConfig
 from drivers.sim.line_frames import (
     FrameConfig,
     NotInvertible,

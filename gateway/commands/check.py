@@ -273,7 +273,8 @@ def _unusable_ports(devices: Sequence[Any]) -> dict[str, str]:
 
     import serial
 
-    from drivers.serial_port import SerialPortConfig, is_rfc2217, open_error
+    from drivers.serial_port import is_rfc2217, open_error
+    from drivers.serial_port_config import SerialPortConfig
     from gateway.commands.listen import open_exclusive
 
     found: dict[str, str] = {}
@@ -338,7 +339,7 @@ async def _check_line(
     progress: Any,
 ) -> None:
     """The devices of one line, one after another (a bus has one master at a time)."""
-    from drivers.serial_port import SerialPortConfig
+    from drivers.serial_port_config import SerialPortConfig
 
     for dev in devices:
         if isinstance(dev, SerialPortConfig) and dev.port in findings.ports:

@@ -247,8 +247,8 @@ def _print(
 
 def _failure(transport: Transport, start: Start, outcome: Outcome) -> list[str]:
     """What went wrong, and what to check first: a line each."""
-    from drivers.modbus.config import datasheet_number
     from drivers.modbus.decode import Table
+    from drivers.modbus.notation import datasheet_number
     from drivers.modbus.probing import describe_line
 
     if outcome.answer in ("exception", "gateway"):

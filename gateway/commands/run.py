@@ -34,13 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gateway.errors import ConfigError, StartupError
-    from gateway.settings import load_config
+    from gateway.loaded import ValidatorFailed, load_apart
 
-    try:
-        loaded = load_config(args.config)
+    try:  # in a child process: the daemon never holds pydantic (gateway/loaded.py)
+        loaded = load_apart(args.config)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return EXIT_CONFIG
+    except ValidatorFailed as err:  # not the config's fault: systemd tries again
+        print(f"edge-gateway run: {err}", file=sys.stderr)
+        return EXIT_FAILURE
     os.umask(0o077)  # the buffer holds the city's data: files we create are ours alone
     setup_logging(args.log_level or loaded.config.gateway.log_level)
     from gateway.app import Gateway

@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from gateway.build import PlanSummary, summarize
     from gateway.errors import ConfigError
-    from gateway.settings import LoadedConfig, load_config
+    from gateway.loaded import LoadedConfig
+    from gateway.settings import load_config
 
     loaded: LoadedConfig | None = None
     summary: PlanSummary | None = None

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from drivers.core.clock import Clock
-from drivers.core.config_types import shown
+from drivers.core.words import shown
 from gateway.control.audit import DEFAULT_SIZE, AuditEntry, AuditLog
 from gateway.control.keys import DEFAULT_TRUSTED_KEYS, TrustedKeys, TrustReport
 from gateway.control.refusals import REFUSAL_CODES, UNAUTHENTICATED, Refusal, RefusalCode

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from drivers.core.config_types import shown
+from drivers.core.words import shown
 from gateway.control.signing import KEY_ID_PATTERN
 
 # cryptography (about 11 MiB of memory and 50 ms at start) is imported where a key is

@@ -54,7 +54,7 @@ import re
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from drivers.core.config_types import shown
+from drivers.core.words import shown
 from gateway.control.refusals import Refusal
 from gateway.wire.messages import Command, CommandEnvelope, encode
 

@@ -78,7 +78,7 @@ from collections import deque
 from typing import Final
 
 from drivers.core.model import Quality, Reading, Value
-from drivers.core.processing import ProcessingSpec, spec_problem
+from drivers.core.spec import ProcessingSpec, spec_problem
 
 __all__ = [
     "PLAUSIBLE_MAGNITUDE",

@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from drivers.base import ReadingSink
 from drivers.core.model import Reading, all_usable, invalid_reading, value_problem
-from drivers.core.processing import milliseconds
+from drivers.core.spec import milliseconds, spec_of
 from gateway.pipeline.alarms import AlarmEvent, RateOfRiseAlarm, ThresholdAlarm
 from gateway.pipeline.filters import PointProcessor, is_passthrough
-from gateway.settings import GatewayConfig, ThresholdAlarmConfig
+
+if TYPE_CHECKING:  # the daemon runs on the config's records (gateway/loaded.py)
+    from gateway.settings import GatewayConfig
 
 Alarm = ThresholdAlarm | RateOfRiseAlarm
 PointKey = tuple[str, str]
@@ -159,7 +162,7 @@ def compile_processing(
             units[key] = point.unit
             if point.process is None:
                 continue
-            spec = point.process.spec()
+            spec = spec_of(point.process)
             if not is_passthrough(spec):
                 old = old_processors.get(key)
                 processors[key] = (
@@ -169,7 +172,7 @@ def compile_processing(
     for a in config.alarms:
         key = (a.device, a.point)
         rule: Alarm
-        if isinstance(a, ThresholdAlarmConfig):
+        if a.kind == "threshold":
             rule = ThresholdAlarm(
                 a.name,
                 a.device,

@@ -48,7 +48,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -60,9 +60,11 @@ from buffer import Entry
 from drivers.core.backoff import backoff_delay
 from drivers.core.clock import Clock, SystemClock, wait_event
 from gateway.store import Store
-from gateway.uplink.config import MqttConfig
 from gateway.uplink.topics import Topics, is_topic_name
 from gateway.wire.messages import DenialHealth, Identity, Status, UplinkHealth, encode
+
+if TYPE_CHECKING:  # the daemon runs on the config's records (gateway/loaded.py)
+    from gateway.uplink.config import MqttConfig
 
 log = logging.getLogger("gateway.uplink")
 

@@ -1,6 +1,7 @@
 """What `edge-gateway run` loads: the daemon's memory and start-up pay for every module
 it imports (docs/performance.md, "Memory and start-up"), so the technicians' libraries
-never come in, and cryptography (about 11 MiB) only when a trusted key is read.
+never come in, nor pydantic (the config is validated in a child process), and
+cryptography (about 11 MiB) only when a trusted key is read.
 
 Each case is a fresh interpreter that imports what `run` imports at start."""
 
@@ -25,7 +26,18 @@ keys.reload()  # at start when [commands] is on
 print(json.dumps({"modules": sorted(sys.modules), "keys": len(keys)}))
 """
 
-NOT_IN_THE_DAEMON = ("rich", "jsonschema", "prometheus_client", "gateway.centre")
+NOT_IN_THE_DAEMON = (
+    "rich",
+    "jsonschema",
+    "prometheus_client",
+    "gateway.centre",
+    # the config is validated in a child process (gateway/loaded.py; tests/gateway/test_loaded.py
+    # follows the daemon through loading it and building its drivers)
+    "pydantic",
+    "pydantic_core",
+    "gateway.settings",
+    "drivers.registry",
+)
 
 
 def _daemon_modules(keys_dir: Path) -> tuple[list[str], int]:

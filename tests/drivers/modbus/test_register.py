@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.modbus.config import datasheet_number, register_address
 from drivers.modbus.decode import Table
+from drivers.modbus.notation import datasheet_number, register_address
 from gateway.settings import parse_config
 from tests.gateway.configs import GATEWAY, problems, tcp_device
 
