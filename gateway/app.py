@@ -68,7 +68,7 @@ from gateway.flashing import (
     write_atomically,
 )
 from gateway.health import HealthModel, HealthSources
-from gateway.loaded import ConfigRecord, LoadedConfig, ValidatorFailed, load_apart
+from gateway.loaded import ConfigRecord, LoadedConfig, ValidatorFailed, load_apart_async
 from gateway.pipeline.alarms import AlarmEvent
 from gateway.pipeline.batcher import Batcher, SealedBatch
 from gateway.pipeline.processing import Processing, compile_processing
@@ -417,7 +417,7 @@ class Gateway:
         """Validate a new config as the running one was: in a child process when the
         daemon runs on records (gateway/loaded.py), else here (tests, tools)."""
         if isinstance(self.loaded.config, ConfigRecord):
-            return await asyncio.to_thread(load_apart, self.config_file, raw, source)
+            return await load_apart_async(self.config_file, raw, source)
         from gateway.settings import parse_config
 
         return parse_config(raw, source)

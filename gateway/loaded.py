@@ -20,13 +20,15 @@ what a pickle asks.
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import io
 import pickle
 import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PosixPath
 from typing import TYPE_CHECKING, Any, Final
 
 from gateway.errors import ConfigError, GatewayError
@@ -34,7 +36,7 @@ from gateway.errors import ConfigError, GatewayError
 if TYPE_CHECKING:
     from gateway.settings import GatewayConfig
 
-__all__ = ["ConfigRecord", "LoadedConfig", "ValidatorFailed", "load_apart"]
+__all__ = ["ConfigRecord", "LoadedConfig", "ValidatorFailed", "load_apart", "load_apart_async"]
 
 _ROOT: Final = Path(__file__).resolve().parents[1]  # the tree this daemon runs from
 CHILD_TIMEOUT: Final = 120.0  # seconds: a Pi 3 under load validates a big file in ~10
@@ -106,13 +108,10 @@ def load_apart(
     """`load_config(path)` (or with `raw`, `parse_config(raw, source)`) in a child
     process; its records. Raises ConfigError as they do, and ValidatorFailed when the
     child gives no verdict (what it said on stderr, or how it ended, is the message)."""
-    command = [sys.executable, "-c", _CHILD, str(_ROOT), str(path), source or ""]
-    if raw is not None:
-        command.append("--raw")
     try:
         done = subprocess.run(
-            command,
-            input=raw if raw is not None else b"",
+            _command(path, raw, source),
+            input=raw or b"",
             capture_output=True,
             timeout=CHILD_TIMEOUT,
             check=False,
@@ -120,16 +119,50 @@ def load_apart(
     except subprocess.TimeoutExpired:
         raise ValidatorFailed(f"validating the config took over {CHILD_TIMEOUT:.0f} s") from None
     except OSError as err:
-        why = f"cannot start {sys.executable} to validate the config: {err}"
-        raise ValidatorFailed(why) from err
-    said = done.stderr.decode(errors="replace").strip()
-    if done.returncode != 0:
-        how = f"signal {-done.returncode}" if done.returncode < 0 else f"exit {done.returncode}"
+        raise ValidatorFailed(f"cannot start {sys.executable} to validate: {err}") from err
+    return _verdict(done.returncode, done.stdout, done.stderr)
+
+
+async def load_apart_async(path: str | Path, raw: bytes, source: str) -> LoadedConfig:
+    """`load_apart` for the running daemon (a reload): the loop runs on meanwhile, and
+    the child is killed when the reload is cancelled (the service stops)."""
+    try:
+        child = await asyncio.create_subprocess_exec(
+            *_command(path, raw, source),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except OSError as failed:
+        raise ValidatorFailed(f"cannot start {sys.executable} to validate: {failed}") from failed
+    try:
+        async with asyncio.timeout(CHILD_TIMEOUT):
+            out, err = await child.communicate(raw)
+    except TimeoutError:
+        raise ValidatorFailed(f"validating the config took over {CHILD_TIMEOUT:.0f} s") from None
+    finally:
+        if child.returncode is None:  # timed out, or cancelled: it must not outlive us
+            child.kill()
+            await asyncio.shield(child.wait())
+    assert child.returncode is not None
+    return _verdict(child.returncode, out, err)
+
+
+def _command(path: str | Path, raw: bytes | None, source: str | None) -> list[str]:
+    # -P: the daemon's working directory is not searched (a tomllib.py there would win)
+    command = [sys.executable, "-P", "-c", _CHILD, str(_ROOT), str(path), source or ""]
+    return [*command, "--raw"] if raw is not None else command
+
+
+def _verdict(returncode: int, out: bytes, err: bytes) -> LoadedConfig:
+    said = err.decode(errors="replace").strip()
+    if returncode != 0:
+        how = f"signal {-returncode}" if returncode < 0 else f"exit {returncode}"
         raise ValidatorFailed(f"validating the config ended with {how}: {said or 'nothing said'}")
     try:
-        answer = _Unpickler(done.stdout).load()
-    except (pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise ValidatorFailed(f"validating the config gave no answer ({err}): {said}") from None
+        answer = _Unpickler(out).load()
+    except Exception as failed:  # anything a garbled or foreign answer raises
+        raise ValidatorFailed(f"validating the config gave no answer ({failed}): {said}") from None
     if isinstance(answer, ConfigError):
         raise answer
     if not isinstance(answer, LoadedConfig):
@@ -146,26 +179,26 @@ load_for_daemon(sys.argv[2], sys.argv[3], "--raw" in sys.argv[4:])
 
 
 _ALLOWED: Final = {
-    ("gateway.loaded", "LoadedConfig"),
-    ("gateway.loaded", "ConfigRecord"),
-    ("gateway.errors", "ConfigError"),
-    ("pathlib", "PosixPath"),
-    ("pathlib", "Path"),
-    ("builtins", "frozenset"),
-    ("builtins", "set"),
+    ("gateway.loaded", "LoadedConfig"): LoadedConfig,
+    ("gateway.loaded", "ConfigRecord"): ConfigRecord,
+    ("gateway.errors", "ConfigError"): ConfigError,
+    ("pathlib", "PosixPath"): PosixPath,
+    ("pathlib._local", "PosixPath"): PosixPath,  # where Python 3.13 keeps it
 }
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, data: bytes) -> None:
-        import io
+    """Only what a loaded config holds: records, ConfigError, paths and enums of ours
+    (`Table`, `DataType`); the values `_record` in gateway/settings.py lets through."""
 
+    def __init__(self, data: bytes) -> None:
         super().__init__(io.BytesIO(data))
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED:
-            return super().find_class(module, name)
-        if module.split(".")[0] in ("drivers", "gateway"):  # an enum of ours (Table, DataType)
+        known = _ALLOWED.get((module, name))
+        if known is not None:
+            return known
+        if module.split(".")[0] in ("drivers", "gateway"):
             found = super().find_class(module, name)
             if isinstance(found, type) and issubclass(found, enum.Enum):
                 return found

@@ -43,7 +43,7 @@ import sys
 import tomllib
 import typing
 from collections.abc import Iterable, Sequence
-from pathlib import Path
+from pathlib import Path, PosixPath, PurePath
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
@@ -571,19 +571,24 @@ def load_for_daemon(path: str, source: str, raw: bool) -> None:
     out.flush()
 
 
-_PLAIN = (str, int, float, bool, bytes, type(None), Path, enum.Enum)
+_PLAIN = (str, int, float, bool, bytes, type(None))
 
 
 def _record(value: Any) -> Any:
+    """The value as the daemon's unpickler takes it (gateway/loaded.py: `_Unpickler`)."""
     if isinstance(value, BaseModel):
         fields = {name: _record(getattr(value, name)) for name in type(value).model_fields}
         return ConfigRecord(type(value).__name__, fields)
     if isinstance(value, list | tuple):
         return type(value)(_record(v) for v in value)
     if isinstance(value, dict):
-        return {k: _record(v) for k, v in value.items()}
-    if isinstance(value, _PLAIN):
+        return {_record(k): _record(v) for k, v in value.items()}
+    if isinstance(value, enum.Enum) and type(value).__module__.startswith(("drivers.", "gateway.")):
         return value
+    if type(value) in _PLAIN:
+        return value
+    if isinstance(value, PurePath):
+        return PosixPath(value)
     raise TypeError(f"a config holds a {type(value).__name__}, which a record cannot carry")
 
 

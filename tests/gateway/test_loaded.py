@@ -3,10 +3,13 @@ same verdicts as validating in place, the same values, and nothing of pydantic."
 
 from __future__ import annotations
 
+import asyncio
+import os
 import pickle
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ import gateway.loaded
 from drivers.base import discard
 from gateway.build import summarize
 from gateway.errors import ConfigError
-from gateway.loaded import ConfigRecord, ValidatorFailed, load_apart
+from gateway.loaded import ConfigRecord, ValidatorFailed, load_apart, load_apart_async
 from gateway.pipeline.processing import compile_processing
 from gateway.settings import load_config, parse_config
 from tests.gateway.configs import CONFIG_DIR, MINIMAL
@@ -162,3 +165,63 @@ def test_the_process_that_loads_apart_never_imports_pydantic() -> None:
     for kept_out in ("pydantic", "pydantic_core", "gateway.settings", "drivers.registry"):
         assert not any(m == kept_out or m.startswith(kept_out + ".") for m in modules), kept_out
     assert not [m for m in modules if m.endswith((".config", "serial_port_config"))]
+
+
+def test_paths_pickled_by_python_3_13_are_taken_too() -> None:
+    """Python 3.13 pickles a path as pathlib._local.PosixPath: every config has one
+    (buffer.path), so refusing it would stop every start."""
+    data = pickle.dumps(Path("/var/lib/edge-gateway/buffer.db"), protocol=2)
+    assert b"cpathlib\nPosixPath\n" in data
+    as_313 = data.replace(b"cpathlib\nPosixPath\n", b"cpathlib._local\nPosixPath\n")
+    assert gateway.loaded._Unpickler(as_313).load() == Path("/var/lib/edge-gateway/buffer.db")
+
+
+def test_an_answer_naming_a_class_that_is_not_there_is_a_validator_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """New code on disk and a reload: the child may name what the running daemon lacks."""
+    missing = b"\x80\x02cgateway.loaded\nNope\nq\x00."
+    monkeypatch.setattr(
+        gateway.loaded, "_CHILD", f"import sys; sys.stdout.buffer.write({missing!r})"
+    )
+    with pytest.raises(ValidatorFailed, match="gave no answer"):
+        load_apart(EXAMPLE)
+
+
+def test_the_child_does_not_import_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "tomllib.py").write_text("raise SystemExit(7)\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_apart(EXAMPLE).config.devices
+
+
+async def test_a_reload_cancelled_while_validating_kills_the_child(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The service stopping during a reload does not wait for (or leave behind) the child."""
+    marker = f"validator-{os.getpid()}-{time.monotonic_ns()}"
+    monkeypatch.setattr(gateway.loaded, "_CHILD", f"import time; time.sleep(60)  # {marker}")
+    reload = asyncio.create_task(load_apart_async(EXAMPLE, b"", "test"))
+    deadline = time.monotonic() + 20
+    while not _processes_with(marker):
+        assert time.monotonic() < deadline, "the child never started"
+        await asyncio.sleep(0.05)
+    started = time.monotonic()
+    reload.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reload
+    assert time.monotonic() - started < 5
+    assert not _processes_with(marker)
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if marker.encode() in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found

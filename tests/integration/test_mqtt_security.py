@@ -131,6 +131,7 @@ def level_device() -> SimulatedDevice:
 
 async def run_for(gp: GatewayProcess, sub: Subscriber, seconds: float) -> None:
     gp.start()
+    await asyncio.to_thread(gp.wait_started)
     await asyncio.sleep(seconds)
     await asyncio.to_thread(gp.stop)
 
@@ -181,7 +182,8 @@ async def test_a_refused_connection_is_logged_once_and_readings_stay_on_disk(
             )
         )
         gp.start()
-        await asyncio.sleep(2.0)
+        await asyncio.to_thread(gp.wait_started)  # it polls from here (about 10 polls a second)
+        await asyncio.sleep(1.5)
         assert await asyncio.to_thread(gp.stop) == 0
     log = gp.log
     assert log.count("cannot reach the MQTT broker") == 1, log

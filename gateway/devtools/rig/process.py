@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,8 +109,18 @@ class GatewayProcess(ChildProcess):
         self.config.write_text(config_text)
 
     def start(self) -> None:
-        """Start it (again); returns at once: wait for what it publishes."""
+        """Start it (again); returns at once: wait for what it publishes, or
+        `wait_started`."""
         self._spawn(["run", "-c", str(self.config)])
+
+    def wait_started(self, timeout: float = 30.0) -> None:
+        """Until this run has validated its config (in a child process: gateway/loaded.py)
+        and opened its buffer, which its log says ("starting"); AssertionError with the
+        log when it has not within `timeout` or has ended."""
+        deadline = time.monotonic() + timeout
+        while "' starting (boot " not in self.log.rsplit("----- run ", 1)[-1]:
+            assert self.running and time.monotonic() < deadline, f"it did not start:\n{self.log}"
+            time.sleep(0.05)
 
     def __enter__(self) -> GatewayProcess:
         self.start()
