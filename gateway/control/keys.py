@@ -25,11 +25,17 @@ private key.
 
 Fingerprints are written as OpenSSH shows them (`SHA256:` and unpadded base64 of the
 key's SHA-256), so `ssh-keygen -lf KEY.pub` shows the same.
+
+A trusted key is read as its 32 raw bytes (the hex, or the key inside the OpenSSH
+line's base64 blob, RFC 4253's `string "ssh-ed25519", string key`) and fingerprinted
+with hashlib: `cryptography` (about 8 MiB of the daemon's memory) loads at the first
+signature a command asks to check (`TrustedKey.key`), not at start.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import hashlib
 import logging
@@ -37,14 +43,15 @@ import os
 import re
 import stat
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from drivers.core.words import shown
 from gateway.control.signing import KEY_ID_PATTERN
 
-# cryptography (about 11 MiB of memory and 50 ms at start) is imported where a key is
-# read or made: a gateway with commands off, or no key installed, never loads it.
+# cryptography (about 8 MiB of memory and 50 ms) is imported where a signature is made
+# or checked, or a key pair made: a gateway loads it at its first signed command.
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
         Ed25519PrivateKey,
@@ -62,12 +69,19 @@ class KeyFileError(ValueError):
     """A key file that cannot be used; the message names the file and says why."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class TrustedKey:
     key_id: str
-    key: Ed25519PublicKey
+    raw: bytes  # the 32 bytes of the Ed25519 public key
     fingerprint: str  # SHA256:..., as ssh-keygen -l shows it
     path: Path
+
+    @cached_property
+    def key(self) -> Ed25519PublicKey:
+        """The key to check a signature with (cryptography loads here, once)."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        return Ed25519PublicKey.from_public_bytes(self.raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +177,8 @@ def _read_directory(directory: Path) -> tuple[dict[str, TrustedKey], list[str], 
     return keys, problems, warnings
 
 
-def read_public_key(path: Path) -> Ed25519PublicKey:
-    """The one Ed25519 public key in `path`, or KeyFileError saying why not."""
+def read_public_key(path: Path) -> bytes:
+    """The one Ed25519 public key in `path` (its 32 bytes), or KeyFileError saying why not."""
     lines = [
         line.strip()
         for line in _read_text(path).splitlines()
@@ -176,26 +190,21 @@ def read_public_key(path: Path) -> Ed25519PublicKey:
     return parse_public_key(lines[0], path)
 
 
-def parse_public_key(line: str, path: Path) -> Ed25519PublicKey:
-    """A key line: 64 hex digits, or `ssh-ed25519 AAAA... [comment]`."""
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
+def parse_public_key(line: str, path: Path) -> bytes:
+    """A key line, 64 hex digits or `ssh-ed25519 AAAA... [comment]`: the key's 32 bytes."""
     if _HEX_KEY.fullmatch(line):
-        try:
-            return Ed25519PublicKey.from_public_bytes(bytes.fromhex(line))
-        except ValueError:
-            raise KeyFileError(f"{path}: the 64 hex digits are not an Ed25519 key") from None
+        return bytes.fromhex(line)
     kind = line.split(maxsplit=1)[0]
     if kind == "ssh-ed25519":
-        try:
-            key = serialization.load_ssh_public_key(line.encode("ascii"))
-        except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm):
-            raise KeyFileError(f"{path}: the ssh-ed25519 line is damaged (its base64)") from None
-        if isinstance(key, Ed25519PublicKey):
-            return key
-        raise KeyFileError(f"{path}: says ssh-ed25519 but holds another kind of key")
+        parts = line.split()
+        fields = _ssh_strings(parts[1]) if len(parts) > 1 else None
+        if fields is None or len(fields) != 2:
+            raise KeyFileError(f"{path}: the ssh-ed25519 line is damaged (its base64)")
+        if fields[0] != SSH_ED25519:
+            raise KeyFileError(f"{path}: says ssh-ed25519 but holds another kind of key")
+        if len(fields[1]) != ED25519_KEY_BYTES:
+            raise KeyFileError(f"{path}: the ssh-ed25519 line is damaged (its base64)")
+        return fields[1]
     expected = "expected 64 hex digits or an OpenSSH 'ssh-ed25519 AAAA...' line"
     if "PRIVATE KEY" in line:
         raise KeyFileError(f"{path}: is a PRIVATE key; a gateway needs only the public key (.pub)")
@@ -204,6 +213,31 @@ def parse_public_key(line: str, path: Path) -> Ed25519PublicKey:
     if line.startswith("-----BEGIN"):
         raise KeyFileError(f"{path}: is a PEM file; {expected}")
     raise KeyFileError(f"{path}: is not an Ed25519 public key ({expected}, found {shown(line)})")
+
+
+SSH_ED25519 = b"ssh-ed25519"
+ED25519_KEY_BYTES = 32
+
+
+def _ssh_strings(text: str) -> list[bytes] | None:
+    """The strings of an OpenSSH public key blob (RFC 4253: a 4-byte big-endian length,
+    then the bytes, again and again), or None when it is not one."""
+    try:
+        blob = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    strings, at = [], 0
+    while at < len(blob):
+        size = int.from_bytes(blob[at : at + 4], "big")
+        if at + 4 + size > len(blob):
+            return None
+        strings.append(blob[at + 4 : at + 4 + size])
+        at += 4 + size
+    return strings
+
+
+def _ssh_blob(raw: bytes) -> bytes:
+    return b"".join(len(s).to_bytes(4, "big") + s for s in (SSH_ED25519, raw))
 
 
 def _read_text(path: Path) -> str:
@@ -220,10 +254,11 @@ def _read_text(path: Path) -> str:
         raise KeyFileError(f"{path}: is not text; {path.name} should hold one key line") from None
 
 
-def fingerprint(key: Ed25519PublicKey) -> str:
-    """`SHA256:<unpadded base64>` of the key's OpenSSH blob, as `ssh-keygen -l` prints it."""
-    blob = base64.b64decode(openssh_line(key).split()[1])
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+def fingerprint(raw: bytes) -> str:
+    """`SHA256:<unpadded base64>` of the key's OpenSSH blob, as `ssh-keygen -l` prints it
+    (`raw`: the key's 32 bytes)."""
+    digest = hashlib.sha256(_ssh_blob(raw)).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
 def openssh_line(key: Ed25519PublicKey, comment: str = "") -> str:
@@ -274,7 +309,7 @@ def generate_key_pair(directory: Path, key_id: str) -> KeyPair:
     except BaseException:
         private.unlink()
         raise
-    return KeyPair(key_id, private, public, fingerprint(key.public_key()))
+    return KeyPair(key_id, private, public, fingerprint(key.public_key().public_bytes_raw()))
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:

@@ -23,6 +23,11 @@ import gateway.app  # what run imports once the config is valid
 from gateway.control.keys import TrustedKeys
 keys = TrustedKeys(Path(sys.argv[1]))
 keys.reload()  # at start when [commands] is on
+if sys.argv[2:] == ["check"]:  # a command arrives: its signature is checked
+    from gateway.control.signing import verify
+    from gateway.wire.messages import Command, CommandEnvelope
+    (key,) = [keys.get(name) for name in ["ops"]]
+    verify(CommandEnvelope(Command("ping", "g", 1, "0" * 32, {}, "ops"), "AAAA"), key.key)
 print(json.dumps({"modules": sorted(sys.modules), "keys": len(keys)}))
 """
 
@@ -40,9 +45,16 @@ NOT_IN_THE_DAEMON = (
 )
 
 
-def _daemon_modules(keys_dir: Path) -> tuple[list[str], int]:
+def _daemon_modules(keys_dir: Path, *, check_a_signature: bool = False) -> tuple[list[str], int]:
     done = subprocess.run(
-        [sys.executable, "-P", "-c", DAEMON, str(keys_dir)],
+        [
+            sys.executable,
+            "-P",
+            "-c",
+            DAEMON,
+            str(keys_dir),
+            *(["check"] if check_a_signature else []),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -67,13 +79,18 @@ def test_the_daemon_loads_no_technician_library_and_no_cryptography_without_keys
     assert commands == {"gateway.commands.common", "gateway.commands.run"}
 
 
-def test_a_trusted_key_brings_cryptography_in_when_it_is_read(tmp_path: Path) -> None:
+def test_a_trusted_key_brings_cryptography_in_at_the_first_signature_only(
+    tmp_path: Path,
+) -> None:
+    """Keys are read and fingerprinted without it (8 MiB a gateway that is never sent a
+    command does not pay); checking a signature loads it."""
     centre, keys_dir = tmp_path / "centre", tmp_path / "trusted-keys"
     keys_dir.mkdir()
     pair = generate_key_pair(centre, "ops")
     (keys_dir / "ops.pub").write_bytes(pair.public.read_bytes())
     modules, keys = _daemon_modules(keys_dir)
     assert keys == 1
-    assert _loaded(modules, "cryptography")
-    for package in NOT_IN_THE_DAEMON:
+    for package in (*NOT_IN_THE_DAEMON, "cryptography"):
         assert not _loaded(modules, package), f"edge-gateway run imports {package}"
+    after, _ = _daemon_modules(keys_dir, check_a_signature=True)
+    assert _loaded(after, "cryptography")

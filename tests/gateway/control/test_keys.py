@@ -3,6 +3,7 @@ file), what is a warning."""
 
 from __future__ import annotations
 
+import base64
 import os
 import stat
 import subprocess
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.control import KeyFileError, TrustedKeys, generate_key_pair, load_private_key
-from gateway.control.keys import fingerprint, openssh_line, private_key_warning
+from gateway.control.keys import fingerprint, openssh_line, private_key_warning, read_public_key
 
 ED = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 RAW_HEX = ED.public_key().public_bytes_raw().hex()
@@ -61,7 +62,7 @@ def test_the_fingerprint_is_the_one_ssh_keygen_shows(tmp_path: Path) -> None:
     shown = subprocess.run(
         ["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True, check=True, timeout=30
     ).stdout
-    assert fingerprint(ED.public_key()) in shown
+    assert fingerprint(ED.public_key().public_bytes_raw()) in shown
 
 
 def test_a_raw_hex_key_and_an_openssh_line_are_both_trusted(tmp_path: Path) -> None:
@@ -73,6 +74,30 @@ def test_a_raw_hex_key_and_an_openssh_line_are_both_trusted(tmp_path: Path) -> N
     hex_key, ssh_key = trusted.get("hex"), trusted.get("ssh")
     assert hex_key is not None and ssh_key is not None
     assert hex_key.fingerprint == ssh_key.fingerprint
+    assert hex_key.raw == ssh_key.raw == ED.public_key().public_bytes_raw()
+    assert ssh_key.key.public_bytes_raw() == hex_key.raw  # what signatures are checked with
+
+
+@pytest.mark.parametrize(
+    ("blob", "says"),
+    [
+        (b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x1f" + b"k" * 31, "damaged"),
+        (b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + b"k" * 32 + b"\x00", "damaged"),
+        (b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x21" + b"k" * 32, "damaged"),
+        (b"\x00\x00\x00\x0bssh-ed25519", "damaged"),
+        (b"\x00\x00\x00\x07ssh-rsa\x00\x00\x00\x20" + b"k" * 32, "another kind of key"),
+    ],
+    ids=["short-key", "trailing-byte", "length-past-the-end", "no-key", "other-kind"],
+)
+def test_an_openssh_line_whose_blob_is_not_one_ed25519_key_is_refused(
+    tmp_path: Path, blob: bytes, says: str
+) -> None:
+    """The blob is read without cryptography (it loads at the first signature): every
+    way it can be wrong is still a refusal naming the file."""
+    line = "ssh-ed25519 " + base64.b64encode(blob).decode() + " someone"
+    (tmp_path / "bad.pub").write_text(line + "\n")
+    with pytest.raises(KeyFileError, match=says):
+        read_public_key(tmp_path / "bad.pub")
 
 
 RSA = rsa.generate_private_key(public_exponent=65537, key_size=1024)
