@@ -134,12 +134,27 @@ def gateway_config(
 
 
 def _install_key(keys: Path) -> None:
-    """One trusted public key, as `command keygen` makes it (the private key elsewhere)."""
+    """One trusted public key, as `command keygen` makes it; the private key beside the
+    directory, as the centre's (`--commands key` sends one command with it)."""
     from gateway.control import generate_key_pair
 
-    with tempfile.TemporaryDirectory(prefix="bench-key-") as centre:
-        pair = generate_key_pair(Path(centre), "bench")
-        (keys / "bench.pub").write_bytes(pair.public.read_bytes())
+    pair = generate_key_pair(keys.parent / "centre", "bench")
+    (keys / "bench.pub").write_bytes(pair.public.read_bytes())
+
+
+def send_ping(gateway_id: str, workdir: Path, broker: Mosquitto, command: str) -> None:
+    """One signed `ping` to the gateway, as the centre sends it; its reply waited for."""
+    key = workdir / gateway_id / "centre" / "bench.key"
+    to = ["--broker", f"127.0.0.1:{broker.port}", "--gateway", gateway_id, "--key", str(key)]
+    done = subprocess.run(
+        [command, "command", "send", *to, "ping"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the signed ping failed: {done.stdout}{done.stderr}")
 
 
 @contextmanager
@@ -277,6 +292,7 @@ class Run:
     hwm_mib: float
     cpu_percent: float  # of one core, over the load window
     delivered_per_s: float  # readings taken in the load window, delivered
+    rss_after_command_mib: float | None = None  # --commands key: 10 s after a signed ping
 
 
 def one_run(
@@ -301,6 +317,11 @@ def one_run(
         }
         time.sleep(2 * BATCH_MAX_AGE)  # the window's last readings on their way
         delivered = len(latencies(run.collector, load_start, load_end, time.time()))
+        after_command = None
+        if args.commands == "key":  # the first signature checked loads cryptography
+            send_ping(f"startup-{n}", workdir, broker, args.command)
+            time.sleep(10)
+            after_command = status_kb(pid, "VmRSS") / 1024
     return Run(
         online_s=run.online_s,
         first_data_s=run.first_data_s,
@@ -311,6 +332,7 @@ def one_run(
         hwm_mib=memory["VmHWM"],
         cpu_percent=100 * (cpu1 - cpu0) / (load_end - load_start),
         delivered_per_s=delivered / (load_end - load_start),
+        rss_after_command_mib=after_command,
     )
 
 
@@ -386,7 +408,8 @@ _OURS = ("gateway", "drivers", "buffer", "config", "bench", "tests")
 
 _THIRD_PARTY = f"""
 import sys
-import gateway.cli, gateway.app
+import gateway.cli, gateway.app, gateway.loaded
+import drivers.modbus.build, drivers.serial_line.build  # what build_drivers loads by name
 ours = set({_OURS!r}) | set(sys.stdlib_module_names)
 print(" ".join(sorted(name for name, module in sys.modules.items()
                       if name.split(".")[0] not in ours and not name.startswith("_")
@@ -464,7 +487,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "bytecode_cache": args.bytecode_cache,
         },
         "runs": [asdict(run) for run in runs],
-        "summary": {name: spread([getattr(run, name) for run in runs]) for name in fields},
+        "summary": {
+            name: spread([getattr(run, name) for run in runs])
+            for name in fields
+            if getattr(runs[0], name) is not None
+        },
     }
     if args.json:
         print(json.dumps(result))
@@ -480,6 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"{'':26} {'median':>9} {'min':>9} {'max':>9}")
     for name in fields:
+        if runs[0].rss_after_command_mib is None and name == "rss_after_command_mib":
+            continue
         got = result["summary"][name]
         label = f"{name} ({units.get(name, 'MiB')})"
         print(f"{label:26} {got['median']:9.2f} {got['min']:9.2f} {got['max']:9.2f}")
