@@ -4,11 +4,8 @@ The public surface for other programs is small: the version, and the wire
 decoder the city centre uses to read batches (`gateway.wire.decode_batch`).
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("edge-gateway")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+unknown"
+__version__ = "0.2.0"
+"""The one place the version is written: pyproject.toml reads it from here (setuptools'
+`attr:`, without importing), so the daemon need not load importlib.metadata to know it."""
 
 __all__ = ["__version__"]

@@ -196,8 +196,8 @@ def parse_public_key(line: str, path: Path) -> bytes:
         return bytes.fromhex(line)
     kind = line.split(maxsplit=1)[0]
     if kind == "ssh-ed25519":
-        parts = line.split()
-        fields = _ssh_strings(parts[1]) if len(parts) > 1 else None
+        parts = _SSH_LINE.fullmatch(line)  # as OpenSSH writes it: space or tab between
+        fields = _ssh_strings(parts[1]) if parts is not None else None
         if fields is None or len(fields) != 2:
             raise KeyFileError(f"{path}: the ssh-ed25519 line is damaged (its base64)")
         if fields[0] != SSH_ED25519:
@@ -216,6 +216,7 @@ def parse_public_key(line: str, path: Path) -> bytes:
 
 
 SSH_ED25519 = b"ssh-ed25519"
+_SSH_LINE = re.compile(r"ssh-ed25519[ \t]+(\S+)(?:[ \t].*)?", re.ASCII)
 ED25519_KEY_BYTES = 32
 
 

@@ -42,6 +42,7 @@ NOT_IN_THE_DAEMON = (
     "pydantic_core",
     "gateway.settings",
     "drivers.registry",
+    "importlib.metadata",  # the version is written in gateway/__init__.py (0.8 MiB)
 )
 
 

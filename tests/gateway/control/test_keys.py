@@ -243,3 +243,16 @@ def test_a_private_key_others_can_read_is_a_warning(tmp_path: Path) -> None:
     os.chmod(pair.private, 0o644)  # noqa: PTH101
     warning = private_key_warning(pair.private)
     assert warning is not None and "chmod 600" in warning
+
+
+@pytest.mark.parametrize("separator", ["\u00a0", "\x1f", "\u2003"])
+def test_an_openssh_line_split_by_anything_but_a_space_or_tab_is_refused(
+    tmp_path: Path, separator: str
+) -> None:
+    """As OpenSSH (and cryptography, which read these files before) split them."""
+    good = openssh_line(ED.public_key(), "alice")
+    (tmp_path / "bad.pub").write_text(good.replace(" ", separator, 1) + "\n")
+    with pytest.raises(KeyFileError, match="damaged"):
+        read_public_key(tmp_path / "bad.pub")
+    (tmp_path / "tab.pub").write_text(good.replace(" ", "\t") + "\n")
+    assert read_public_key(tmp_path / "tab.pub") == ED.public_key().public_bytes_raw()
