@@ -31,16 +31,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import serial
 
 from drivers.base import Problem
-
-if TYPE_CHECKING:
-    from drivers.serial_port_config import SerialPortConfig
-
 
 RFC2217_SCHEME = "rfc2217://"
 RFC2217_TIMEOUT = (0.1, 10.0)  # seconds: the bounds of a URL's ?timeout=
@@ -122,7 +118,14 @@ def rfc2217_problem(url: str) -> str | None:
     return None
 
 
-def absent_port_warnings(devices: Sequence[tuple[int, SerialPortConfig]]) -> list[Problem]:
+class OnAPort(Protocol):
+    """A device config on a serial port (drivers/serial_port_config.py)."""
+
+    @property
+    def port(self) -> str: ...
+
+
+def absent_port_warnings(devices: Sequence[tuple[int, OnAPort]]) -> list[Problem]:
     """A warning for each serial port that is not there now (once per port; a serial
     device server's port is on the network, and not looked for)."""
     found: list[Problem] = []

@@ -99,7 +99,7 @@ from gateway.wire.messages import (
 )
 
 if TYPE_CHECKING:  # the daemon runs on the config's records (gateway/loaded.py)
-    from gateway.settings import CommandsConfig
+    from gateway.settings import CommandsConfig, GatewayConfig
 
 log = logging.getLogger("gateway")
 
@@ -182,7 +182,7 @@ class _Unencodable(Exception):
 class Gateway:
     """The gateway: every part built from the config here, started by `run`."""
 
-    def __init__(self, loaded: LoadedConfig, *, clock: Clock | None = None) -> None:
+    def __init__(self, loaded: LoadedConfig[GatewayConfig], *, clock: Clock | None = None) -> None:
         self.loaded = loaded
         self.config = cfg = loaded.config
         self.gateway_id = cfg.gateway.id
@@ -265,7 +265,9 @@ class Gateway:
 
     # --- parts --------------------------------------------------------------------------
 
-    def _build_processing(self, loaded: LoadedConfig, previous: Processing | None) -> Processing:
+    def _build_processing(
+        self, loaded: LoadedConfig[GatewayConfig], previous: Processing | None
+    ) -> Processing:
         return compile_processing(
             loaded.config,
             self.batcher.add,
@@ -413,7 +415,7 @@ class Gateway:
             await self.apply_config(raw, source)
             systemd.notify("READY=1", f"STATUS={self._status_line()}")
 
-    async def _parse(self, raw: bytes, source: str) -> LoadedConfig:
+    async def _parse(self, raw: bytes, source: str) -> LoadedConfig[GatewayConfig]:
         """Validate a new config as the running one was: in a child process when the
         daemon runs on records (gateway/loaded.py), else here (tests, tools)."""
         if isinstance(self.loaded.config, ConfigRecord):
@@ -562,7 +564,7 @@ class Gateway:
                 return problems
             await wait_event(self.clock, self.stop_requested, WINDOW_CHECK)
 
-    async def _roll_back(self, good: LoadedConfig, why: str) -> None:
+    async def _roll_back(self, good: LoadedConfig[GatewayConfig], why: str) -> None:
         processing = self._build_processing(good, self.processing)
         drivers = build_drivers(good.config, self._tapped(processing.add), good.plugins)
         await self._switch(good, processing, drivers, "rollback", rolled_back=True)
@@ -678,7 +680,7 @@ class Gateway:
 
     async def _switch(
         self,
-        loaded: LoadedConfig,
+        loaded: LoadedConfig[GatewayConfig],
         processing: Processing,
         drivers: list[Driver],
         source: str,

@@ -29,12 +29,9 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PosixPath
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from gateway.errors import ConfigError, GatewayError
-
-if TYPE_CHECKING:
-    from gateway.settings import GatewayConfig
 
 __all__ = ["ConfigRecord", "LoadedConfig", "ValidatorFailed", "load_apart", "load_apart_async"]
 
@@ -42,11 +39,15 @@ _ROOT: Final = Path(__file__).resolve().parents[1]  # the tree this daemon runs 
 CHILD_TIMEOUT: Final = 120.0  # seconds; the child takes ~0.3 s of CPU here, ~6 s on a Pi 3B+
 
 
-@dataclass(frozen=True)
-class LoadedConfig:
-    """A validated configuration, where it came from, and what looks wrong in it."""
+C = TypeVar("C")
 
-    config: GatewayConfig
+
+@dataclass(frozen=True)
+class LoadedConfig(Generic[C]):
+    """A validated configuration, where it came from, and what looks wrong in it
+    (`LoadedConfig[GatewayConfig]`: gateway/settings.py makes them)."""
+
+    config: C
     """The validated model; in the daemon, its records (the same attributes)."""
     source: str
     sha256: str
@@ -104,7 +105,7 @@ class ConfigRecord:
 
 def load_apart(
     path: str | Path, raw: bytes | None = None, source: str | None = None
-) -> LoadedConfig:
+) -> LoadedConfig[Any]:
     """`load_config(path)` (or with `raw`, `parse_config(raw, source)`) in a child
     process; its records. Raises ConfigError as they do, and ValidatorFailed when the
     child gives no verdict (what it said on stderr, or how it ended, is the message)."""
@@ -123,7 +124,7 @@ def load_apart(
     return _verdict(done.returncode, done.stdout, done.stderr)
 
 
-async def load_apart_async(path: str | Path, raw: bytes, source: str) -> LoadedConfig:
+async def load_apart_async(path: str | Path, raw: bytes, source: str) -> LoadedConfig[Any]:
     """`load_apart` for the running daemon (a reload): the loop runs on meanwhile, and
     the child is killed when the reload is cancelled (the service stops)."""
     try:
@@ -154,7 +155,7 @@ def _command(path: str | Path, raw: bytes | None, source: str | None) -> list[st
     return [*command, "--raw"] if raw is not None else command
 
 
-def _verdict(returncode: int, out: bytes, err: bytes) -> LoadedConfig:
+def _verdict(returncode: int, out: bytes, err: bytes) -> LoadedConfig[Any]:
     said = err.decode(errors="replace").strip()
     if returncode != 0:
         how = f"signal {-returncode}" if returncode < 0 else f"exit {returncode}"

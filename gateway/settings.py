@@ -501,7 +501,7 @@ def file_warnings(config: GatewayConfig, path: Path, mode: int) -> list[str]:
 # --- loading -----------------------------------------------------------------------------
 
 
-def load_config(path: str | Path) -> LoadedConfig:
+def load_config(path: str | Path) -> LoadedConfig[GatewayConfig]:
     """Read and validate a TOML config file; raise ConfigError naming every problem."""
     source = str(path)
     try:
@@ -520,7 +520,7 @@ MAX_DEPTH = 16
 """Tables and arrays nested deeper than this are refused (a real config needs 6)."""
 
 
-def parse_config(raw: bytes, source: str = "<config>") -> LoadedConfig:
+def parse_config(raw: bytes, source: str = "<config>") -> LoadedConfig[GatewayConfig]:
     """Validate a TOML document; raise ConfigError naming every problem."""
     doc = _read_toml(raw, source)
     deep = _too_deep(doc)
@@ -553,7 +553,7 @@ def _as_json(device: DeviceSettings) -> dict[str, Any]:
     return device.model_dump(mode="json", exclude_none=True)
 
 
-def as_records(loaded: LoadedConfig) -> LoadedConfig:
+def as_records(loaded: LoadedConfig[GatewayConfig]) -> LoadedConfig[GatewayConfig]:
     """`loaded` with its config as `ConfigRecord`s, for the daemon (gateway/loaded.py)."""
     return dataclasses.replace(loaded, config=_record(loaded.config))
 

@@ -33,9 +33,9 @@ def run(args: argparse.Namespace) -> int:
     from gateway.build import PlanSummary, summarize
     from gateway.errors import ConfigError
     from gateway.loaded import LoadedConfig
-    from gateway.settings import load_config
+    from gateway.settings import GatewayConfig, load_config
 
-    loaded: LoadedConfig | None = None
+    loaded: LoadedConfig[GatewayConfig] | None = None
     summary: PlanSummary | None = None
     problems: list[str] = []
     try:
