@@ -92,6 +92,7 @@ class Store:
         self._acked_meanwhile: list[int] = []  # ... and acknowledged during that write
         self._commit_failing = False
         self._closing = False  # the gateway stops: stage no longer waits for room
+        self._closed = False  # close() did the last writes and acks itself
         # Staged seqs up to here may be on disk too: a write of them failed, perhaps after
         # committing part of them. An ack of one deletes it from the disk as well.
         self._maybe_on_disk = 0
@@ -252,6 +253,8 @@ class Store:
 
     def _written(self, group: list[Entry], writing: asyncio.Future[BufferStats]) -> None:
         """The bookkeeping of a write of staged batches, on the event loop, whoever waits."""
+        if self._closed:  # a write the stop cut short: close() wrote and acked what was left
+            return
         self._committing = set()
         acked, self._acked_meanwhile = self._acked_meanwhile, []
         err = None if writing.cancelled() else writing.exception()
@@ -294,7 +297,8 @@ class Store:
 
         async def ack() -> None:
             try:
-                await self.ack(seqs)
+                if not self._closed:  # else close() acked them
+                    await self.ack(seqs)
             finally:
                 self._acks_pending.difference_update(seqs)
 
@@ -416,7 +420,11 @@ class Store:
     def close(self) -> None:
         """Write what is still staged, then close the queue (the clean stop's promise).
         A write cancelled by the stop may have stored part of it: those are skipped, and
-        what was acknowledged meanwhile is deleted."""
+        what was acknowledged meanwhile is deleted. Acks and writes still scheduled on
+        the loop find the store closed and leave it be."""
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
         self._executor.shutdown(wait=True)
         if self.queue is None:
             return
