@@ -108,25 +108,16 @@ def load_apart(
 ) -> LoadedConfig[Any]:
     """`load_config(path)` (or with `raw`, `parse_config(raw, source)`) in a child
     process; its records. Raises ConfigError as they do, and ValidatorFailed when the
-    child gives no verdict (what it said on stderr, or how it ended, is the message)."""
-    try:
-        done = subprocess.run(
-            _command(path, raw, source),
-            input=raw or b"",
-            capture_output=True,
-            timeout=CHILD_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise ValidatorFailed(f"validating the config took over {CHILD_TIMEOUT:.0f} s") from None
-    except OSError as err:
-        raise ValidatorFailed(f"cannot start {sys.executable} to validate: {err}") from err
-    return _verdict(done.returncode, done.stdout, done.stderr)
+    child gives no verdict (what it said on stderr, or how it ended, is the message).
+    For `run`, before its loop starts."""
+    return asyncio.run(load_apart_async(path, raw, source))
 
 
-async def load_apart_async(path: str | Path, raw: bytes, source: str) -> LoadedConfig[Any]:
-    """`load_apart` for the running daemon (a reload): the loop runs on meanwhile, and
-    the child is killed when the reload is cancelled (the service stops)."""
+async def load_apart_async(
+    path: str | Path, raw: bytes | None = None, source: str | None = None
+) -> LoadedConfig[Any]:
+    """`load_apart` on a running loop (a reload): the loop runs on meanwhile, and the
+    child is killed when the reload is cancelled (the service stops)."""
     try:
         child = await asyncio.create_subprocess_exec(
             *_command(path, raw, source),

@@ -297,8 +297,7 @@ class Store:
 
         async def ack() -> None:
             try:
-                if not self._closed:  # else close() acked them
-                    await self.ack(seqs)
+                await self.ack(seqs)  # close() cancels it, and acks them itself
             finally:
                 self._acks_pending.difference_update(seqs)
 
